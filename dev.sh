@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The one entry point for a fresh Debian 12 machine:
+#   ./dev.sh run    install what is missing, configure, build, run the demo
+#   ./dev.sh test   install what is missing, configure, build, run the whole test suite
+# Environment: BUILD_DIR (default build), CROSSCODER_CUDA (AUTO|ON|OFF, default AUTO),
+# CROSSCODER_SANITIZE (e.g. address,undefined: builds into build-sanitize with CUDA off),
+# JOBS (default: number of cores).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+mode=${1:-}
+if [[ "$mode" != run && "$mode" != test ]]; then
+  echo "usage: ./dev.sh run|test" >&2
+  exit 2
+fi
+shift || true
+
+packages=(cmake make g++ pkg-config libeigen3-dev libfmt-dev nlohmann-json3-dev libcli11-dev
+          libgtest-dev libgmock-dev libbenchmark-dev)
+
+install_missing_packages() {
+  local missing=()
+  for package in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" ||
+      missing+=("$package")
+  done
+  if ((${#missing[@]} == 0)); then return; fi
+  echo "dev.sh: installing ${missing[*]}"
+  local sudo=()
+  if [[ $(id -u) -ne 0 ]]; then sudo=(sudo); fi
+  "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}"
+}
+
+install_missing_packages
+
+jobs=${JOBS:-$(nproc)}
+cuda=${CROSSCODER_CUDA:-AUTO}
+sanitize=${CROSSCODER_SANITIZE:-}
+build_dir=${BUILD_DIR:-build}
+configure_args=(-DCMAKE_BUILD_TYPE=Release)
+if [[ -n "$sanitize" ]]; then
+  # CUDA's runtime and the sanitizers do not mix; the CUDA sources are compiled by the
+  # ordinary build.
+  build_dir=${BUILD_DIR:-build-sanitize}
+  cuda=OFF
+  configure_args=(-DCMAKE_BUILD_TYPE=RelWithDebInfo "-DCROSSCODER_SANITIZE=$sanitize")
+fi
+if [[ -n "${CI:-}" ]]; then configure_args+=(-DCROSSCODER_WARNINGS_AS_ERRORS=ON); fi
+
+cmake -S . -B "$build_dir" "-DCROSSCODER_CUDA=$cuda" "${configure_args[@]}"
+cmake --build "$build_dir" --parallel "$jobs"
+
+case "$mode" in
+  run)
+    "$build_dir/examples/list_backends"
+    if [[ -x "$build_dir/examples/crosscoder" ]]; then
+      "$build_dir/examples/crosscoder" demo "$@"
+    fi
+    ;;
+  test)
+    export ASAN_OPTIONS=${ASAN_OPTIONS:-allocator_may_return_null=1:detect_leaks=1}
+    export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+    ctest --test-dir "$build_dir" --output-on-failure --parallel "$jobs" "$@"
+    ;;
+esac
