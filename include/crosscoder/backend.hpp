@@ -8,12 +8,15 @@
 /// and CUDA backends are interchangeable and one test suite runs over both.
 
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
 
 namespace crosscoder {
+
+struct SparseCodes;
 
 /// The kinds of backend this library knows about.
 enum class BackendKind { cpu, cuda };
@@ -31,6 +34,40 @@ struct BackendInfo {
   bool usable = false;  ///< can be created now (device present, driver recent enough, ...)
   std::string reason;   ///< why it is not usable (empty when usable)
   std::string device;   ///< the device's description when usable, e.g. "NVIDIA H100 (80 GiB)"
+};
+
+/// How Backend::select picks the active latents from pre-activations `pre[rows, F]`.
+enum class Selection {
+  positive,         ///< every latent with pre > 0, value pre (ReLU)
+  per_row_top_k,    ///< the k largest max(pre, 0) of each row (TopK); exactly rows·k entries
+  per_batch_top_k,  ///< the rows·k largest max(pre, 0)·weight[f] of the batch (BatchTopK);
+                    ///< exactly rows·k entries; value max(pre, 0)
+  batch_threshold,  ///< every latent with max(pre, 0)·weight[f] > threshold (BatchTopK inference)
+  jump_threshold,   ///< every latent with pre > threshold[f], value pre (JumpReLU)
+  near_threshold,   ///< every latent with |pre − threshold[f]| < bandwidth / 2, value pre
+                    ///< (the JumpReLU straight-through estimator's support)
+};
+
+/// Parameters of Backend::select. Ties are broken towards the lower latent (and row) index.
+struct SelectionRequest {
+  Selection selection = Selection::positive;
+  std::int64_t k = 0;                ///< per_row_top_k: per row; per_batch_top_k: per row (×rows)
+  const float* weight = nullptr;     ///< [F] score weight (per_batch_top_k, batch_threshold)
+  const float* threshold = nullptr;  ///< [F] (jump_threshold, near_threshold)
+  float scalar_threshold = 0.0f;     ///< batch_threshold
+  float bandwidth = 0.0f;            ///< near_threshold
+  const std::uint8_t* allowed = nullptr;  ///< [F] mask in backend memory: only latents with a
+                                          ///< non-zero entry compete (AuxK); null = all
+};
+
+/// One Adam step's scalars (Kingma & Ba, with bias correction).
+struct AdamStep {
+  float learning_rate = 1e-3f;
+  float beta1 = 0.9f;
+  float beta2 = 0.999f;
+  float epsilon = 1e-8f;
+  std::int64_t step = 1;        ///< 1-based step number, for bias correction
+  float gradient_scale = 1.0f;  ///< multiplies the gradient first (gradient-norm clipping)
 };
 
 /// Abstract compute backend. Not thread-safe: use one backend per thread of work.
@@ -60,6 +97,68 @@ class Backend {
   virtual void fill_zero(void* device_dst, std::size_t bytes) = 0;
   /// Waits until all queued work on this backend has finished.
   virtual void synchronize() = 0;
+
+  // ---- The crosscoder's fused operations. Row-major float32 in this backend's memory;
+  // ---- D = M·d is the concatenated input width, F the number of latents. -----------------
+
+  /// xn[b, m·d + i] = (x[b, m·d + i] − mean[m·d + i]) · scale[m]. `mean` may be null.
+  virtual void normalise(const float* x, std::int64_t rows, int sources, int width,
+                         const float* scale, const float* mean, float* xn) = 0;
+  /// Inverse of normalise: x[b, m·d + i] = xn[b, m·d + i] / scale[m] + mean[m·d + i].
+  virtual void denormalise(const float* xn, std::int64_t rows, int sources, int width,
+                           const float* scale, const float* mean, float* x) = 0;
+  /// The dense encoder step: pre[b, f] = Σ_j xn[b, j]·encoder[f, j] + bias[f].
+  /// `encoder` is [F, D] (one contiguous row per latent).
+  virtual void encode(const float* xn, std::int64_t rows, std::int64_t input_width,
+                      const float* encoder, const float* bias, std::int64_t latents,
+                      float* pre) = 0;
+  /// Picks active latents from pre[rows, F] as `request` says.
+  /// @param min_selected_score if not null, receives the smallest positive selected score
+  ///        (per_batch_top_k: max(pre, 0)·weight; used for BatchTopK's inference threshold),
+  ///        or a negative number when nothing positive was selected.
+  virtual SparseCodes select(const float* pre, std::int64_t rows, std::int64_t latents,
+                             const SelectionRequest& request, float* min_selected_score) = 0;
+  /// Sparse decoder: out[b, :] = bias + Σ_e value[e]·decoder[latent[e], :] over row b's
+  /// entries. `decoder` is [F, D]; `bias` [D] may be null.
+  virtual void decode(const SparseCodes& codes, const float* decoder, const float* bias,
+                      std::int64_t output_width, float* out) = 0;
+  /// Squared error per source and its gradient: sse[m] = Σ_b ‖recon_bm − target_bm‖² (host
+  /// array of M doubles); grad = gradient_scale·(recon − target) when grad is not null.
+  virtual void squared_error(const float* recon, const float* target, std::int64_t rows,
+                             int sources, int width, float gradient_scale, float* grad,
+                             double* sse) = 0;
+  /// Sparse decoder backward for upstream gradient grad_out[rows, D]:
+  /// d_value[e] = decoder[latent[e]]·grad_out[row(e)], and, when d_decoder is not null,
+  /// d_decoder[latent[e]] += value[e]·grad_out[row(e)] (reading each decoder row once).
+  virtual void decoder_backward(const SparseCodes& codes, const float* grad_out,
+                                const float* decoder, std::int64_t output_width, float* d_value,
+                                float* d_decoder) = 0;
+  /// Sparse encoder backward: d_encoder[latent[e]] += d_pre[e]·xn[row(e)],
+  /// d_bias[latent[e]] += d_pre[e]. No dense rows×F buffer is formed.
+  virtual void encoder_backward(const SparseCodes& codes, const float* d_pre, const float* xn,
+                                std::int64_t input_width, float* d_encoder, float* d_bias) = 0;
+  /// Per-latent sums of the activation values: sums[f] = Σ_{e: latent[e]=f} value[e];
+  /// counts[f] (if not null) = number of entries. Both [F], overwritten.
+  virtual void latent_totals(const SparseCodes& codes, std::int64_t latents, float* sums,
+                             std::int64_t* counts) = 0;
+  /// Per-source decoder norms: norms[f, m] = ‖decoder[f, m·d : (m+1)·d]‖.
+  virtual void decoder_norms(const float* decoder, std::int64_t latents, int sources, int width,
+                             float* norms) = 0;
+  /// The decoder-norm constraint of TopK/BatchTopK (Gao et al. 2024). When `gradient` is not
+  /// null it removes from each latent's gradient row its component parallel to the decoder
+  /// row; otherwise it rescales each non-zero decoder row [D] to unit norm.
+  virtual void constrain_decoder(float* decoder, float* gradient, std::int64_t latents,
+                                 std::int64_t width) = 0;
+  /// Column sums of x[rows, width] into sums[width] (overwritten), in double precision (a host
+  /// array).
+  virtual void column_sums(const float* x, std::int64_t rows, std::int64_t width, double* sums) = 0;
+  /// x[i] = max(x[i], lower) for n numbers.
+  virtual void clamp_min(float* x, std::int64_t n, float lower) = 0;
+  /// Sum of squares of n numbers, in double precision.
+  virtual double sum_of_squares(const float* x, std::int64_t n) = 0;
+  /// One fused Adam update of n parameters (m and v are the moment estimates).
+  virtual void adam_update(float* parameter, const float* gradient, float* m, float* v,
+                           std::int64_t n, const AdamStep& step) = 0;
 };
 
 /// Every backend this library knows, whether built, and whether usable here (with the reason).

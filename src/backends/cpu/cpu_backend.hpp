@@ -8,7 +8,7 @@
 
 namespace crosscoder::detail {
 
-class CpuBackend final : public Backend {
+class CpuBackend final : public Backend, public std::enable_shared_from_this<CpuBackend> {
  public:
   CpuBackend();
 
@@ -22,6 +22,34 @@ class CpuBackend final : public Backend {
   void copy_on_device(void* device_dst, const void* device_src, std::size_t bytes) override;
   void fill_zero(void* device_dst, std::size_t bytes) override;
   void synchronize() override {}
+
+  void normalise(const float* x, std::int64_t rows, int sources, int width, const float* scale,
+                 const float* mean, float* xn) override;
+  void denormalise(const float* xn, std::int64_t rows, int sources, int width, const float* scale,
+                   const float* mean, float* x) override;
+  void encode(const float* xn, std::int64_t rows, std::int64_t input_width, const float* encoder,
+              const float* bias, std::int64_t latents, float* pre) override;
+  SparseCodes select(const float* pre, std::int64_t rows, std::int64_t latents,
+                     const SelectionRequest& request, float* min_selected_score) override;
+  void decode(const SparseCodes& codes, const float* decoder, const float* bias,
+              std::int64_t output_width, float* out) override;
+  void squared_error(const float* recon, const float* target, std::int64_t rows, int sources,
+                     int width, float gradient_scale, float* grad, double* sse) override;
+  void decoder_backward(const SparseCodes& codes, const float* grad_out, const float* decoder,
+                        std::int64_t output_width, float* d_value, float* d_decoder) override;
+  void encoder_backward(const SparseCodes& codes, const float* d_pre, const float* xn,
+                        std::int64_t input_width, float* d_encoder, float* d_bias) override;
+  void latent_totals(const SparseCodes& codes, std::int64_t latents, float* sums,
+                     std::int64_t* counts) override;
+  void decoder_norms(const float* decoder, std::int64_t latents, int sources, int width,
+                     float* norms) override;
+  void constrain_decoder(float* decoder, float* gradient, std::int64_t latents,
+                         std::int64_t width) override;
+  void column_sums(const float* x, std::int64_t rows, std::int64_t width, double* sums) override;
+  void clamp_min(float* x, std::int64_t n, float lower) override;
+  double sum_of_squares(const float* x, std::int64_t n) override;
+  void adam_update(float* parameter, const float* gradient, float* m, float* v, std::int64_t n,
+                   const AdamStep& step) override;
 };
 
 std::shared_ptr<Backend> make_cpu_backend();

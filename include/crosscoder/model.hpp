@@ -1,0 +1,112 @@
+#pragma once
+/// @file model.hpp
+/// The crosscoder: normaliser, encoder, sparse activation and per-source decoders.
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "crosscoder/backend.hpp"
+#include "crosscoder/config.hpp"
+#include "crosscoder/device_array.hpp"
+#include "crosscoder/sparse_codes.hpp"
+
+namespace crosscoder {
+
+/// The trainable tensors, in backend memory. D = M·d. Both weight matrices keep one
+/// contiguous row per latent (the encoder is stored transposed relative to the checkpoint's
+/// `encoder.weight [M, d, F]`) so sparse passes read whole rows.
+struct CrosscoderParameters {
+  DeviceArray<float> encoder_weight;  ///< [F, D]
+  DeviceArray<float> encoder_bias;    ///< [F]
+  DeviceArray<float> decoder_weight;  ///< [F, D]; row f, columns m·d..(m+1)·d are d_{f,m}
+  DeviceArray<float> decoder_bias;    ///< [D]
+  DeviceArray<float> threshold;       ///< [F] JumpReLU thresholds; empty otherwise
+};
+
+/// Per-source affine normalisation, applied inside encode/decode so that every public entry
+/// point takes raw activations (no train/inference mismatch is possible).
+struct Normaliser {
+  std::vector<float> scale;  ///< [M] s_m
+  std::vector<float> mean;   ///< [M·d] μ_m (zeros unless mean_and_scale)
+  bool fitted = false;       ///< false until fit() or a checkpoint set it
+};
+
+/// A sparse crosscoder over M sources of width d with F latents.
+class Crosscoder {
+ public:
+  /// A freshly initialised crosscoder: unit-norm random decoder rows (zero for the sources an
+  /// exclusive latent does not use), encoder initialised to the decoder's transpose, zero
+  /// biases, identity normaliser. @throws Error when `config` is invalid.
+  Crosscoder(const CrosscoderConfig& config, std::shared_ptr<Backend> backend, std::uint64_t seed);
+
+  /// Loads a checkpoint written by save() (or a training checkpoint).
+  /// @throws Error naming the file and tensor when it is missing, malformed or inconsistent.
+  static Crosscoder load(const std::filesystem::path& path, std::shared_ptr<Backend> backend);
+
+  /// Writes the model as safetensors with dictionary_learning's crosscoder names
+  /// (encoder.weight [M,d,F], encoder.bias [F], decoder.weight [M,F,d], decoder.bias [M,d],
+  /// k, threshold, normaliser.scale [M], normaliser.mean [M,d]) and the JSON config in
+  /// `__metadata__["config"]`. Atomic: the old file survives any failure.
+  /// `extra_metadata` is added to `__metadata__`.
+  void save(const std::filesystem::path& path,
+            const std::map<std::string, std::string>& extra_metadata = {}) const;
+
+  const CrosscoderConfig& config() const noexcept { return config_; }
+  const std::shared_ptr<Backend>& backend() const noexcept { return backend_; }
+  CrosscoderParameters& parameters() noexcept { return parameters_; }
+  const CrosscoderParameters& parameters() const noexcept { return parameters_; }
+  const Normaliser& normaliser() const noexcept { return normaliser_; }
+
+  /// Estimates the normaliser from raw rows x[rows, M, d] (see Normalisation) and uploads it.
+  /// @throws Error when a source has zero energy or the data holds NaN/Inf.
+  void fit_normaliser(std::span<const float> x, std::int64_t rows);
+  /// Sets the normaliser directly (scale [M], mean [M·d]).
+  void set_normaliser(Normaliser normaliser);
+
+  /// BatchTopK's inference threshold on decoder-norm-weighted activations; negative until
+  /// training has learnt one (then encode() falls back to batch selection).
+  float batch_threshold() const noexcept { return batch_threshold_; }
+  void set_batch_threshold(float threshold) noexcept { batch_threshold_ = threshold; }
+
+  /// Sparse latent activations of raw rows x[rows, M, d] (host memory), as at inference:
+  /// BatchTopK uses the learnt threshold when there is one.
+  HostSparseCodes encode(std::span<const float> x, std::int64_t rows) const;
+  /// Reconstruction of raw rows, in raw units: [rows, M, d].
+  std::vector<float> reconstruct(std::span<const float> x, std::int64_t rows) const;
+
+  /// Decoder vectors in normalised units, [F, M, d].
+  std::vector<float> decoder_vectors() const;
+  /// Decoder vectors in raw activation units (each source's block divided by s_m), [F, M, d]:
+  /// the direction latent f adds to source m's activations per unit of activation.
+  std::vector<float> raw_decoder_vectors() const;
+  /// Per-source decoder norms in normalised units, [F, M].
+  std::vector<float> decoder_norms() const;
+  /// Relative decoder norms r_{f,m} = ‖d_{f,m}‖ / Σ_m' ‖d_{f,m'}‖ (0 for an all-zero row), [F, M].
+  std::vector<float> relative_decoder_norms() const;
+
+  // ---- Building blocks for the trainer and tests (backend memory) -----------------------
+
+  /// xn = normalise(x) for x[rows, D] in backend memory.
+  void normalise(const float* x, std::int64_t rows, float* xn) const;
+  /// Per-latent score weights for BatchTopK: Σ_m ‖d_{f,m}‖, [F] in backend memory.
+  void latent_score_weights(float* weights) const;
+
+ private:
+  Crosscoder(const CrosscoderConfig& config, std::shared_ptr<Backend> backend);
+  void upload_normaliser();
+
+  CrosscoderConfig config_;
+  std::shared_ptr<Backend> backend_;
+  CrosscoderParameters parameters_;
+  Normaliser normaliser_;
+  DeviceArray<float> normaliser_scale_;  // [M]
+  DeviceArray<float> normaliser_mean_;   // [D]
+  float batch_threshold_ = -1.0f;
+};
+
+}  // namespace crosscoder

@@ -1,0 +1,121 @@
+#pragma once
+/// @file trainer.hpp
+/// Training a crosscoder: loss, sparse backward, Adam with schedule and clipping, the
+/// decoder-norm constraint, AuxK, checkpoints and exact resume.
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "crosscoder/model.hpp"
+
+namespace crosscoder {
+
+/// Optimisation settings. Losses are computed in normalised units and averaged over rows.
+struct TrainConfig {
+  std::int64_t steps = 1000;       ///< optimisation steps
+  std::int64_t batch_size = 1024;  ///< rows per step
+  float learning_rate = 5e-4f;     ///< peak Adam learning rate
+  float beta1 = 0.9f;
+  float beta2 = 0.999f;
+  float epsilon = 1e-8f;
+  std::int64_t warmup_steps = 100;     ///< linear warm-up from 0 to the peak rate
+  float decay_fraction = 0.2f;         ///< linear decay to 0 over this final fraction of steps
+  float gradient_clip = 1.0f;          ///< max global gradient norm; ≤ 0 disables clipping
+  float l1_coefficient = 1.0f;         ///< ReLU: λ of the decoder-norm-weighted L1 penalty
+  float l0_coefficient = 1.0f;         ///< JumpReLU: λ of the L0 penalty
+  float auxk_coefficient = 1.0f / 32;  ///< TopK/BatchTopK: weight of the AuxK loss
+  int aux_k = 0;                       ///< latents in the AuxK reconstruction; 0 = D/2
+  std::int64_t dead_after_tokens = 10'000'000;  ///< a latent silent this long is dead
+  int k_initial = 0;                            ///< BatchTopK k annealing: start value (0 = off)
+  std::int64_t k_anneal_steps = 0;              ///< steps over which k goes linearly to config.k
+  float threshold_momentum = 0.999f;  ///< BatchTopK: EMA momentum of the inference threshold
+  std::int64_t normaliser_rows = 0;   ///< rows used to fit the normaliser (0 = first batch)
+  std::uint64_t seed = 0;             ///< initialisation and data order
+
+  /// Throws Error naming the field when a value is out of range.
+  void validate() const;
+  std::string to_json() const;
+  static TrainConfig from_json(std::string_view json);
+};
+
+/// The loss terms and statistics of one step (before the update).
+struct StepReport {
+  std::int64_t step = 0;        ///< 1-based number of the step just taken
+  double loss = 0.0;            ///< total loss
+  double reconstruction = 0.0;  ///< Σ_m MSE_m
+  double sparsity = 0.0;        ///< λ-weighted L1 (ReLU) or L0 (JumpReLU) term
+  double auxk = 0.0;            ///< coefficient-weighted AuxK term
+  std::vector<double> mse;      ///< [M] mean over rows of ‖x̂_m − x_m‖² (normalised)
+  std::vector<double> fve;      ///< [M] fraction of variance explained per source
+  double l0 = 0.0;              ///< mean active latents per row
+  double dead_fraction = 0.0;   ///< latents silent for dead_after_tokens
+  double gradient_norm = 0.0;   ///< global norm before clipping
+  double learning_rate = 0.0;
+  int k = 0;  ///< k in force (BatchTopK annealing)
+};
+
+/// Gradients of the loss, the same shapes as CrosscoderParameters.
+struct Gradients {
+  DeviceArray<float> encoder_weight, encoder_bias, decoder_weight, decoder_bias, threshold;
+};
+
+/// Trains one Crosscoder in place. Deterministic on the CPU for a given seed and thread count.
+class Trainer {
+ public:
+  /// @throws Error when `config` is invalid.
+  Trainer(Crosscoder& model, const TrainConfig& config);
+
+  /// One optimisation step on raw rows x[rows, M, d] (host memory). Fits the normaliser
+  /// from this batch first if the model has none.
+  /// @throws Error naming row and source on NaN/Inf input, and naming the step when the loss
+  ///         becomes non-finite (the model is then left as it was before the step).
+  StepReport step(std::span<const float> x, std::int64_t rows);
+
+  /// Loss terms and the raw gradients (before masking, constraint and clipping) at the current
+  /// parameters, without changing anything. For tests and diagnostics.
+  StepReport compute_gradients(std::span<const float> x, std::int64_t rows);
+  const Gradients& gradients() const noexcept { return gradients_; }
+
+  std::int64_t steps_done() const noexcept { return step_; }
+  const TrainConfig& config() const noexcept { return config_; }
+  Crosscoder& model() noexcept { return model_; }
+  /// Tokens since each latent last fired, [F].
+  const std::vector<std::int64_t>& tokens_since_fired() const noexcept {
+    return tokens_since_fired_;
+  }
+  /// The learning rate the schedule gives at 1-based step t.
+  float learning_rate_at(std::int64_t t) const noexcept;
+  /// The k in force at 1-based step t (BatchTopK annealing).
+  int k_at(std::int64_t t) const noexcept;
+
+  /// Writes a training checkpoint: the model (as Crosscoder::save) plus Adam moments, step,
+  /// dead-latent counters, the train config and `data_state` (the data stream's position).
+  /// Atomic.
+  void save_checkpoint(const std::filesystem::path& path, const std::string& data_state = "") const;
+  /// Restores everything save_checkpoint wrote into this trainer and its model, and returns
+  /// the data state. @throws Error if the checkpoint does not match the model's config.
+  std::string load_checkpoint(const std::filesystem::path& path);
+
+ private:
+  struct Moments {
+    DeviceArray<float> m, v;
+  };
+  StepReport forward_backward(std::span<const float> x, std::int64_t rows);
+  void apply_update(StepReport& report);
+
+  Crosscoder& model_;
+  TrainConfig config_;
+  std::shared_ptr<Backend> backend_;
+  Gradients gradients_;
+  std::vector<Moments> moments_;  // one per parameter, in CrosscoderParameters order
+  std::vector<std::int64_t> tokens_since_fired_;
+  std::vector<std::int64_t> fired_this_step_;
+  float last_min_selected_score_ = -1.0f;
+  std::int64_t step_ = 0;
+};
+
+}  // namespace crosscoder

@@ -1,0 +1,281 @@
+// The CPU backend's crosscoder operations: Eigen for the dense GEMM, OpenMP loops elsewhere.
+// Every reduction has a fixed order independent of the thread count's scheduling, so a run
+// is deterministic for a given seed and thread count.
+#include <Eigen/Core>
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "backends/cpu/cpu_backend.hpp"
+#include "backends/cpu/cpu_selection.hpp"
+#include "crosscoder/sparse_codes.hpp"
+
+namespace crosscoder::detail {
+namespace {
+
+using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using ConstRowMap = Eigen::Map<const RowMatrix>;
+using RowMap = Eigen::Map<RowMatrix>;
+using ConstVectorMap = Eigen::Map<const Eigen::VectorXf>;
+using VectorMap = Eigen::Map<Eigen::VectorXf>;
+
+// Entries of CSR codes regrouped by latent (a stable counting sort), so that backward passes
+// can give each latent's gradient row to one thread and read each parameter row once.
+struct EntriesByLatent {
+  std::vector<std::int64_t> begin;  // [F + 1]
+  std::vector<std::int64_t> entry;  // [nnz] index into the CSR arrays, rows ascending
+  std::vector<std::int64_t> row;    // [nnz] the entry's row
+};
+
+EntriesByLatent group_by_latent(const SparseCodes& codes, std::int64_t latents) {
+  EntriesByLatent grouped;
+  grouped.begin.assign(static_cast<std::size_t>(latents + 1), 0);
+  grouped.entry.resize(static_cast<std::size_t>(codes.nnz));
+  grouped.row.resize(static_cast<std::size_t>(codes.nnz));
+  const std::int32_t* latent = codes.latent.data();
+  for (std::int64_t e = 0; e < codes.nnz; ++e) ++grouped.begin[latent[e] + 1];
+  for (std::int64_t f = 0; f < latents; ++f) grouped.begin[f + 1] += grouped.begin[f];
+  std::vector<std::int64_t> next(grouped.begin.begin(), grouped.begin.end() - 1);
+  const std::int64_t* row_ptr = codes.row_ptr.data();
+  for (std::int64_t b = 0; b < codes.rows; ++b) {
+    for (std::int64_t e = row_ptr[b]; e < row_ptr[b + 1]; ++e) {
+      const std::int64_t slot = next[latent[e]]++;
+      grouped.entry[slot] = e;
+      grouped.row[slot] = b;
+    }
+  }
+  return grouped;
+}
+
+std::int64_t max_latent_plus_one(const SparseCodes& codes) {
+  std::int32_t largest = -1;
+  for (std::int64_t e = 0; e < codes.nnz; ++e) largest = std::max(largest, codes.latent.data()[e]);
+  return largest + 1;
+}
+
+}  // namespace
+
+void CpuBackend::normalise(const float* x, std::int64_t rows, int sources, int width,
+                           const float* scale, const float* mean, float* xn) {
+  const std::int64_t input_width = static_cast<std::int64_t>(sources) * width;
+#pragma omp parallel for schedule(static)
+  for (std::int64_t b = 0; b < rows; ++b) {
+    for (int m = 0; m < sources; ++m) {
+      const std::int64_t offset = b * input_width + static_cast<std::int64_t>(m) * width;
+      for (int i = 0; i < width; ++i) {
+        const float centre = mean ? mean[m * width + i] : 0.0f;
+        xn[offset + i] = (x[offset + i] - centre) * scale[m];
+      }
+    }
+  }
+}
+
+void CpuBackend::denormalise(const float* xn, std::int64_t rows, int sources, int width,
+                             const float* scale, const float* mean, float* x) {
+  const std::int64_t input_width = static_cast<std::int64_t>(sources) * width;
+#pragma omp parallel for schedule(static)
+  for (std::int64_t b = 0; b < rows; ++b) {
+    for (int m = 0; m < sources; ++m) {
+      const std::int64_t offset = b * input_width + static_cast<std::int64_t>(m) * width;
+      for (int i = 0; i < width; ++i) {
+        const float centre = mean ? mean[m * width + i] : 0.0f;
+        x[offset + i] = xn[offset + i] / scale[m] + centre;
+      }
+    }
+  }
+}
+
+void CpuBackend::encode(const float* xn, std::int64_t rows, std::int64_t input_width,
+                        const float* encoder, const float* bias, std::int64_t latents, float* pre) {
+  ConstRowMap x(xn, rows, input_width);
+  ConstRowMap w(encoder, latents, input_width);
+  RowMap out(pre, rows, latents);
+  out.noalias() = x * w.transpose();
+  const Eigen::Map<const Eigen::RowVectorXf> b(bias, latents);
+  out.rowwise() += b;
+}
+
+SparseCodes CpuBackend::select(const float* pre, std::int64_t rows, std::int64_t latents,
+                               const SelectionRequest& request, float* min_selected_score) {
+  return cpu_select(shared_from_this(), pre, rows, latents, request, min_selected_score);
+}
+
+void CpuBackend::decode(const SparseCodes& codes, const float* decoder, const float* bias,
+                        std::int64_t output_width, float* out) {
+  const std::int64_t* row_ptr = codes.row_ptr.data();
+  const std::int32_t* latent = codes.latent.data();
+  const float* value = codes.value.data();
+#pragma omp parallel for schedule(static)
+  for (std::int64_t b = 0; b < codes.rows; ++b) {
+    VectorMap row(out + b * output_width, output_width);
+    if (bias) {
+      row = ConstVectorMap(bias, output_width);
+    } else {
+      row.setZero();
+    }
+    for (std::int64_t e = row_ptr[b]; e < row_ptr[b + 1]; ++e) {
+      row.noalias() += value[e] * ConstVectorMap(decoder + latent[e] * output_width, output_width);
+    }
+  }
+}
+
+void CpuBackend::squared_error(const float* recon, const float* target, std::int64_t rows,
+                               int sources, int width, float gradient_scale, float* grad,
+                               double* sse) {
+  const std::int64_t input_width = static_cast<std::int64_t>(sources) * width;
+  std::vector<double> per_row(static_cast<std::size_t>(rows * sources));
+#pragma omp parallel for schedule(static)
+  for (std::int64_t b = 0; b < rows; ++b) {
+    for (int m = 0; m < sources; ++m) {
+      const std::int64_t offset = b * input_width + static_cast<std::int64_t>(m) * width;
+      double total = 0.0;
+      for (int i = 0; i < width; ++i) {
+        const float difference = recon[offset + i] - target[offset + i];
+        total += static_cast<double>(difference) * difference;
+        if (grad) grad[offset + i] = gradient_scale * difference;
+      }
+      per_row[b * sources + m] = total;
+    }
+  }
+  for (int m = 0; m < sources; ++m) sse[m] = 0.0;
+  for (std::int64_t b = 0; b < rows; ++b) {
+    for (int m = 0; m < sources; ++m) sse[m] += per_row[b * sources + m];
+  }
+}
+
+void CpuBackend::decoder_backward(const SparseCodes& codes, const float* grad_out,
+                                  const float* decoder, std::int64_t output_width, float* d_value,
+                                  float* d_decoder) {
+  const std::int64_t* row_ptr = codes.row_ptr.data();
+  const std::int32_t* latent = codes.latent.data();
+#pragma omp parallel for schedule(static)
+  for (std::int64_t b = 0; b < codes.rows; ++b) {
+    const ConstVectorMap g(grad_out + b * output_width, output_width);
+    for (std::int64_t e = row_ptr[b]; e < row_ptr[b + 1]; ++e) {
+      d_value[e] = ConstVectorMap(decoder + latent[e] * output_width, output_width).dot(g);
+    }
+  }
+  if (!d_decoder) return;
+  const std::int64_t latents = max_latent_plus_one(codes);
+  const EntriesByLatent grouped = group_by_latent(codes, latents);
+  const float* value = codes.value.data();
+#pragma omp parallel for schedule(dynamic, 16)
+  for (std::int64_t f = 0; f < latents; ++f) {
+    if (grouped.begin[f] == grouped.begin[f + 1]) continue;
+    VectorMap gradient_row(d_decoder + f * output_width, output_width);
+    for (std::int64_t s = grouped.begin[f]; s < grouped.begin[f + 1]; ++s) {
+      gradient_row.noalias() +=
+          value[grouped.entry[s]] *
+          ConstVectorMap(grad_out + grouped.row[s] * output_width, output_width);
+    }
+  }
+}
+
+void CpuBackend::encoder_backward(const SparseCodes& codes, const float* d_pre, const float* xn,
+                                  std::int64_t input_width, float* d_encoder, float* d_bias) {
+  const std::int64_t latents = max_latent_plus_one(codes);
+  const EntriesByLatent grouped = group_by_latent(codes, latents);
+#pragma omp parallel for schedule(dynamic, 16)
+  for (std::int64_t f = 0; f < latents; ++f) {
+    if (grouped.begin[f] == grouped.begin[f + 1]) continue;
+    VectorMap gradient_row(d_encoder + f * input_width, input_width);
+    float bias_gradient = 0.0f;
+    for (std::int64_t s = grouped.begin[f]; s < grouped.begin[f + 1]; ++s) {
+      const float upstream = d_pre[grouped.entry[s]];
+      if (upstream == 0.0f) continue;
+      gradient_row.noalias() +=
+          upstream * ConstVectorMap(xn + grouped.row[s] * input_width, input_width);
+      bias_gradient += upstream;
+    }
+    d_bias[f] += bias_gradient;
+  }
+}
+
+void CpuBackend::latent_totals(const SparseCodes& codes, std::int64_t latents, float* sums,
+                               std::int64_t* counts) {
+  std::fill(sums, sums + latents, 0.0f);
+  if (counts) std::fill(counts, counts + latents, 0);
+  for (std::int64_t e = 0; e < codes.nnz; ++e) {
+    const std::int32_t f = codes.latent.data()[e];
+    sums[f] += codes.value.data()[e];
+    if (counts) ++counts[f];
+  }
+}
+
+void CpuBackend::decoder_norms(const float* decoder, std::int64_t latents, int sources, int width,
+                               float* norms) {
+  const std::int64_t input_width = static_cast<std::int64_t>(sources) * width;
+#pragma omp parallel for schedule(static)
+  for (std::int64_t f = 0; f < latents; ++f) {
+    for (int m = 0; m < sources; ++m) {
+      norms[f * sources + m] =
+          ConstVectorMap(decoder + f * input_width + static_cast<std::int64_t>(m) * width, width)
+              .norm();
+    }
+  }
+}
+
+void CpuBackend::constrain_decoder(float* decoder, float* gradient, std::int64_t latents,
+                                   std::int64_t width) {
+#pragma omp parallel for schedule(static)
+  for (std::int64_t f = 0; f < latents; ++f) {
+    VectorMap row(decoder + f * width, width);
+    const float squared_norm = row.squaredNorm();
+    if (squared_norm == 0.0f) continue;
+    if (gradient) {
+      VectorMap g(gradient + f * width, width);
+      g -= (g.dot(row) / squared_norm) * row;
+    } else {
+      row /= std::sqrt(squared_norm);
+    }
+  }
+}
+
+void CpuBackend::column_sums(const float* x, std::int64_t rows, std::int64_t width, double* sums) {
+#pragma omp parallel for schedule(static)
+  for (std::int64_t j = 0; j < width; ++j) {
+    double total = 0.0;
+    for (std::int64_t b = 0; b < rows; ++b) total += x[b * width + j];
+    sums[j] = total;
+  }
+}
+
+void CpuBackend::clamp_min(float* x, std::int64_t n, float lower) {
+#pragma omp parallel for simd schedule(static)
+  for (std::int64_t i = 0; i < n; ++i) x[i] = std::max(x[i], lower);
+}
+
+double CpuBackend::sum_of_squares(const float* x, std::int64_t n) {
+  // Fixed-size chunks summed in order: the result does not depend on the thread count.
+  constexpr std::int64_t kChunk = 1 << 15;
+  const std::int64_t chunks = (n + kChunk - 1) / kChunk;
+  std::vector<double> partial(static_cast<std::size_t>(chunks), 0.0);
+#pragma omp parallel for schedule(static)
+  for (std::int64_t c = 0; c < chunks; ++c) {
+    double total = 0.0;
+    const std::int64_t end = std::min(n, (c + 1) * kChunk);
+    for (std::int64_t i = c * kChunk; i < end; ++i) total += static_cast<double>(x[i]) * x[i];
+    partial[c] = total;
+  }
+  double total = 0.0;
+  for (double value : partial) total += value;
+  return total;
+}
+
+void CpuBackend::adam_update(float* parameter, const float* gradient, float* m, float* v,
+                             std::int64_t n, const AdamStep& step) {
+  const double t = static_cast<double>(step.step);
+  const float correction1 = static_cast<float>(1.0 - std::pow(static_cast<double>(step.beta1), t));
+  const float correction2 = static_cast<float>(1.0 - std::pow(static_cast<double>(step.beta2), t));
+  const float step_size = step.learning_rate / correction1;
+  const float root_correction2 = std::sqrt(correction2);
+#pragma omp parallel for simd schedule(static)
+  for (std::int64_t i = 0; i < n; ++i) {
+    const float g = gradient[i] * step.gradient_scale;
+    m[i] = step.beta1 * m[i] + (1.0f - step.beta1) * g;
+    v[i] = step.beta2 * v[i] + (1.0f - step.beta2) * g * g;
+    parameter[i] -= step_size * m[i] / (std::sqrt(v[i]) / root_correction2 + step.epsilon);
+  }
+}
+
+}  // namespace crosscoder::detail

@@ -1,0 +1,264 @@
+#include "crosscoder/model.hpp"
+
+#include <fmt/format.h>
+
+#include <cmath>
+
+#include "crosscoder/error.hpp"
+#include "random.hpp"
+#include "validation.hpp"
+
+namespace crosscoder {
+
+Crosscoder::Crosscoder(const CrosscoderConfig& config, std::shared_ptr<Backend> backend)
+    : config_(config), backend_(std::move(backend)) {
+  config_.validate();
+  if (!backend_) throw Error("Crosscoder: no backend given");
+  const auto F = static_cast<std::size_t>(config_.latents);
+  const auto D = static_cast<std::size_t>(config_.input_width());
+  parameters_.encoder_weight = DeviceArray<float>(backend_, F * D);
+  parameters_.encoder_bias = DeviceArray<float>(backend_, F);
+  parameters_.decoder_weight = DeviceArray<float>(backend_, F * D);
+  parameters_.decoder_bias = DeviceArray<float>(backend_, D);
+  if (config_.activation == Activation::jumprelu) {
+    parameters_.threshold = DeviceArray<float>(backend_, F);
+  }
+  normaliser_.scale.assign(static_cast<std::size_t>(config_.sources), 1.0f);
+  normaliser_.mean.assign(D, 0.0f);
+  normaliser_scale_ = DeviceArray<float>(backend_, static_cast<std::size_t>(config_.sources));
+  normaliser_mean_ = DeviceArray<float>(backend_, D);
+  upload_normaliser();
+}
+
+Crosscoder::Crosscoder(const CrosscoderConfig& config, std::shared_ptr<Backend> backend,
+                       std::uint64_t seed)
+    : Crosscoder(config, std::move(backend)) {
+  const auto F = static_cast<std::int64_t>(config_.latents);
+  const std::int64_t D = config_.input_width();
+  const int d = config_.width;
+  detail::Random random(seed);
+  std::vector<float> decoder(static_cast<std::size_t>(F * D), 0.0f);
+  for (std::int64_t f = 0; f < F; ++f) {
+    double squared_norm = 0.0;
+    for (int m = 0; m < config_.sources; ++m) {
+      if (!config_.latent_uses_source(static_cast<int>(f), m)) continue;
+      for (int i = 0; i < d; ++i) {
+        const double value = random.normal();
+        decoder[f * D + m * d + i] = static_cast<float>(value);
+        squared_norm += value * value;
+      }
+    }
+    const double inverse_norm = 1.0 / std::sqrt(squared_norm);
+    for (std::int64_t j = 0; j < D; ++j) {
+      decoder[f * D + j] = static_cast<float>(decoder[f * D + j] * inverse_norm);
+    }
+  }
+  parameters_.decoder_weight.upload(decoder);
+  // Tied initialisation (encoder = decoderᵀ) starts every latent as a matched filter.
+  parameters_.encoder_weight.upload(decoder);
+  parameters_.encoder_bias.zero();
+  parameters_.decoder_bias.zero();
+  if (!parameters_.threshold.empty()) {
+    parameters_.threshold.upload(
+        std::vector<float>(static_cast<std::size_t>(F), config_.jumprelu_initial_threshold));
+  }
+}
+
+void Crosscoder::upload_normaliser() {
+  normaliser_scale_.upload(normaliser_.scale);
+  normaliser_mean_.upload(normaliser_.mean);
+}
+
+void Crosscoder::set_normaliser(Normaliser normaliser) {
+  const auto M = static_cast<std::size_t>(config_.sources);
+  const auto D = static_cast<std::size_t>(config_.input_width());
+  if (normaliser.scale.size() != M || normaliser.mean.size() != D) {
+    throw Error(fmt::format("normaliser: expected scale [{}] and mean [{}], got [{}] and [{}]", M,
+                            D, normaliser.scale.size(), normaliser.mean.size()));
+  }
+  for (std::size_t m = 0; m < M; ++m) {
+    if (!(normaliser.scale[m] > 0.0f) || !std::isfinite(normaliser.scale[m])) {
+      throw Error(fmt::format("normaliser: scale of source {} must be positive and finite, got {}",
+                              m, normaliser.scale[m]));
+    }
+  }
+  normaliser_ = std::move(normaliser);
+  normaliser_.fitted = true;
+  upload_normaliser();
+}
+
+void Crosscoder::fit_normaliser(std::span<const float> x, std::int64_t rows) {
+  const int M = config_.sources;
+  const int d = config_.width;
+  const std::int64_t D = config_.input_width();
+  detail::check_batch(x, rows, M, d, "normaliser data");
+  if (rows < 1) throw Error("normaliser: needs at least one row");
+  Normaliser fitted;
+  fitted.scale.assign(static_cast<std::size_t>(M), 1.0f);
+  fitted.mean.assign(static_cast<std::size_t>(D), 0.0f);
+  if (config_.normalisation == Normalisation::none) {
+    set_normaliser(std::move(fitted));
+    return;
+  }
+  std::vector<double> mean(static_cast<std::size_t>(D), 0.0);
+  if (config_.normalisation == Normalisation::mean_and_scale) {
+    for (std::int64_t b = 0; b < rows; ++b) {
+      for (std::int64_t j = 0; j < D; ++j) mean[j] += x[b * D + j];
+    }
+    for (std::int64_t j = 0; j < D; ++j) {
+      mean[j] /= static_cast<double>(rows);
+      fitted.mean[j] = static_cast<float>(mean[j]);
+    }
+  }
+  for (int m = 0; m < M; ++m) {
+    double energy = 0.0;
+    for (std::int64_t b = 0; b < rows; ++b) {
+      for (int i = 0; i < d; ++i) {
+        const double centred = x[b * D + m * d + i] - static_cast<double>(fitted.mean[m * d + i]);
+        energy += centred * centred;
+      }
+    }
+    const double mean_squared_norm = energy / static_cast<double>(rows);
+    if (!(mean_squared_norm > 0.0)) {
+      throw Error(fmt::format("normaliser: source {} has zero energy over {} rows; cannot scale it",
+                              m, rows));
+    }
+    fitted.scale[m] = static_cast<float>(std::sqrt(static_cast<double>(d) / mean_squared_norm));
+  }
+  set_normaliser(std::move(fitted));
+}
+
+void Crosscoder::normalise(const float* x, std::int64_t rows, float* xn) const {
+  backend_->normalise(x, rows, config_.sources, config_.width, normaliser_scale_.data(),
+                      normaliser_mean_.data(), xn);
+}
+
+void Crosscoder::latent_score_weights(float* weights) const {
+  const auto F = static_cast<std::size_t>(config_.latents);
+  const auto M = static_cast<std::size_t>(config_.sources);
+  DeviceArray<float> norms(backend_, F * M);
+  backend_->decoder_norms(parameters_.decoder_weight.data(), config_.latents, config_.sources,
+                          config_.width, norms.data());
+  // Summing over sources is a tiny [F, M] reduction; do it on the host.
+  const std::vector<float> host = norms.download();
+  std::vector<float> sums(F, 0.0f);
+  for (std::size_t f = 0; f < F; ++f) {
+    for (std::size_t m = 0; m < M; ++m) sums[f] += host[f * M + m];
+  }
+  backend_->copy_to_device(weights, sums.data(), F * sizeof(float));
+}
+
+HostSparseCodes Crosscoder::encode(std::span<const float> x, std::int64_t rows) const {
+  detail::check_batch(x, rows, config_.sources, config_.width, "encode input");
+  const std::int64_t D = config_.input_width();
+  const std::int64_t F = config_.latents;
+  DeviceArray<float> raw(backend_, x);
+  DeviceArray<float> xn(backend_, static_cast<std::size_t>(rows * D));
+  normalise(raw.data(), rows, xn.data());
+  DeviceArray<float> pre(backend_, static_cast<std::size_t>(rows * F));
+  backend_->encode(xn.data(), rows, D, parameters_.encoder_weight.data(),
+                   parameters_.encoder_bias.data(), F, pre.data());
+  SelectionRequest request;
+  DeviceArray<float> weights;
+  switch (config_.activation) {
+    case Activation::relu:
+      request.selection = Selection::positive;
+      break;
+    case Activation::topk:
+      request.selection = Selection::per_row_top_k;
+      request.k = config_.k;
+      break;
+    case Activation::batchtopk:
+      weights = DeviceArray<float>(backend_, static_cast<std::size_t>(F));
+      latent_score_weights(weights.data());
+      request.weight = weights.data();
+      request.k = config_.k;
+      if (batch_threshold_ >= 0.0f) {
+        request.selection = Selection::batch_threshold;
+        request.scalar_threshold = batch_threshold_;
+      } else {
+        request.selection = Selection::per_batch_top_k;
+      }
+      break;
+    case Activation::jumprelu:
+      request.selection = Selection::jump_threshold;
+      request.threshold = parameters_.threshold.data();
+      break;
+  }
+  return HostSparseCodes::from(backend_->select(pre.data(), rows, F, request, nullptr));
+}
+
+std::vector<float> Crosscoder::reconstruct(std::span<const float> x, std::int64_t rows) const {
+  const HostSparseCodes host_codes = encode(x, rows);
+  const std::int64_t D = config_.input_width();
+  SparseCodes codes;
+  codes.rows = rows;
+  codes.nnz = static_cast<std::int64_t>(host_codes.latent.size());
+  codes.row_ptr =
+      DeviceArray<std::int64_t>(backend_, std::span<const std::int64_t>(host_codes.row_ptr));
+  codes.latent =
+      DeviceArray<std::int32_t>(backend_, std::span<const std::int32_t>(host_codes.latent));
+  codes.value = DeviceArray<float>(backend_, std::span<const float>(host_codes.value));
+  DeviceArray<float> xn_hat(backend_, static_cast<std::size_t>(rows * D));
+  backend_->decode(codes, parameters_.decoder_weight.data(), parameters_.decoder_bias.data(), D,
+                   xn_hat.data());
+  DeviceArray<float> out(backend_, static_cast<std::size_t>(rows * D));
+  backend_->denormalise(xn_hat.data(), rows, config_.sources, config_.width,
+                        normaliser_scale_.data(), normaliser_mean_.data(), out.data());
+  return out.download();
+}
+
+std::vector<float> Crosscoder::decoder_vectors() const {
+  return parameters_.decoder_weight.download();
+}
+
+std::vector<float> Crosscoder::raw_decoder_vectors() const {
+  std::vector<float> vectors = decoder_vectors();
+  const std::int64_t D = config_.input_width();
+  for (std::int64_t f = 0; f < config_.latents; ++f) {
+    for (int m = 0; m < config_.sources; ++m) {
+      for (int i = 0; i < config_.width; ++i) {
+        vectors[f * D + m * config_.width + i] /= normaliser_.scale[m];
+      }
+    }
+  }
+  return vectors;
+}
+
+std::vector<float> Crosscoder::decoder_norms() const {
+  const auto F = static_cast<std::size_t>(config_.latents);
+  const auto M = static_cast<std::size_t>(config_.sources);
+  DeviceArray<float> norms(backend_, F * M);
+  backend_->decoder_norms(parameters_.decoder_weight.data(), config_.latents, config_.sources,
+                          config_.width, norms.data());
+  return norms.download();
+}
+
+std::vector<float> Crosscoder::relative_decoder_norms() const {
+  std::vector<float> norms = decoder_norms();
+  const auto M = static_cast<std::size_t>(config_.sources);
+  for (std::size_t f = 0; f < static_cast<std::size_t>(config_.latents); ++f) {
+    float total = 0.0f;
+    for (std::size_t m = 0; m < M; ++m) total += norms[f * M + m];
+    for (std::size_t m = 0; m < M; ++m)
+      norms[f * M + m] = total > 0.0f ? norms[f * M + m] / total : 0.0f;
+  }
+  return norms;
+}
+
+HostSparseCodes HostSparseCodes::from(const SparseCodes& codes) {
+  HostSparseCodes host;
+  host.rows = codes.rows;
+  host.row_ptr = codes.row_ptr.download();
+  host.latent = codes.latent.download();
+  host.value = codes.value.download();
+  return host;
+}
+
+std::vector<float> HostSparseCodes::dense_row(std::int64_t row, std::int64_t latents) const {
+  std::vector<float> dense(static_cast<std::size_t>(latents), 0.0f);
+  for (std::int64_t e = row_ptr[row]; e < row_ptr[row + 1]; ++e) dense[latent[e]] = value[e];
+  return dense;
+}
+
+}  // namespace crosscoder

@@ -1,0 +1,216 @@
+#pragma once
+// A plain float64 reference of the crosscoder's forward pass and loss, written with loops and
+// no cleverness, to check the library's optimised implementation against.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "crosscoder/model.hpp"
+#include "crosscoder/trainer.hpp"
+
+namespace crosscoder::testing {
+
+struct ReferenceParameters {
+  std::vector<double> encoder, encoder_bias, decoder, decoder_bias, threshold;  // library layouts
+  std::vector<double> scale, mean;
+
+  static ReferenceParameters from(const Crosscoder& model) {
+    const auto widen = [](const std::vector<float>& v) {
+      return std::vector<double>(v.begin(), v.end());
+    };
+    const CrosscoderParameters& p = model.parameters();
+    ReferenceParameters r;
+    r.encoder = widen(p.encoder_weight.download());
+    r.encoder_bias = widen(p.encoder_bias.download());
+    r.decoder = widen(p.decoder_weight.download());
+    r.decoder_bias = widen(p.decoder_bias.download());
+    r.threshold = widen(p.threshold.download());
+    r.scale = widen(model.normaliser().scale);
+    r.mean = widen(model.normaliser().mean);
+    return r;
+  }
+};
+
+struct ReferenceForward {
+  std::vector<double> xn, pre, activation, recon;  // [B,D], [B,F], [B,F] dense, [B,D]
+  std::vector<std::vector<int>> active;            // per row, the selected latents
+  double min_selected_score = -1.0;
+};
+
+/// What the loss's detached parts are fixed to (AuxK residual), taken from a base forward.
+struct ReferenceAux {
+  bool enabled = false;
+  std::vector<std::uint8_t> dead;  // [F]
+  int aux_k = 0;
+  std::vector<double> residual;  // [B,D] detached e = x − x̂
+  double denominator = 0.0;      // detached (1/B) Σ_b ‖e_b − ē‖²
+};
+
+inline std::vector<int> top_of_row(const std::vector<double>& score, int F, int k,
+                                   const std::vector<std::uint8_t>* allowed) {
+  std::vector<int> order;
+  for (int f = 0; f < F; ++f) {
+    if (!allowed || (*allowed)[f]) order.push_back(f);
+  }
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return score[a] > score[b]; });
+  order.resize(std::min<std::size_t>(order.size(), static_cast<std::size_t>(k)));
+  return order;
+}
+
+inline ReferenceForward reference_forward(const CrosscoderConfig& c, const ReferenceParameters& p,
+                                          const std::vector<float>& x, int B, int k,
+                                          double batch_threshold = -1.0) {
+  const int M = c.sources, d = c.width, F = c.latents, D = M * d;
+  ReferenceForward out;
+  out.xn.assign(static_cast<std::size_t>(B) * D, 0.0);
+  for (int b = 0; b < B; ++b)
+    for (int m = 0; m < M; ++m)
+      for (int i = 0; i < d; ++i) {
+        const int j = m * d + i;
+        out.xn[b * D + j] = (x[b * D + j] - p.mean[j]) * p.scale[m];
+      }
+  out.pre.assign(static_cast<std::size_t>(B) * F, 0.0);
+  for (int b = 0; b < B; ++b)
+    for (int f = 0; f < F; ++f) {
+      double sum = p.encoder_bias[f];
+      for (int j = 0; j < D; ++j) sum += out.xn[b * D + j] * p.encoder[f * D + j];
+      out.pre[b * F + f] = sum;
+    }
+  std::vector<double> weight(F, 0.0);
+  for (int f = 0; f < F; ++f)
+    for (int m = 0; m < M; ++m) {
+      double s = 0.0;
+      for (int i = 0; i < d; ++i) s += p.decoder[f * D + m * d + i] * p.decoder[f * D + m * d + i];
+      weight[f] += std::sqrt(s);
+    }
+  out.active.assign(B, {});
+  out.activation.assign(static_cast<std::size_t>(B) * F, 0.0);
+  const auto relu = [](double v) { return v > 0.0 ? v : 0.0; };
+  if (c.activation == Activation::batchtopk && batch_threshold < 0.0) {
+    std::vector<std::pair<double, int>> all;  // (score, flat index)
+    for (int i = 0; i < B * F; ++i) all.push_back({relu(out.pre[i]) * weight[i % F], i});
+    std::stable_sort(all.begin(), all.end(), [](auto& a, auto& b) { return a.first > b.first; });
+    for (int n = 0; n < B * k; ++n) {
+      const int i = all[n].second;
+      out.active[i / F].push_back(i % F);
+      if (all[n].first > 0.0 &&
+          (out.min_selected_score < 0.0 || all[n].first < out.min_selected_score))
+        out.min_selected_score = all[n].first;
+    }
+  } else {
+    for (int b = 0; b < B; ++b) {
+      std::vector<double> row(out.pre.begin() + b * F, out.pre.begin() + (b + 1) * F);
+      if (c.activation == Activation::topk) {
+        std::vector<double> score(F);
+        for (int f = 0; f < F; ++f) score[f] = relu(row[f]);
+        out.active[b] = top_of_row(score, F, k, nullptr);
+      } else {
+        for (int f = 0; f < F; ++f) {
+          bool keep = false;
+          if (c.activation == Activation::relu) keep = row[f] > 0.0;
+          if (c.activation == Activation::jumprelu) keep = row[f] > p.threshold[f];
+          if (c.activation == Activation::batchtopk)
+            keep = relu(row[f]) * weight[f] > batch_threshold;
+          if (keep) out.active[b].push_back(f);
+        }
+      }
+    }
+  }
+  for (int b = 0; b < B; ++b)
+    for (int f : out.active[b]) out.activation[b * F + f] = relu(out.pre[b * F + f]);
+  out.recon.assign(static_cast<std::size_t>(B) * D, 0.0);
+  for (int b = 0; b < B; ++b)
+    for (int j = 0; j < D; ++j) {
+      double sum = p.decoder_bias[j];
+      for (int f = 0; f < F; ++f) sum += out.activation[b * F + f] * p.decoder[f * D + j];
+      out.recon[b * D + j] = sum;
+    }
+  return out;
+}
+
+/// The training loss of the library's definition (docs/training.md), with the active sets and
+/// AuxK's detached parts taken from `fixed` so that finite differences see a smooth function.
+inline double reference_loss(const CrosscoderConfig& c, const TrainConfig& t,
+                             const ReferenceParameters& p, const std::vector<float>& x, int B,
+                             const ReferenceForward& fixed, const ReferenceAux& aux) {
+  const int M = c.sources, d = c.width, F = c.latents, D = M * d;
+  ReferenceForward f = reference_forward(c, p, x, B, c.k);  // for xn and pre
+  const auto relu = [](double v) { return v > 0.0 ? v : 0.0; };
+  std::vector<double> act(static_cast<std::size_t>(B) * F, 0.0);
+  for (int b = 0; b < B; ++b)
+    for (int l : fixed.active[b]) act[b * F + l] = relu(f.pre[b * F + l]);
+  double loss = 0.0;
+  std::vector<double> recon(static_cast<std::size_t>(B) * D);
+  for (int b = 0; b < B; ++b)
+    for (int j = 0; j < D; ++j) {
+      double sum = p.decoder_bias[j];
+      for (int l = 0; l < F; ++l) sum += act[b * F + l] * p.decoder[l * D + j];
+      recon[b * D + j] = sum;
+      loss += (sum - f.xn[b * D + j]) * (sum - f.xn[b * D + j]) / B;
+    }
+  if (c.activation == Activation::relu) {
+    for (int l = 0; l < F; ++l) {
+      double weight = 0.0;
+      for (int m = 0; m < M; ++m) {
+        double s = 0.0;
+        for (int i = 0; i < d; ++i)
+          s += p.decoder[l * D + m * d + i] * p.decoder[l * D + m * d + i];
+        weight += std::sqrt(s);
+      }
+      for (int b = 0; b < B; ++b) loss += t.l1_coefficient * act[b * F + l] * weight / B;
+    }
+  }
+  if (aux.enabled && aux.denominator > 0.0) {
+    double aux_sse = 0.0;
+    for (int b = 0; b < B; ++b) {
+      std::vector<double> score(F);
+      for (int l = 0; l < F; ++l) score[l] = relu(fixed.pre[b * F + l]);
+      const std::vector<int> chosen = top_of_row(score, F, aux.aux_k, &aux.dead);
+      for (int j = 0; j < D; ++j) {
+        double sum = 0.0;
+        for (int l : chosen) sum += relu(f.pre[b * F + l]) * p.decoder[l * D + j];
+        aux_sse += (sum - aux.residual[b * D + j]) * (sum - aux.residual[b * D + j]);
+      }
+    }
+    loss += t.auxk_coefficient * (aux_sse / B) / aux.denominator;
+  }
+  return loss;
+}
+
+/// AuxK's detached parts at the given forward pass, with every latent dead.
+inline ReferenceAux reference_aux_all_dead(const CrosscoderConfig& c, const ReferenceForward& f,
+                                           int B, int aux_k) {
+  const int D = c.sources * c.width;
+  ReferenceAux aux;
+  aux.enabled = true;
+  aux.dead.assign(c.latents, 1);
+  aux.aux_k = aux_k;
+  aux.residual.resize(static_cast<std::size_t>(B) * D);
+  std::vector<double> mean(D, 0.0);
+  for (int i = 0; i < B * D; ++i) {
+    aux.residual[i] = f.xn[i] - f.recon[i];
+    mean[i % D] += aux.residual[i] / B;
+  }
+  double centred = 0.0;
+  for (int i = 0; i < B * D; ++i)
+    centred += (aux.residual[i] - mean[i % D]) * (aux.residual[i] - mean[i % D]);
+  aux.denominator = centred / B;
+  return aux;
+}
+
+/// Fresh random activations [B, M, d], non-zero and of mixed scale per source.
+inline std::vector<float> random_activations(int B, int M, int d, std::mt19937_64& rng) {
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> x(static_cast<std::size_t>(B) * M * d);
+  for (int b = 0; b < B; ++b)
+    for (int m = 0; m < M; ++m)
+      for (int i = 0; i < d; ++i)
+        x[(b * M + m) * d + i] = normal(rng) * static_cast<float>(1 + 2 * m) + 0.3f;
+  return x;
+}
+
+}  // namespace crosscoder::testing

@@ -1,0 +1,312 @@
+// The crosscoder's forward pass, gradients and training invariants against the float64
+// reference in reference_crosscoder.hpp, on fresh random inputs, over every usable backend.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <set>
+#include <string>
+
+#include "backend_params.hpp"
+#include "crosscoder/crosscoder.hpp"
+#include "reference_crosscoder.hpp"
+
+namespace crosscoder {
+namespace {
+
+using testing::ReferenceParameters;
+
+std::uint64_t fresh_seed() {
+  return (static_cast<std::uint64_t>(std::random_device{}()) << 32) | std::random_device{}();
+}
+
+CrosscoderConfig small_config(Activation activation, bool dedicated) {
+  CrosscoderConfig c;
+  c.sources = 2;
+  c.width = 6;
+  c.latents = 24;
+  c.activation = activation;
+  c.k = 4;
+  if (dedicated) c.exclusive = {3, 4};
+  c.jumprelu_initial_threshold = 0.2f;
+  c.jumprelu_bandwidth = 0.4f;
+  return c;
+}
+
+// Non-zero biases and a fitted normaliser, so every term of the forward pass is exercised.
+void randomise_biases(Crosscoder& model, std::mt19937_64& rng, const std::vector<float>& x,
+                      int rows) {
+  std::normal_distribution<float> normal(0.0f, 0.1f);
+  auto fill = [&](DeviceArray<float>& a, float offset) {
+    std::vector<float> host(a.size());
+    for (float& v : host) v = normal(rng) + offset;
+    a.upload(host);
+  };
+  fill(model.parameters().encoder_bias, 0.0f);
+  fill(model.parameters().decoder_bias, 0.0f);
+  if (!model.parameters().threshold.empty()) fill(model.parameters().threshold, 0.25f);
+  model.fit_normaliser(x, rows);
+}
+
+struct Case {
+  Activation activation;
+  bool dedicated;
+};
+
+class CrosscoderNumerics : public ::testing::TestWithParam<std::tuple<BackendKind, Case>> {
+ protected:
+  std::shared_ptr<Backend> backend() const { return make_backend(std::get<0>(GetParam())); }
+  Case the_case() const { return std::get<1>(GetParam()); }
+};
+
+TEST_P(CrosscoderNumerics, ForwardMatchesFloat64Reference) {
+  const auto [activation, dedicated] = the_case();
+  std::mt19937_64 rng(fresh_seed());
+  const CrosscoderConfig c = small_config(activation, dedicated);
+  const int B = 16;
+  Crosscoder model(c, backend(), rng());
+  const std::vector<float> x = testing::random_activations(B, c.sources, c.width, rng);
+  randomise_biases(model, rng, x, B);
+
+  const ReferenceParameters p = ReferenceParameters::from(model);
+  const testing::ReferenceForward expected = testing::reference_forward(c, p, x, B, c.k);
+  const HostSparseCodes codes = model.encode(x, B);
+  for (int b = 0; b < B; ++b) {
+    std::set<int> got(codes.latent.begin() + codes.row_ptr[b],
+                      codes.latent.begin() + codes.row_ptr[b + 1]);
+    std::set<int> want(expected.active[b].begin(), expected.active[b].end());
+    ASSERT_EQ(got, want) << "row " << b;
+    const std::vector<float> dense = codes.dense_row(b, c.latents);
+    for (int f = 0; f < c.latents; ++f) {
+      ASSERT_NEAR(dense[f], expected.activation[b * c.latents + f], 1e-4)
+          << "row " << b << " latent " << f;
+    }
+  }
+  if (activation == Activation::topk) {
+    for (int b = 0; b < B; ++b) {
+      ASSERT_EQ(codes.row_ptr[b + 1] - codes.row_ptr[b], c.k);
+    }
+  }
+  if (activation == Activation::batchtopk) {
+    ASSERT_EQ(codes.row_ptr[B], static_cast<std::int64_t>(B) * c.k);
+  }
+
+  const std::vector<float> recon = model.reconstruct(x, B);
+  const int D = c.sources * c.width;
+  for (int b = 0; b < B; ++b)
+    for (int m = 0; m < c.sources; ++m)
+      for (int i = 0; i < c.width; ++i) {
+        const int j = m * c.width + i;
+        const double raw = expected.recon[b * D + j] / p.scale[m] + p.mean[j];
+        ASSERT_NEAR(recon[b * D + j], raw, 1e-4 * (1.0 + std::abs(raw)));
+      }
+}
+
+TEST_P(CrosscoderNumerics, GradientsMatchCentralFiniteDifferences) {
+  const auto [activation, dedicated] = the_case();
+  std::mt19937_64 rng(fresh_seed());
+  const CrosscoderConfig c = small_config(activation, dedicated);
+  const int B = 12;
+  Crosscoder model(c, backend(), rng());
+  const std::vector<float> x = testing::random_activations(B, c.sources, c.width, rng);
+  randomise_biases(model, rng, x, B);
+
+  TrainConfig t;
+  t.l1_coefficient = 0.3f;
+  t.l0_coefficient = 0.2f;
+  t.dead_after_tokens = 0;  // every latent counts as dead, so AuxK is active
+  t.aux_k = 5;
+  t.auxk_coefficient = 0.25f;
+  Trainer trainer(model, t);
+  const StepReport report = trainer.compute_gradients(x, B);
+
+  const ReferenceParameters base = ReferenceParameters::from(model);
+  const testing::ReferenceForward fixed = testing::reference_forward(c, base, x, B, c.k);
+  testing::ReferenceAux aux;
+  if (activation == Activation::topk || activation == Activation::batchtopk) {
+    aux = testing::reference_aux_all_dead(c, fixed, B, t.aux_k);
+  }
+  const double reference = testing::reference_loss(c, t, base, x, B, fixed, aux);
+  const double sparsity_offset = activation == Activation::jumprelu ? report.sparsity : 0.0;
+  ASSERT_NEAR(report.loss - sparsity_offset, reference, 1e-4 * (1.0 + std::abs(reference)));
+
+  const Gradients& g = trainer.gradients();
+  struct Tensor {
+    const char* name;
+    std::vector<double> ReferenceParameters::*field;
+    const DeviceArray<float>* gradient;
+  };
+  const Tensor tensors[] = {{"encoder.weight", &ReferenceParameters::encoder, &g.encoder_weight},
+                            {"encoder.bias", &ReferenceParameters::encoder_bias, &g.encoder_bias},
+                            {"decoder.weight", &ReferenceParameters::decoder, &g.decoder_weight},
+                            {"decoder.bias", &ReferenceParameters::decoder_bias, &g.decoder_bias}};
+  const double h = 1e-5;
+  for (const Tensor& tensor : tensors) {
+    const std::vector<float> library = tensor.gradient->download();
+    std::uniform_int_distribution<std::size_t> pick(0, library.size() - 1);
+    for (int sample = 0; sample < 40; ++sample) {
+      const std::size_t i = pick(rng);
+      ReferenceParameters plus = base, minus = base;
+      (plus.*tensor.field)[i] += h;
+      (minus.*tensor.field)[i] -= h;
+      const double numeric = (testing::reference_loss(c, t, plus, x, B, fixed, aux) -
+                              testing::reference_loss(c, t, minus, x, B, fixed, aux)) /
+                             (2 * h);
+      ASSERT_NEAR(library[i], numeric, 2e-4 + 2e-3 * std::abs(numeric))
+          << tensor.name << "[" << i << "] " << to_string(activation);
+    }
+  }
+
+  if (activation == Activation::jumprelu) {
+    // The threshold's straight-through pseudo-gradient against its formula, in float64.
+    const int D = c.sources * c.width, F = c.latents;
+    std::vector<double> theta_grad(F, 0.0);
+    for (int b = 0; b < B; ++b)
+      for (int f = 0; f < F; ++f) {
+        const double pre = fixed.pre[b * F + f];
+        if (std::abs(pre - base.threshold[f]) >= c.jumprelu_bandwidth / 2) continue;
+        double dot = 0.0;
+        for (int j = 0; j < D; ++j)
+          dot += base.decoder[f * D + j] * 2.0 * (fixed.recon[b * D + j] - fixed.xn[b * D + j]) / B;
+        theta_grad[f] += -base.threshold[f] / c.jumprelu_bandwidth * dot -
+                         t.l0_coefficient / (B * c.jumprelu_bandwidth);
+      }
+    const std::vector<float> library = g.threshold.download();
+    int near = 0;
+    for (int f = 0; f < F; ++f) {
+      ASSERT_NEAR(library[f], theta_grad[f], 1e-4 * (1.0 + std::abs(theta_grad[f])))
+          << "threshold " << f;
+      near += theta_grad[f] != 0.0;
+    }
+    EXPECT_GT(near, 0)
+        << "no pre-activation fell in the estimator's window: the test checked nothing";
+  }
+}
+
+TEST_P(CrosscoderNumerics, TrainingKeepsTheVariantsInvariants) {
+  const auto [activation, dedicated] = the_case();
+  std::mt19937_64 rng(fresh_seed());
+  CrosscoderConfig c = small_config(activation, dedicated);
+  c.exclusive = {3, 4};
+  const int B = 32;
+  Crosscoder model(c, backend(), rng());
+  TrainConfig t;
+  t.steps = 30;
+  t.warmup_steps = 3;
+  t.learning_rate = 1e-2f;
+  t.dead_after_tokens = 64;
+  Trainer trainer(model, t);
+  for (int s = 0; s < t.steps; ++s) {
+    const std::vector<float> x = testing::random_activations(B, c.sources, c.width, rng);
+    const StepReport r = trainer.step(x, B);
+    ASSERT_TRUE(std::isfinite(r.loss));
+    if (activation == Activation::topk || activation == Activation::batchtopk) {
+      ASSERT_DOUBLE_EQ(r.l0, c.k);
+    }
+  }
+  const int D = c.sources * c.width;
+  const std::vector<float> encoder = model.parameters().encoder_weight.download();
+  const std::vector<float> decoder = model.parameters().decoder_weight.download();
+  for (int f = c.shared_latents(); f < c.latents; ++f)
+    for (int m = 0; m < c.sources; ++m) {
+      if (c.latent_uses_source(f, m)) continue;
+      for (int i = 0; i < c.width; ++i) {
+        ASSERT_EQ(encoder[f * D + m * c.width + i], 0.0f) << "latent " << f << " source " << m;
+        ASSERT_EQ(decoder[f * D + m * c.width + i], 0.0f) << "latent " << f << " source " << m;
+      }
+    }
+  if (activation == Activation::topk || activation == Activation::batchtopk) {
+    for (int f = 0; f < c.latents; ++f) {
+      double squared = 0.0;
+      for (int j = 0; j < D; ++j)
+        squared += static_cast<double>(decoder[f * D + j]) * decoder[f * D + j];
+      ASSERT_NEAR(std::sqrt(squared), 1.0, 1e-5) << "latent " << f;
+    }
+  }
+  if (activation == Activation::batchtopk) {
+    EXPECT_GT(model.batch_threshold(), 0.0f);
+  }
+}
+
+std::string case_name(const ::testing::TestParamInfo<std::tuple<BackendKind, Case>>& info) {
+  const Case c = std::get<1>(info.param);
+  return std::string(to_string(std::get<0>(info.param))) + "_" +
+         std::string(to_string(c.activation)) + (c.dedicated ? "_dedicated" : "");
+}
+
+INSTANTIATE_TEST_SUITE_P(Variants, CrosscoderNumerics,
+                         ::testing::Combine(::testing::ValuesIn(testing::usable_backend_kinds()),
+                                            ::testing::Values(Case{Activation::relu, false},
+                                                              Case{Activation::topk, false},
+                                                              Case{Activation::batchtopk, false},
+                                                              Case{Activation::jumprelu, false},
+                                                              Case{Activation::relu, true},
+                                                              Case{Activation::topk, true},
+                                                              Case{Activation::batchtopk, true},
+                                                              Case{Activation::jumprelu, true})),
+                         case_name);
+
+TEST(CrosscoderConfigChecks, RejectsBadShapesWithTheFieldName) {
+  CrosscoderConfig c = small_config(Activation::topk, false);
+  const auto message_of = [](const CrosscoderConfig& config) {
+    try {
+      config.validate();
+    } catch (const Error& error) {
+      return std::string(error.what());
+    }
+    return std::string("no error");
+  };
+  c.k = 0;
+  EXPECT_NE(message_of(c).find("k must"), std::string::npos);
+  c.k = c.latents;
+  EXPECT_NE(message_of(c).find("k must"), std::string::npos);
+  c.k = 4;
+  c.exclusive = {20, 20};
+  EXPECT_NE(message_of(c).find("exclusive"), std::string::npos);
+  c.exclusive = {1};
+  EXPECT_NE(message_of(c).find("sources"), std::string::npos);
+  c = small_config(Activation::relu, true);
+  EXPECT_EQ(CrosscoderConfig::from_json(c.to_json()).to_json(), c.to_json());
+  EXPECT_THROW(CrosscoderConfig::from_json("{\"sources\": 2}"), Error);
+  EXPECT_THROW(CrosscoderConfig::from_json("not json"), Error);
+}
+
+TEST(CrosscoderInput, NonFiniteValuesAreNamedByRowAndSource) {
+  const CrosscoderConfig c = small_config(Activation::topk, false);
+  Crosscoder model(c, make_backend(BackendKind::cpu), 1);
+  std::mt19937_64 rng(fresh_seed());
+  std::vector<float> x = testing::random_activations(8, c.sources, c.width, rng);
+  x[5 * c.sources * c.width + c.width + 2] = std::nanf("");
+  Trainer trainer(model, TrainConfig{});
+  try {
+    trainer.step(x, 8);
+    FAIL() << "expected an Error";
+  } catch (const Error& error) {
+    const std::string what = error.what();
+    EXPECT_NE(what.find("row 5"), std::string::npos) << what;
+    EXPECT_NE(what.find("source 1"), std::string::npos) << what;
+  }
+  EXPECT_THROW(model.encode(std::vector<float>(7, 1.0f), 1), Error);
+}
+
+TEST(CrosscoderTraining, IsDeterministicForASeed) {
+  CrosscoderConfig c = small_config(Activation::batchtopk, true);
+  std::mt19937_64 rng(fresh_seed());
+  std::vector<std::vector<float>> batches;
+  for (int s = 0; s < 10; ++s)
+    batches.push_back(testing::random_activations(16, c.sources, c.width, rng));
+  const std::uint64_t seed = rng();
+  const auto run = [&] {
+    Crosscoder model(c, make_backend(BackendKind::cpu), seed);
+    TrainConfig t;
+    t.steps = 10;
+    t.dead_after_tokens = 16;
+    Trainer trainer(model, t);
+    for (const auto& batch : batches) trainer.step(batch, 16);
+    return model.parameters().encoder_weight.download();
+  };
+  EXPECT_EQ(run(), run());
+}
+
+}  // namespace
+}  // namespace crosscoder
