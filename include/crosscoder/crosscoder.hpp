@@ -3,7 +3,15 @@
 /// Umbrella header: includes the whole public API.
 
 #include "crosscoder/backend.hpp"
+#include "crosscoder/batch_source.hpp"
+#include "crosscoder/config.hpp"
+#include "crosscoder/contrast.hpp"
 #include "crosscoder/device_array.hpp"
 #include "crosscoder/error.hpp"
 #include "crosscoder/log.hpp"
+#include "crosscoder/model.hpp"
+#include "crosscoder/progress.hpp"
+#include "crosscoder/sparse_codes.hpp"
+#include "crosscoder/train_loop.hpp"
+#include "crosscoder/trainer.hpp"
 #include "crosscoder/version.hpp"

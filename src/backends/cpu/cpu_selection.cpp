@@ -137,93 +137,85 @@ SparseCodes select_per_row_top_k(const std::shared_ptr<Backend>& backend, const 
   return codes;
 }
 
-// BatchTopK: the exact rows·k-th largest score of the whole batch by a two-pass radix
-// select on the scores' bit patterns (16 high bits, then 16 low bits), then compaction.
+// BatchTopK: the exact rows·k-th largest score of the whole batch. Pass one builds a histogram
+// of the scores' top 16 bits; pass two keeps every entry above the threshold bucket and
+// collects the few inside it, among which the exact threshold (and its ties, taken in
+// row-major order) is resolved.
 SparseCodes select_per_batch_top_k(const std::shared_ptr<Backend>& backend, const float* pre,
                                    std::int64_t rows, std::int64_t latents,
                                    const SelectionRequest& request, float* min_selected_score) {
-  const std::int64_t total = rows * latents;
-  const std::int64_t wanted = std::min(request.k * rows, total);
-  const auto score = [&](std::int64_t index) {
-    return score_of(request, pre[index], index % latents);
+  const std::int64_t wanted = std::min(request.k * rows, rows * latents);
+  const float* weight = request.weight;
+  const auto row_scores = [&](std::int64_t b, auto&& visit) {
+    const float* row = pre + b * latents;
+    for (std::int64_t f = 0; f < latents; ++f) {
+      const float positive = positive_part(row[f]);
+      visit(f, weight ? positive * weight[f] : positive, positive);
+    }
   };
 
   constexpr std::size_t kBuckets = 1 << 16;
   std::vector<std::int64_t> histogram(kBuckets, 0);
-  const auto build_histogram = [&](auto bucket_of_key, auto key_matches) {
-    std::fill(histogram.begin(), histogram.end(), 0);
 #pragma omp parallel
-    {
-      std::vector<std::int64_t> local(kBuckets, 0);
-#pragma omp for schedule(static)
-      for (std::int64_t i = 0; i < total; ++i) {
-        const std::uint32_t key = key_of(score(i));
-        if (key_matches(key)) ++local[bucket_of_key(key)];
-      }
-#pragma omp critical
-      for (std::size_t j = 0; j < kBuckets; ++j) histogram[j] += local[j];
-    }
-  };
-  // Returns the bucket holding the `rank`-th largest (1-based), and the rank left inside it.
-  const auto find_bucket = [&](std::int64_t rank) {
-    for (std::size_t j = kBuckets; j-- > 0;) {
-      if (histogram[j] >= rank) return std::pair{static_cast<std::uint32_t>(j), rank};
-      rank -= histogram[j];
-    }
-    return std::pair{std::uint32_t{0}, rank};
-  };
-
-  build_histogram([](std::uint32_t key) { return key >> 16; }, [](std::uint32_t) { return true; });
-  const auto [high, rank_in_high] = find_bucket(wanted);
-  build_histogram([](std::uint32_t key) { return key & 0xFFFFu; },
-                  [high = high](std::uint32_t key) { return (key >> 16) == high; });
-  const auto [low, rank_in_low] = find_bucket(rank_in_high);
-  const std::uint32_t threshold_key = (high << 16) | low;
-  // Entries equal to the threshold: the first `ties_taken` in row-major order are kept.
-  const std::int64_t ties_taken = rank_in_low;
-
-  std::vector<std::int64_t> above(static_cast<std::size_t>(rows), 0);
-  std::vector<std::int64_t> equal(static_cast<std::size_t>(rows), 0);
-#pragma omp parallel for schedule(static)
-  for (std::int64_t b = 0; b < rows; ++b) {
-    for (std::int64_t f = 0; f < latents; ++f) {
-      const std::uint32_t key = key_of(score(b * latents + f));
-      above[b] += key > threshold_key ? 1 : 0;
-      equal[b] += key == threshold_key ? 1 : 0;
-    }
-  }
-  std::vector<std::int64_t> counts(static_cast<std::size_t>(rows));
-  std::vector<std::int64_t> ties_in_row(static_cast<std::size_t>(rows));
-  std::int64_t ties_left = ties_taken;
-  for (std::int64_t b = 0; b < rows; ++b) {
-    ties_in_row[b] = std::min(equal[b], ties_left);
-    ties_left -= ties_in_row[b];
-    counts[b] = above[b] + ties_in_row[b];
-  }
-  SparseCodes codes = allocate_codes(backend, rows, counts);
-
-  float smallest = std::numeric_limits<float>::infinity();
-#pragma omp parallel reduction(min : smallest)
   {
-    std::vector<Candidate> picked;
+    std::vector<std::int64_t> local(kBuckets, 0);
 #pragma omp for schedule(static)
     for (std::int64_t b = 0; b < rows; ++b) {
-      picked.clear();
-      std::int64_t ties = ties_in_row[b];
-      for (std::int64_t f = 0; f < latents; ++f) {
-        const float s = score(b * latents + f);
-        const std::uint32_t key = key_of(s);
-        if (key > threshold_key || (key == threshold_key && ties-- > 0)) {
-          picked.push_back({s, static_cast<std::int32_t>(f), positive_part(pre[b * latents + f])});
-          if (s > 0.0f) smallest = std::min(smallest, s);
-        }
-      }
-      write_sorted_row(picked, codes.row_ptr.data()[b], codes);
+      row_scores(b, [&](std::int64_t, float score, float) { ++local[key_of(score) >> 16]; });
     }
+#pragma omp critical
+    for (std::size_t j = 0; j < kBuckets; ++j) histogram[j] += local[j];
   }
-  if (min_selected_score) {
-    *min_selected_score = std::isinf(smallest) ? -1.0f : smallest;
+  std::uint32_t bucket = 0;
+  std::int64_t rank = wanted;  // rank of the threshold inside `bucket`, 1-based
+  for (std::size_t j = kBuckets; j-- > 0;) {
+    if (histogram[j] >= rank) {
+      bucket = static_cast<std::uint32_t>(j);
+      break;
+    }
+    rank -= histogram[j];
   }
+
+  std::vector<std::vector<Candidate>> picked(static_cast<std::size_t>(rows));
+  std::vector<std::vector<Candidate>> borderline(static_cast<std::size_t>(rows));
+#pragma omp parallel for schedule(static)
+  for (std::int64_t b = 0; b < rows; ++b) {
+    row_scores(b, [&](std::int64_t f, float score, float value) {
+      const std::uint32_t high = key_of(score) >> 16;
+      if (high > bucket) {
+        picked[b].push_back({score, static_cast<std::int32_t>(f), value});
+      } else if (high == bucket) {
+        borderline[b].push_back({score, static_cast<std::int32_t>(f), value});
+      }
+    });
+  }
+  std::vector<std::uint32_t> keys;
+  for (const auto& row : borderline) {
+    for (const Candidate& c : row) keys.push_back(key_of(c.score));
+  }
+  std::nth_element(keys.begin(), keys.begin() + (rank - 1), keys.end(), std::greater<>());
+  const std::uint32_t threshold_key = keys[static_cast<std::size_t>(rank - 1)];
+  std::int64_t ties_left = rank;
+  for (std::uint32_t key : keys) ties_left -= key > threshold_key ? 1 : 0;
+
+  std::vector<std::int64_t> counts(static_cast<std::size_t>(rows));
+  for (std::int64_t b = 0; b < rows; ++b) {
+    for (const Candidate& c : borderline[b]) {
+      const std::uint32_t key = key_of(c.score);
+      if (key > threshold_key || (key == threshold_key && ties_left-- > 0)) picked[b].push_back(c);
+    }
+    counts[b] = static_cast<std::int64_t>(picked[b].size());
+  }
+  SparseCodes codes = allocate_codes(backend, rows, counts);
+  float smallest = std::numeric_limits<float>::infinity();
+#pragma omp parallel for schedule(static) reduction(min : smallest)
+  for (std::int64_t b = 0; b < rows; ++b) {
+    for (const Candidate& c : picked[b]) {
+      if (c.score > 0.0f) smallest = std::min(smallest, c.score);
+    }
+    write_sorted_row(picked[b], codes.row_ptr.data()[b], codes);
+  }
+  if (min_selected_score) *min_selected_score = std::isinf(smallest) ? -1.0f : smallest;
   return codes;
 }
 

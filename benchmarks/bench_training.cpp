@@ -1,0 +1,110 @@
+// One training step of a crosscoder on the CPU backend, and its main phases, in tokens/s.
+// Shapes: D = 2·d, F latents, k active, B rows. Pick with --benchmark_filter.
+#include <benchmark/benchmark.h>
+
+#include <random>
+#include <string>
+#include <vector>
+
+#include "crosscoder/crosscoder.hpp"
+
+namespace {
+
+using namespace crosscoder;
+
+std::vector<float> random_batch(std::int64_t rows, std::int64_t width, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal;
+  std::vector<float> x(static_cast<std::size_t>(rows * width));
+  for (float& v : x) v = normal(rng);
+  return x;
+}
+
+Activation activation_arg(std::int64_t code) {
+  return code == 0 ? Activation::relu : code == 1 ? Activation::topk : Activation::batchtopk;
+}
+
+CrosscoderConfig config_from(const benchmark::State& state) {
+  CrosscoderConfig config;
+  config.sources = 2;
+  config.width = static_cast<int>(state.range(0));
+  config.latents = static_cast<int>(state.range(1));
+  config.k = static_cast<int>(state.range(2));
+  config.activation = activation_arg(state.range(4));
+  return config;
+}
+
+void set_counters(benchmark::State& state, std::int64_t rows) {
+  state.counters["tokens/s"] =
+      benchmark::Counter(static_cast<double>(rows), benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// Args: d (per source), F, k, B, activation (0 relu, 1 topk, 2 batchtopk).
+void BM_TrainingStep(benchmark::State& state) {
+  const CrosscoderConfig config = config_from(state);
+  const std::int64_t rows = state.range(3);
+  Crosscoder model(config, make_backend(BackendKind::cpu), 1);
+  TrainConfig train;
+  train.batch_size = rows;
+  train.steps = 1'000'000;
+  train.dead_after_tokens = 4 * rows;  // some latents go dead, so AuxK runs as in real training
+  Trainer trainer(model, train);
+  const std::vector<float> batch = random_batch(rows, config.input_width(), 7);
+  for (int warm = 0; warm < 5; ++warm) trainer.step(batch, rows);
+  for (auto _ : state) benchmark::DoNotOptimize(trainer.step(batch, rows).loss);
+  set_counters(state, rows);
+  state.SetLabel(std::string(to_string(config.activation)));
+}
+
+// The dense encoder GEMM alone: the floor of a training step.
+void BM_EncoderGemm(benchmark::State& state) {
+  const CrosscoderConfig config = config_from(state);
+  const std::int64_t rows = state.range(3);
+  auto backend = make_backend(BackendKind::cpu);
+  Crosscoder model(config, backend, 1);
+  const std::vector<float> host = random_batch(rows, config.input_width(), 7);
+  DeviceArray<float> x(backend, std::span<const float>(host));
+  DeviceArray<float> pre(backend, static_cast<std::size_t>(rows * config.latents));
+  for (auto _ : state) {
+    backend->encode(x.data(), rows, config.input_width(), model.parameters().encoder_weight.data(),
+                    model.parameters().encoder_bias.data(), config.latents, pre.data());
+    benchmark::ClobberMemory();
+  }
+  set_counters(state, rows);
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(2.0 * static_cast<double>(rows) *
+                             static_cast<double>(config.input_width()) * config.latents / 1e9,
+                         benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// Selection of active latents from random pre-activations.
+void BM_Select(benchmark::State& state) {
+  const CrosscoderConfig config = config_from(state);
+  const std::int64_t rows = state.range(3);
+  auto backend = make_backend(BackendKind::cpu);
+  const std::vector<float> pre = random_batch(rows, config.latents, 3);
+  const std::vector<float> weight(static_cast<std::size_t>(config.latents), 1.0f);
+  SelectionRequest request;
+  request.k = config.k;
+  request.selection =
+      config.activation == Activation::topk ? Selection::per_row_top_k : Selection::per_batch_top_k;
+  if (config.activation == Activation::batchtopk) request.weight = weight.data();
+  for (auto _ : state)
+    benchmark::DoNotOptimize(
+        backend->select(pre.data(), rows, config.latents, request, nullptr).nnz);
+  set_counters(state, rows);
+}
+
+void shapes(benchmark::internal::Benchmark* b, bool large) {
+  b->Unit(benchmark::kMillisecond)->UseRealTime();
+  for (int activation : {1, 2}) b->Args({512, 16384, 64, 1024, activation});
+  if (large) b->Args({2304, 16384, 64, 1024, 2});
+}
+
+BENCHMARK(BM_TrainingStep)->Apply([](auto* b) { shapes(b, true); }) -> MinTime(2.0);
+BENCHMARK(BM_EncoderGemm)->Apply([](auto* b) { shapes(b, true); });
+BENCHMARK(BM_Select)->Apply([](auto* b) { shapes(b, false); });
+
+}  // namespace
+
+BENCHMARK_MAIN();

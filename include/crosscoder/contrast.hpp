@@ -1,0 +1,45 @@
+#pragma once
+/// @file contrast.hpp
+/// Contrast ranking between two labelled groups of rows (arXiv 2606.26474): which latents
+/// separate positive rows (label 1, e.g. tool-use prompts) from negative rows (label 0).
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "crosscoder/sparse_codes.hpp"
+
+namespace crosscoder {
+
+/// Per-latent statistics of the two groups, each vector [F]. A latent that is not active in
+/// a row counts as activation 0 there.
+struct LatentContrast {
+  std::int64_t positives = 0, negatives = 0;  ///< rows with label 1 and 0
+  std::vector<double> mean_positive, mean_negative;
+  std::vector<double> firing_positive, firing_negative;  ///< fraction of rows with f > 0
+  /// Cohen's d = (mean₁ − mean₀) / s_pooled, s_pooled² = ((n₁−1)s₁² + (n₀−1)s₀²)/(n₁+n₀−2)
+  /// with unbiased group variances; 0 where s_pooled is 0.
+  std::vector<double> cohens_d;
+
+  /// Latent indices sorted by descending Cohen's d (ties: lower index first), optionally only
+  /// those for which `keep[f]` is true.
+  std::vector<std::int32_t> ranking(const std::vector<bool>* keep = nullptr) const;
+};
+
+/// Accumulates contrast statistics over batches of sparse codes, in float64.
+class ContrastAccumulator {
+ public:
+  explicit ContrastAccumulator(std::int64_t latents);
+  /// Adds a batch: `labels[b]` is 1 (positive), 0 (negative) or anything else (ignored).
+  /// @throws Error when labels and codes disagree in rows or a latent is out of range.
+  void add(const HostSparseCodes& codes, std::span<const std::int8_t> labels);
+  /// The statistics so far. @throws Error unless each group has at least two rows.
+  LatentContrast result() const;
+
+ private:
+  std::int64_t latents_;
+  std::int64_t count_[2] = {0, 0};
+  std::vector<double> sum_[2], sum_squares_[2], fired_[2];
+};
+
+}  // namespace crosscoder

@@ -1,0 +1,33 @@
+#pragma once
+/// @file train_loop.hpp
+/// The training loop: batches from a BatchSource, steps, progress, periodic atomic
+/// checkpoints and exact resume.
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+
+#include "crosscoder/batch_source.hpp"
+#include "crosscoder/trainer.hpp"
+
+namespace crosscoder {
+
+struct TrainingOptions {
+  /// Training checkpoint path (optimiser state included); empty = none.
+  std::filesystem::path checkpoint;
+  /// Steps between checkpoints (and one at the end); 0 = only at the end.
+  std::int64_t checkpoint_every = 0;
+  /// Continue from `checkpoint` if it exists (and refuse one written for other data).
+  bool resume = false;
+  /// Draw a progress bar / log lines on stderr.
+  bool show_progress = true;
+  /// Called after every step with its report (loss, FVE, L0, dead fraction, ...).
+  std::function<void(const StepReport&, double tokens_per_second)> on_step;
+};
+
+/// Runs `trainer` from its current step to config().steps on batches of config().batch_size
+/// rows from `data`. On a non-finite loss it throws Error naming the step; the last checkpoint
+/// written stays intact. Returns the last step's report.
+StepReport train(Trainer& trainer, BatchSource& data, const TrainingOptions& options);
+
+}  // namespace crosscoder

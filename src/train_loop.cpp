@@ -1,0 +1,69 @@
+#include "crosscoder/train_loop.hpp"
+
+#include <fmt/format.h>
+
+#include <chrono>
+#include <vector>
+
+#include "crosscoder/error.hpp"
+#include "crosscoder/log.hpp"
+#include "crosscoder/progress.hpp"
+
+namespace crosscoder {
+namespace {
+
+std::string status_line(const StepReport& report) {
+  std::string fve;
+  for (std::size_t m = 0; m < report.fve.size(); ++m)
+    fve += fmt::format("{}{:.3f}", m ? "/" : "", report.fve[m]);
+  return fmt::format("loss {:.4f}  FVE {}  L0 {:.1f}  dead {:.1f}%", report.loss, fve, report.l0,
+                     100.0 * report.dead_fraction);
+}
+
+}  // namespace
+
+StepReport train(Trainer& trainer, BatchSource& data, const TrainingOptions& options) {
+  const CrosscoderConfig& c = trainer.model().config();
+  if (data.sources() != c.sources || data.width() != c.width) {
+    throw Error(fmt::format(
+        "training data has {} sources of width {}, but the crosscoder expects {} of width {}",
+        data.sources(), data.width(), c.sources, c.width));
+  }
+  if (options.resume && !options.checkpoint.empty() &&
+      std::filesystem::exists(options.checkpoint)) {
+    const std::string identity = trainer.load_checkpoint(options.checkpoint);
+    if (identity != data.identity()) {
+      throw Error(fmt::format("cannot resume from {}: it was trained on '{}', not on '{}'",
+                              options.checkpoint.string(), identity, data.identity()));
+    }
+    log_message(LogLevel::info, fmt::format("resumed from {} at step {}",
+                                            options.checkpoint.string(), trainer.steps_done()));
+  }
+  const TrainConfig& config = trainer.config();
+  const std::int64_t rows = config.batch_size;
+  std::vector<float> batch(static_cast<std::size_t>(rows * c.input_width()));
+  ProgressBar progress(config.steps, "train", "step", options.show_progress ? stderr : nullptr);
+  StepReport report;
+  const auto save = [&] {
+    if (!options.checkpoint.empty()) trainer.save_checkpoint(options.checkpoint, data.identity());
+  };
+  while (trainer.steps_done() < config.steps) {
+    const auto started = std::chrono::steady_clock::now();
+    data.fill(trainer.steps_done(), rows, batch.data(), nullptr);
+    report = trainer.step(batch, rows);
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    const double tokens_per_second = seconds > 0 ? static_cast<double>(rows) / seconds : 0.0;
+    if (options.on_step) options.on_step(report, tokens_per_second);
+    progress.update(report.step, status_line(report));
+    if (options.checkpoint_every > 0 && report.step % options.checkpoint_every == 0 &&
+        report.step < config.steps) {
+      save();
+    }
+  }
+  progress.finish(status_line(report));
+  save();
+  return report;
+}
+
+}  // namespace crosscoder

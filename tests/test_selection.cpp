@@ -1,0 +1,158 @@
+// Backend::select against plain sorting references, with deliberate ties and masks.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <random>
+#include <tuple>
+#include <vector>
+
+#include "backend_params.hpp"
+#include "crosscoder/crosscoder.hpp"
+
+namespace crosscoder {
+namespace {
+
+// Pre-activations drawn from a few values only, so ties are everywhere, plus negatives.
+std::vector<float> tied_preactivations(std::int64_t rows, std::int64_t latents,
+                                       std::mt19937_64& rng) {
+  std::uniform_int_distribution<int> level(-3, 6);
+  std::vector<float> pre(static_cast<std::size_t>(rows * latents));
+  for (float& v : pre) v = 0.25f * static_cast<float>(level(rng));
+  return pre;
+}
+
+using Entries =
+    std::vector<std::vector<std::pair<std::int32_t, float>>>;  // per row (latent, value)
+
+Entries entries_of(const SparseCodes& codes) {
+  const HostSparseCodes host = HostSparseCodes::from(codes);
+  Entries rows(static_cast<std::size_t>(host.rows));
+  for (std::int64_t b = 0; b < host.rows; ++b)
+    for (std::int64_t e = host.row_ptr[b]; e < host.row_ptr[b + 1]; ++e)
+      rows[b].push_back({host.latent[e], host.value[e]});
+  return rows;
+}
+
+class Selections : public ::testing::TestWithParam<BackendKind> {};
+
+TEST_P(Selections, PerRowTopKTakesTheKLargestWithLowerIndexOnTies) {
+  auto backend = make_backend(GetParam());
+  std::mt19937_64 rng(std::random_device{}());
+  const std::int64_t rows = 37, latents = 301, k = 17;
+  const std::vector<float> host = tied_preactivations(rows, latents, rng);
+  std::vector<std::uint8_t> mask(latents);
+  for (auto& m : mask) m = static_cast<std::uint8_t>(rng() % 3 != 0);
+  DeviceArray<float> pre(backend, std::span<const float>(host));
+  DeviceArray<std::uint8_t> allowed(backend, std::span<const std::uint8_t>(mask));
+  for (bool masked : {false, true}) {
+    SelectionRequest request;
+    request.selection = Selection::per_row_top_k;
+    request.k = k;
+    request.allowed = masked ? allowed.data() : nullptr;
+    const Entries got = entries_of(backend->select(pre.data(), rows, latents, request, nullptr));
+    for (std::int64_t b = 0; b < rows; ++b) {
+      std::vector<std::pair<float, std::int32_t>> order;
+      for (std::int64_t f = 0; f < latents; ++f)
+        if (!masked || mask[f])
+          order.push_back({std::max(host[b * latents + f], 0.0f), static_cast<std::int32_t>(f)});
+      std::stable_sort(order.begin(), order.end(),
+                       [](auto& a, auto& c) { return a.first > c.first; });
+      ASSERT_EQ(got[b].size(), static_cast<std::size_t>(k));
+      for (std::int64_t i = 0; i < k; ++i) {
+        ASSERT_EQ(got[b][i].first, order[i].second) << "row " << b << " rank " << i;
+        ASSERT_EQ(got[b][i].second, order[i].first);
+      }
+    }
+  }
+}
+
+TEST_P(Selections, PerBatchTopKTakesExactlyRowsTimesKOfTheWeightedScores) {
+  auto backend = make_backend(GetParam());
+  std::mt19937_64 rng(std::random_device{}());
+  const std::int64_t rows = 23, latents = 157, k = 9;
+  const std::vector<float> host = tied_preactivations(rows, latents, rng);
+  std::vector<float> weights(latents);
+  std::uniform_int_distribution<int> w(1, 3);
+  for (float& x : weights) x = 0.5f * static_cast<float>(w(rng));
+  DeviceArray<float> pre(backend, std::span<const float>(host));
+  DeviceArray<float> weight(backend, std::span<const float>(weights));
+  SelectionRequest request;
+  request.selection = Selection::per_batch_top_k;
+  request.k = k;
+  request.weight = weight.data();
+  float smallest = 0.0f;
+  const Entries got = entries_of(backend->select(pre.data(), rows, latents, request, &smallest));
+
+  std::vector<std::tuple<float, std::int64_t>> all;  // (score, flat index)
+  for (std::int64_t i = 0; i < rows * latents; ++i)
+    all.push_back({std::max(host[i], 0.0f) * weights[i % latents], i});
+  std::stable_sort(all.begin(), all.end(),
+                   [](auto& a, auto& c) { return std::get<0>(a) > std::get<0>(c); });
+  std::vector<std::vector<std::int32_t>> want(rows);
+  float want_smallest = -1.0f;
+  for (std::int64_t n = 0; n < rows * k; ++n) {
+    const auto [score, i] = all[n];
+    want[i / latents].push_back(static_cast<std::int32_t>(i % latents));
+    if (score > 0.0f) want_smallest = score;
+  }
+  std::int64_t total = 0;
+  for (std::int64_t b = 0; b < rows; ++b) {
+    std::vector<std::int32_t> latents_got;
+    for (auto [f, value] : got[b]) {
+      latents_got.push_back(f);
+      ASSERT_EQ(value, std::max(host[b * latents + f], 0.0f));
+    }
+    std::sort(latents_got.begin(), latents_got.end());
+    std::sort(want[b].begin(), want[b].end());
+    ASSERT_EQ(latents_got, want[b]) << "row " << b;
+    total += static_cast<std::int64_t>(latents_got.size());
+  }
+  EXPECT_EQ(total, rows * k);
+  EXPECT_EQ(smallest, want_smallest);
+}
+
+TEST_P(Selections, ThresholdSelectionsKeepWhatTheyShould) {
+  auto backend = make_backend(GetParam());
+  std::mt19937_64 rng(std::random_device{}());
+  const std::int64_t rows = 11, latents = 53;
+  std::normal_distribution<float> normal;
+  std::vector<float> host(rows * latents), thresholds(latents);
+  for (float& v : host) v = normal(rng);
+  for (float& t : thresholds) t = 0.5f * std::abs(normal(rng));
+  DeviceArray<float> pre(backend, std::span<const float>(host));
+  DeviceArray<float> threshold(backend, std::span<const float>(thresholds));
+  SelectionRequest jump;
+  jump.selection = Selection::jump_threshold;
+  jump.threshold = threshold.data();
+  SelectionRequest relu;
+  relu.selection = Selection::positive;
+  SelectionRequest near = jump;
+  near.selection = Selection::near_threshold;
+  near.bandwidth = 0.3f;
+  const Entries jumped = entries_of(backend->select(pre.data(), rows, latents, jump, nullptr));
+  const Entries positive = entries_of(backend->select(pre.data(), rows, latents, relu, nullptr));
+  const Entries nearby = entries_of(backend->select(pre.data(), rows, latents, near, nullptr));
+  for (std::int64_t b = 0; b < rows; ++b) {
+    std::size_t j = 0, p = 0, n = 0;
+    for (std::int64_t f = 0; f < latents; ++f) {
+      const float v = host[b * latents + f];
+      if (v > thresholds[f]) {
+        ASSERT_EQ(jumped[b].at(j++), std::make_pair(static_cast<std::int32_t>(f), v));
+      }
+      if (v > 0.0f) {
+        ASSERT_EQ(positive[b].at(p++), std::make_pair(static_cast<std::int32_t>(f), v));
+      }
+      if (std::abs(v - thresholds[f]) < 0.15f) {
+        ASSERT_EQ(nearby[b].at(n++).first, f);
+      }
+    }
+    EXPECT_EQ(j, jumped[b].size());
+    EXPECT_EQ(p, positive[b].size());
+    EXPECT_EQ(n, nearby[b].size());
+  }
+}
+
+CROSSCODER_INSTANTIATE_FOR_BACKENDS(Selections);
+
+}  // namespace
+}  // namespace crosscoder
