@@ -112,8 +112,7 @@ std::vector<ParameterSlot> slots(CrosscoderParameters& p, Gradients& g) {
   return list;
 }
 
-constexpr const char* kMomentNames[] = {"encoder.weight", "encoder.bias", "decoder.weight",
-                                        "decoder.bias", "threshold"};
+
 
 }  // namespace
 

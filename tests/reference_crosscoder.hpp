@@ -181,6 +181,46 @@ inline double reference_loss(const CrosscoderConfig& c, const TrainConfig& t,
   return loss;
 }
 
+/// How far the pre-activations are from changing any selection or crossing a kink: finite
+/// differences are only meaningful when this is well above the step and the float32 error.
+/// `aux_k` is AuxK's per-row selection size (0 when AuxK is off).
+inline double selection_margin(const CrosscoderConfig& c, const ReferenceParameters& p,
+                               const ReferenceForward& f, int B, int aux_k) {
+  const int F = c.latents;
+  double margin = 1e300;
+  for (int i = 0; i < B * F; ++i) {
+    margin = std::min(margin, std::abs(f.pre[i]));  // the ReLU kink
+    if (c.activation == Activation::jumprelu)
+      margin = std::min(margin, std::abs(f.pre[i] - p.threshold[i % F]));
+  }
+  // The gap between the last selected and the first rejected score at a selection boundary.
+  const auto gap_at = [](std::vector<double> scores, int selected) {
+    if (selected <= 0 || selected >= static_cast<int>(scores.size())) return 1e300;
+    std::sort(scores.begin(), scores.end(), std::greater<>());
+    return scores[selected - 1] - scores[selected];
+  };
+  for (int b = 0; b < B; ++b) {
+    std::vector<double> row;
+    for (int l = 0; l < F; ++l) row.push_back(std::max(f.pre[b * F + l], 0.0));
+    if (c.activation == Activation::topk) margin = std::min(margin, gap_at(row, c.k));
+    margin = std::min(margin, gap_at(row, aux_k));
+  }
+  if (c.activation == Activation::batchtopk) {
+    std::vector<double> weight(F, 0.0), all;
+    const int d = c.width, D = c.sources * d;
+    for (int l = 0; l < F; ++l)
+      for (int m = 0; m < c.sources; ++m) {
+        double s = 0.0;
+        for (int i = 0; i < d; ++i)
+          s += p.decoder[l * D + m * d + i] * p.decoder[l * D + m * d + i];
+        weight[l] += std::sqrt(s);
+      }
+    for (int i = 0; i < B * F; ++i) all.push_back(std::max(f.pre[i], 0.0) * weight[i % F]);
+    margin = std::min(margin, gap_at(all, B * c.k));
+  }
+  return margin;
+}
+
 /// AuxK's detached parts at the given forward pass, with every latent dead.
 inline ReferenceAux reference_aux_all_dead(const CrosscoderConfig& c, const ReferenceForward& f,
                                            int B, int aux_k) {

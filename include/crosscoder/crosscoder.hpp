@@ -11,6 +11,7 @@
 #include "crosscoder/log.hpp"
 #include "crosscoder/model.hpp"
 #include "crosscoder/progress.hpp"
+#include "crosscoder/synthetic.hpp"
 #include "crosscoder/sparse_codes.hpp"
 #include "crosscoder/train_loop.hpp"
 #include "crosscoder/trainer.hpp"
