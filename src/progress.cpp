@@ -40,7 +40,8 @@ void ProgressBar::update(std::int64_t done, const std::string& status) {
   const auto now = std::chrono::steady_clock::now();
   const auto interval =
       terminal_ ? std::chrono::steady_clock::duration(std::chrono::milliseconds(100)) : log_every_;
-  if (now - last_draw_ < interval && done < total_) return;
+  // The final state is drawn once, by finish().
+  if (now - last_draw_ < interval || done >= total_) return;
   last_draw_ = now;
   draw(done, status, false);
 }

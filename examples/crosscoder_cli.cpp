@@ -1,0 +1,245 @@
+// The `crosscoder` command-line tool: `demo`, `train` and `backends`.
+#include <fmt/format.h>
+#include <CLI/CLI.hpp>
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "crosscoder/crosscoder.hpp"
+#include "crosscoder/demo.hpp"
+#include "crosscoder/npy_source.hpp"
+
+namespace {
+
+using namespace crosscoder;
+
+// Fails before any work when a file could not be written later.
+void require_writable_parent(const std::filesystem::path& path, const char* flag) {
+  const std::filesystem::path parent =
+      path.has_parent_path() ? path.parent_path() : std::filesystem::path(".");
+  if (!std::filesystem::is_directory(parent)) {
+    throw Error(
+        fmt::format("{} {}: directory {} does not exist", flag, path.string(), parent.string()));
+  }
+  if (::access(parent.c_str(), W_OK) != 0) {
+    throw Error(
+        fmt::format("{} {}: directory {} is not writable", flag, path.string(), parent.string()));
+  }
+}
+
+std::shared_ptr<Backend> backend_for(const std::string& device) {
+  if (device == "auto") return best_backend();
+  return make_backend(parse_backend_kind(device));
+}
+
+int list_backends() {
+  std::printf("crosscoder %s\n", version_string);
+  for (const BackendInfo& info : available_backends()) {
+    const std::string name(to_string(info.kind));
+    if (info.usable) {
+      std::printf("  %-5s usable: %s\n", name.c_str(), info.device.c_str());
+    } else {
+      std::printf("  %-5s %s: %s\n", name.c_str(), info.built ? "not usable" : "not built",
+                  info.reason.c_str());
+    }
+  }
+  return 0;
+}
+
+struct DemoFlags {
+  DemoOptions options = default_demo_options();
+  std::string device = "auto";
+  std::string out = "crosscoder-demo.safetensors";
+  std::string activation = std::string(to_string(default_demo_options().model.activation));
+  int exclusive = 0;
+};
+
+int run_demo_command(DemoFlags& flags) {
+  DemoOptions& options = flags.options;
+  options.model.activation = parse_activation(flags.activation);
+  if (flags.exclusive > 0)
+    options.model.exclusive.assign(static_cast<std::size_t>(options.data.sources), flags.exclusive);
+  options.checkpoint = flags.out;
+  if (!flags.out.empty()) require_writable_parent(flags.out, "--out");
+  const auto backend = backend_for(flags.device);
+  std::printf(
+      "crosscoder demo: %d sources of width %d, %d shared + %d/%d exclusive planted features; "
+      "%s crosscoder with %d latents, k = %d, on %s\n",
+      options.data.sources, options.data.width, options.data.shared_features,
+      options.data.exclusive_features.empty() ? 0 : options.data.exclusive_features[0],
+      options.data.exclusive_features.size() > 1 ? options.data.exclusive_features[1] : 0,
+      std::string(to_string(options.model.activation)).c_str(), options.model.latents,
+      options.model.k, backend->describe().c_str());
+  const DemoResult result = run_demo(options, backend);
+  std::printf("%s", format_demo_result(result, options).c_str());
+  if (!options.checkpoint.empty())
+    std::printf("checkpoint: %s\n", options.checkpoint.string().c_str());
+  return 0;
+}
+
+struct TrainFlags {
+  std::vector<std::string> data;
+  CrosscoderConfig model;
+  TrainConfig train;
+  std::string activation = "batchtopk";
+  std::string normalisation = "scalar";
+  int exclusive = 0;
+  std::string device = "auto";
+  std::string out;
+  std::string checkpoint;
+  std::int64_t checkpoint_every = 1000;
+  bool resume = false;
+};
+
+int run_train_command(TrainFlags& flags) {
+  NpyPairSource data(std::vector<std::filesystem::path>(flags.data.begin(), flags.data.end()),
+                     flags.train.seed);
+  CrosscoderConfig config = flags.model;
+  config.sources = data.sources();
+  config.width = data.width();
+  config.activation = parse_activation(flags.activation);
+  config.normalisation = parse_normalisation(flags.normalisation);
+  if (flags.exclusive > 0)
+    config.exclusive.assign(static_cast<std::size_t>(config.sources), flags.exclusive);
+  config.validate();
+  const std::filesystem::path checkpoint =
+      flags.checkpoint.empty() ? std::filesystem::path(flags.out + ".train.safetensors")
+                               : std::filesystem::path(flags.checkpoint);
+  require_writable_parent(flags.out, "--out");
+  require_writable_parent(checkpoint, "--checkpoint");
+  if (!flags.resume && std::filesystem::exists(checkpoint)) {
+    throw Error(
+        fmt::format("training checkpoint {} exists: pass --resume to continue it, or remove it",
+                    checkpoint.string()));
+  }
+  const auto backend = backend_for(flags.device);
+  std::printf(
+      "crosscoder train: %lld rows, %d sources of width %d → %s crosscoder with %d latents on %s\n",
+      static_cast<long long>(data.rows()), config.sources, config.width,
+      std::string(to_string(config.activation)).c_str(), config.latents,
+      backend->describe().c_str());
+  Crosscoder model(config, backend, flags.train.seed);
+  Trainer trainer(model, flags.train);
+  TrainingOptions options;
+  options.checkpoint = checkpoint;
+  options.checkpoint_every = flags.checkpoint_every;
+  options.resume = flags.resume;
+  const StepReport last = train(trainer, data, options);
+  model.save(flags.out, {{"train_config", flags.train.to_json()}, {"data", data.identity()}});
+  std::string fve;
+  for (std::size_t m = 0; m < last.fve.size(); ++m) fve += fmt::format(" {:.4f}", last.fve[m]);
+  std::printf(
+      "final step %lld: loss %.5f, FVE per source%s, L0 %.1f, dead %.1f%%\nmodel: %s\ntraining "
+      "checkpoint: %s\n",
+      static_cast<long long>(last.step), last.loss, fve.c_str(), last.l0,
+      100.0 * last.dead_fraction, flags.out.c_str(), checkpoint.string().c_str());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"crosscoder: sparse crosscoders for model diffing"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", std::string(version_string));
+
+  app.add_subcommand("backends", "List the compute backends and whether each is usable here");
+
+  DemoFlags demo;
+  CLI::App* demo_command = app.add_subcommand("demo",
+                                              "Train a crosscoder on a synthetic model pair with "
+                                              "planted shared, exclusive and 'tool' features, "
+                                              "and report what it recovered");
+  demo_command->add_option("--steps", demo.options.train.steps, "Training steps")
+      ->capture_default_str();
+  demo_command->add_option("--batch", demo.options.train.batch_size, "Rows per step")
+      ->capture_default_str();
+  demo_command->add_option("--latents", demo.options.model.latents, "Dictionary size F")
+      ->capture_default_str();
+  demo_command->add_option("--k", demo.options.model.k, "Active latents per row (topk, batchtopk)")
+      ->capture_default_str();
+  demo_command->add_option("--activation", demo.activation, "relu | topk | batchtopk | jumprelu")
+      ->capture_default_str();
+  demo_command
+      ->add_option("--exclusive", demo.exclusive,
+                   "Latents reserved exclusively for each source (dedicated-feature crosscoder)")
+      ->capture_default_str();
+  demo_command->add_option("--lr", demo.options.train.learning_rate, "Peak learning rate")
+      ->capture_default_str();
+  demo_command->add_option("--seed", demo.options.train.seed, "Initialisation seed")
+      ->capture_default_str();
+  demo_command->add_option("--data-seed", demo.options.data.seed, "Seed of the synthetic pair")
+      ->capture_default_str();
+  demo_command->add_option("--width", demo.options.data.width, "Width d of each synthetic source")
+      ->capture_default_str();
+  demo_command->add_option("--device", demo.device, "auto | cpu | cuda")->capture_default_str();
+  demo_command->add_option("--out", demo.out, "Where to write the trained model (empty: nowhere)")
+      ->capture_default_str();
+
+  TrainFlags train;
+  train.model.latents = 16384;
+  train.model.k = 64;
+  CLI::App* train_command = app.add_subcommand("train", "Train a crosscoder on paired activations");
+  train_command
+      ->add_option("--data", train.data,
+                   "One float32 .npy of shape [N, d] per source, in source order; row i of every "
+                   "file is the same token")
+      ->required()
+      ->check(CLI::ExistingFile);
+  train_command->add_option("--latents", train.model.latents, "Dictionary size F")
+      ->capture_default_str();
+  train_command->add_option("--k", train.model.k, "Active latents per row (topk, batchtopk)")
+      ->capture_default_str();
+  train_command->add_option("--activation", train.activation, "relu | topk | batchtopk | jumprelu")
+      ->capture_default_str();
+  train_command
+      ->add_option("--exclusive", train.exclusive, "Latents reserved exclusively for each source")
+      ->capture_default_str();
+  train_command
+      ->add_option("--normalisation", train.normalisation, "none | scalar | mean_and_scale")
+      ->capture_default_str();
+  train_command->add_option("--steps", train.train.steps, "Training steps")->capture_default_str();
+  train_command->add_option("--batch", train.train.batch_size, "Rows per step")
+      ->capture_default_str();
+  train_command->add_option("--lr", train.train.learning_rate, "Peak learning rate")
+      ->capture_default_str();
+  train_command->add_option("--warmup", train.train.warmup_steps, "Warm-up steps")
+      ->capture_default_str();
+  train_command->add_option("--l1", train.train.l1_coefficient, "L1 coefficient (relu)")
+      ->capture_default_str();
+  train_command->add_option("--l0", train.train.l0_coefficient, "L0 coefficient (jumprelu)")
+      ->capture_default_str();
+  train_command
+      ->add_option("--auxk", train.train.auxk_coefficient, "AuxK coefficient (topk, batchtopk)")
+      ->capture_default_str();
+  train_command
+      ->add_option("--dead-after", train.train.dead_after_tokens,
+                   "Tokens without firing after which a latent is dead")
+      ->capture_default_str();
+  train_command->add_option("--seed", train.train.seed, "Initialisation and shuffling seed")
+      ->capture_default_str();
+  train_command->add_option("--device", train.device, "auto | cpu | cuda")->capture_default_str();
+  train_command->add_option("--out", train.out, "Trained model (safetensors)")->required();
+  train_command->add_option("--checkpoint", train.checkpoint,
+                            "Training checkpoint (default: OUT.train.safetensors)");
+  train_command
+      ->add_option("--checkpoint-every", train.checkpoint_every,
+                   "Steps between training checkpoints")
+      ->capture_default_str();
+  train_command->add_flag("--resume", train.resume, "Continue from the training checkpoint");
+
+  CLI11_PARSE(app, argc, argv);
+  try {
+    if (app.got_subcommand("backends")) return list_backends();
+    if (app.got_subcommand("demo")) return run_demo_command(demo);
+    if (app.got_subcommand("train")) return run_train_command(train);
+  } catch (const Error& error) {
+    std::fprintf(stderr, "crosscoder: error: %s\n", error.what());
+    return 1;
+  }
+  return 0;
+}

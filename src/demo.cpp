@@ -1,0 +1,134 @@
+#include "crosscoder/demo.hpp"
+
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cmath>
+
+#include "crosscoder/contrast.hpp"
+#include "crosscoder/error.hpp"
+#include "crosscoder/model.hpp"
+#include "crosscoder/train_loop.hpp"
+
+namespace crosscoder {
+
+DemoOptions default_demo_options() {
+  DemoOptions options;
+  options.model.activation = Activation::batchtopk;
+  options.model.latents = 384;
+  options.model.k = 2;
+  options.train.steps = 3000;
+  options.train.batch_size = 1024;
+  options.train.learning_rate = 2e-3f;
+  options.train.warmup_steps = 100;
+  options.train.dead_after_tokens = 200'000;
+  options.train.seed = 1;
+  options.data.seed = 2026;
+  return options;
+}
+
+DemoResult run_demo(const DemoOptions& options, const std::shared_ptr<Backend>& backend) {
+  SyntheticPair pair(options.data);
+  CrosscoderConfig config = options.model;
+  config.sources = options.data.sources;
+  config.width = options.data.width;
+  Crosscoder model(config, backend, options.train.seed);
+  Trainer trainer(model, options.train);
+  TrainingOptions loop;
+  loop.show_progress = options.show_progress;
+  double tokens = 0.0;
+  loop.on_step = [&](const StepReport&, double) {
+    tokens += static_cast<double>(options.train.batch_size);
+  };
+  const auto started = std::chrono::steady_clock::now();
+  train(trainer, pair, loop);
+  DemoResult result;
+  result.training_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  result.tokens_per_second = tokens / result.training_seconds;
+  if (!options.checkpoint.empty()) model.save(options.checkpoint, {{"demo_data", pair.identity()}});
+
+  // Held-out rows: a stream the training never used.
+  const std::int64_t rows = options.evaluation_rows;
+  const int M = config.sources;
+  const int d = config.width;
+  const std::int64_t D = config.input_width();
+  std::vector<float> x(static_cast<std::size_t>(rows * D));
+  std::vector<std::int8_t> labels(static_cast<std::size_t>(rows));
+  pair.sample(rows, 0xE7A1'0000'0000ull, x.data(), labels.data());
+  const HostSparseCodes codes = model.encode(x, rows);
+  const std::vector<float> recon = model.reconstruct(x, rows);
+  result.fve.assign(static_cast<std::size_t>(M), 0.0);
+  for (int m = 0; m < M; ++m) {
+    std::vector<double> mean(static_cast<std::size_t>(d), 0.0);
+    for (std::int64_t b = 0; b < rows; ++b)
+      for (int i = 0; i < d; ++i) mean[i] += x[b * D + m * d + i];
+    for (double& v : mean) v /= static_cast<double>(rows);
+    double error = 0.0, total = 0.0;
+    for (std::int64_t b = 0; b < rows; ++b)
+      for (int i = 0; i < d; ++i) {
+        const double value = x[b * D + m * d + i];
+        error += std::pow(recon[b * D + m * d + i] - value, 2);
+        total += std::pow(value - mean[i], 2);
+      }
+    result.fve[m] = 1.0 - error / total;
+  }
+  result.l0 = static_cast<double>(codes.latent.size()) / static_cast<double>(rows);
+  std::vector<bool> fired(static_cast<std::size_t>(config.latents), false);
+  for (std::int32_t f : codes.latent) fired[f] = true;
+  std::int64_t dead = 0;
+  for (bool f : fired) dead += f ? 0 : 1;
+  result.dead_fraction = static_cast<double>(dead) / config.latents;
+
+  RecoveryOptions recovery;
+  recovery.norm_scale.assign(model.normaliser().scale.begin(), model.normaliser().scale.end());
+  const std::vector<float> raw_decoder = model.raw_decoder_vectors();
+  result.recovery = evaluate_recovery(pair, raw_decoder.data(),
+                                      static_cast<std::size_t>(config.latents), recovery);
+
+  // Contrast ranking among latents classified exclusive to the last (fine-tuned) source.
+  ContrastAccumulator contrast(config.latents);
+  contrast.add(codes, labels);
+  const LatentContrast statistics = contrast.result();
+  const std::vector<float> relative = model.relative_decoder_norms();
+  std::vector<bool> exclusive_to_last(static_cast<std::size_t>(config.latents));
+  for (int f = 0; f < config.latents; ++f) {
+    exclusive_to_last[f] = relative[f * M + (M - 1)] >= recovery.exclusive_threshold;
+    result.exclusive_latents += exclusive_to_last[f] ? 1 : 0;
+  }
+  result.tool_latent = result.recovery.tool_best_latent;
+  if (result.tool_latent >= 0) {
+    result.tool_cohens_d = statistics.cohens_d[result.tool_latent];
+    const std::vector<std::int32_t> ranking = statistics.ranking(&exclusive_to_last);
+    for (std::size_t i = 0; i < ranking.size(); ++i) {
+      if (ranking[i] == result.tool_latent) result.tool_rank = static_cast<std::int64_t>(i) + 1;
+    }
+  }
+  return result;
+}
+
+std::string format_demo_result(const DemoResult& r, const DemoOptions& options) {
+  std::string fve;
+  for (std::size_t m = 0; m < r.fve.size(); ++m)
+    fve += fmt::format("{}{:.4f}", m ? "  " : "", r.fve[m]);
+  std::string text = fmt::format(
+      "trained {} steps × {} rows in {:.1f} s ({:.0f} tokens/s)\n"
+      "held-out rows: {}\n"
+      "FVE per source: {}\n"
+      "L0: {:.2f}   dead latents: {:.1f}%\n",
+      options.train.steps, options.train.batch_size, r.training_seconds, r.tokens_per_second,
+      options.evaluation_rows, fve, r.l0, 100.0 * r.dead_fraction);
+  text += format_recovery_report(r.recovery);
+  if (!text.empty() && text.back() != '\n') text += '\n';
+  if (r.tool_latent >= 0) {
+    text += fmt::format(
+        "planted tool feature → latent {} (cosine {:.3f}, Cohen's d {:.2f}): rank {} of {} latents "
+        "exclusive to source {}\n",
+        r.tool_latent, r.recovery.tool_best_cosine, r.tool_cohens_d,
+        r.tool_rank > 0 ? std::to_string(r.tool_rank) : std::string("— (not classified exclusive)"),
+        r.exclusive_latents, options.data.sources - 1);
+  }
+  return text;
+}
+
+}  // namespace crosscoder
