@@ -54,10 +54,8 @@ cmake --build "$build_dir" --parallel "$jobs"
 
 case "$mode" in
   run)
-    "$build_dir/examples/list_backends"
-    if [[ -x "$build_dir/examples/crosscoder" ]]; then
-      "$build_dir/examples/crosscoder" demo "$@"
-    fi
+    "$build_dir/examples/crosscoder" backends
+    "$build_dir/examples/crosscoder" demo "$@"
     ;;
   test)
     export ASAN_OPTIONS=${ASAN_OPTIONS:-allocator_may_return_null=1:detect_leaks=1}
