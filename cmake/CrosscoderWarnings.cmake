@@ -10,6 +10,8 @@ if(CROSSCODER_WARNINGS_AS_ERRORS)
 endif()
 
 if(CROSSCODER_SANITIZE)
-  add_compile_options($<$<COMPILE_LANGUAGE:CXX>:-fsanitize=${CROSSCODER_SANITIZE};-fno-omit-frame-pointer;-fno-sanitize-recover=all>)
+  add_compile_options("$<$<COMPILE_LANGUAGE:CXX>:-fsanitize=${CROSSCODER_SANITIZE}>"
+                      "$<$<COMPILE_LANGUAGE:CXX>:-fno-omit-frame-pointer>"
+                      "$<$<COMPILE_LANGUAGE:CXX>:-fno-sanitize-recover=all>")
   add_link_options(-fsanitize=${CROSSCODER_SANITIZE})
 endif()
