@@ -64,7 +64,9 @@ TrainConfig short_training() {
 void expect_bit_equal(const DeviceArray<float>& a, const DeviceArray<float>& b, const char* what) {
   const auto x = a.download(), y = b.download();
   ASSERT_EQ(x.size(), y.size()) << what;
-  EXPECT_EQ(std::memcmp(x.data(), y.data(), x.size() * sizeof(float)), 0) << what;
+  if (!x.empty()) {
+    EXPECT_EQ(std::memcmp(x.data(), y.data(), x.size() * sizeof(float)), 0) << what;
+  }
 }
 
 void expect_same_model(const Crosscoder& a, const Crosscoder& b) {

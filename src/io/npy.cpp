@@ -254,6 +254,7 @@ void NpyFile::read_rows_float(std::size_t first_row, std::size_t count, float* o
                             path().string(), first_row, first_row + count, rows()));
   }
   const std::size_t n = count * row_width();
+  if (n == 0) return;
   const std::byte* p = data_.data() + first_row * row_width() * item_size_;
   if (descr_ == "<f4") {
     std::memcpy(out, p, n * sizeof(float));
