@@ -112,8 +112,6 @@ std::vector<ParameterSlot> slots(CrosscoderParameters& p, Gradients& g) {
   return list;
 }
 
-
-
 }  // namespace
 
 Trainer::Trainer(Crosscoder& model, const TrainConfig& config)
@@ -165,6 +163,14 @@ int Trainer::k_at(std::int64_t t) const noexcept {
   return static_cast<int>(std::lround(config_.k_initial + fraction * (k - config_.k_initial)));
 }
 
+DeviceArray<float>& Trainer::scratch(const std::string& name, std::int64_t size) {
+  DeviceArray<float>& buffer = scratch_[name];
+  if (buffer.size() != static_cast<std::size_t>(size)) {
+    buffer = DeviceArray<float>(backend_, static_cast<std::size_t>(size));
+  }
+  return buffer;
+}
+
 StepReport Trainer::compute_gradients(std::span<const float> x, std::int64_t rows) {
   return forward_backward(x, rows);
 }
@@ -193,10 +199,11 @@ StepReport Trainer::forward_backward(std::span<const float> x, std::int64_t rows
   report.k = k_at(report.step);
 
   // Forward: normalise, encode, select, decode.
-  DeviceArray<float> raw(backend_, x);
-  DeviceArray<float> xn = make(B * D);
+  DeviceArray<float>& raw = scratch("raw", B * D);
+  raw.upload(x);
+  DeviceArray<float>& xn = scratch("xn", B * D);
   model_.normalise(raw.data(), B, xn.data());
-  DeviceArray<float> pre = make(B * F);
+  DeviceArray<float>& pre = scratch("pre", B * F);
   be.encode(xn.data(), B, D, p.encoder_weight.data(), p.encoder_bias.data(), F, pre.data());
 
   DeviceArray<float> score_weight;
@@ -222,12 +229,12 @@ StepReport Trainer::forward_backward(std::span<const float> x, std::int64_t rows
       break;
   }
   SparseCodes codes = be.select(pre.data(), B, F, request, &last_min_selected_score_);
-  DeviceArray<float> recon = make(B * D);
+  DeviceArray<float>& recon = scratch("recon", B * D);
   be.decode(codes, p.decoder_weight.data(), p.decoder_bias.data(), D, recon.data());
 
   // Reconstruction loss Σ_m (1/B) Σ_b ‖x̂_bm − x_bm‖² and its gradient 2(x̂ − x)/B.
   for (const ParameterSlot& slot : slots(p, gradients_)) slot.gradient->zero();
-  DeviceArray<float> grad_recon = make(B * D);
+  DeviceArray<float>& grad_recon = scratch("grad_recon", B * D);
   std::vector<double> sse(static_cast<std::size_t>(M));
   be.squared_error(recon.data(), xn.data(), B, M, c.width, 2.0f / static_cast<float>(B),
                    grad_recon.data(), sse.data());
@@ -237,7 +244,7 @@ StepReport Trainer::forward_backward(std::span<const float> x, std::int64_t rows
   {
     // Σ_b ‖x_bm − mean_m‖² = Σ_b ‖x_bm‖² − B‖mean_m‖², per source.
     std::vector<double> zero_recon(static_cast<std::size_t>(M));
-    DeviceArray<float> zeros = make(B * D);
+    DeviceArray<float>& zeros = scratch("zeros", B * D);
     zeros.zero();
     be.squared_error(zeros.data(), xn.data(), B, M, c.width, 0.0f, nullptr, zero_recon.data());
     for (int m = 0; m < M; ++m) {
@@ -361,7 +368,7 @@ StepReport Trainer::forward_backward(std::span<const float> x, std::int64_t rows
       aux.k = config_.aux_k > 0 ? config_.aux_k : std::max<std::int64_t>(1, D / 2);
       aux.allowed = dead_mask.data();
       SparseCodes aux_codes = be.select(pre.data(), B, F, aux, nullptr);
-      DeviceArray<float> residual = make(B * D);  // e = x − x̂ (detached)
+      DeviceArray<float>& residual = scratch("residual", B * D);  // e = x − x̂ (detached)
       std::vector<double> unused(static_cast<std::size_t>(M));
       be.squared_error(xn.data(), recon.data(), B, M, c.width, 1.0f, residual.data(),
                        unused.data());
@@ -371,9 +378,9 @@ StepReport Trainer::forward_backward(std::span<const float> x, std::int64_t rows
       for (double s : residual_means) centred -= s * s / static_cast<double>(B);
       const double denominator = centred / static_cast<double>(B);
       if (denominator > 0.0) {
-        DeviceArray<float> aux_recon = make(B * D);
+        DeviceArray<float>& aux_recon = scratch("aux_recon", B * D);
         be.decode(aux_codes, p.decoder_weight.data(), nullptr, D, aux_recon.data());
-        DeviceArray<float> grad_aux = make(B * D);
+        DeviceArray<float>& grad_aux = scratch("grad_aux", B * D);
         std::vector<double> aux_sse(static_cast<std::size_t>(M));
         const double scale =
             config_.auxk_coefficient * 2.0 / (static_cast<double>(B) * denominator);

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <span>
 #include <string>
 #include <vector>
@@ -105,13 +106,18 @@ class Trainer {
     DeviceArray<float> m, v;
   };
   StepReport forward_backward(std::span<const float> x, std::int64_t rows);
+  /// A named working buffer of `size` floats, kept between steps: a fresh B×F allocation each
+  /// step costs page faults and kernel page zeroing (measured: 3.5% of a step).
+  DeviceArray<float>& scratch(const std::string& name, std::int64_t size);
   void apply_update(StepReport& report);
 
   Crosscoder& model_;
   TrainConfig config_;
   std::shared_ptr<Backend> backend_;
   Gradients gradients_;
-  std::vector<Moments> moments_;  // one per parameter, in CrosscoderParameters order
+  std::vector<Moments> moments_;
+  std::map<std::string, DeviceArray<float>>
+      scratch_;  // one per parameter, in CrosscoderParameters order
   std::vector<std::int64_t> tokens_since_fired_;
   std::vector<std::int64_t> fired_this_step_;
   float last_min_selected_score_ = -1.0f;
