@@ -148,32 +148,31 @@ void Crosscoder::latent_score_weights(float* weights) const {
   backend_->copy_to_device(weights, sums.data(), F * sizeof(float));
 }
 
-HostSparseCodes Crosscoder::encode(std::span<const float> x, std::int64_t rows) const {
-  detail::check_batch(x, rows, config_.sources, config_.width, "encode input");
-  const std::int64_t D = config_.input_width();
-  const std::int64_t F = config_.latents;
-  DeviceArray<float> raw(backend_, x);
-  DeviceArray<float> xn(backend_, static_cast<std::size_t>(rows * D));
-  normalise(raw.data(), rows, xn.data());
-  DeviceArray<float> pre(backend_, static_cast<std::size_t>(rows * F));
-  backend_->encode(xn.data(), rows, D, parameters_.encoder_weight.data(),
-                   parameters_.encoder_bias.data(), F, pre.data());
+void Crosscoder::preactivations(const float* x, std::int64_t rows, float* xn, float* pre) const {
+  normalise(x, rows, xn);
+  backend_->encode(xn, rows, config_.input_width(), parameters_.encoder_weight.data(),
+                   parameters_.encoder_bias.data(), config_.latents, pre);
+}
+
+SelectionRequest Crosscoder::selection_request(int k, bool training,
+                                               DeviceArray<float>& score_weights) const {
   SelectionRequest request;
-  DeviceArray<float> weights;
   switch (config_.activation) {
     case Activation::relu:
       request.selection = Selection::positive;
       break;
     case Activation::topk:
       request.selection = Selection::per_row_top_k;
-      request.k = config_.k;
+      request.k = k;
       break;
     case Activation::batchtopk:
-      weights = DeviceArray<float>(backend_, static_cast<std::size_t>(F));
-      latent_score_weights(weights.data());
-      request.weight = weights.data();
-      request.k = config_.k;
-      if (batch_threshold_ >= 0.0f) {
+      if (score_weights.size() != static_cast<std::size_t>(config_.latents)) {
+        score_weights = DeviceArray<float>(backend_, static_cast<std::size_t>(config_.latents));
+      }
+      latent_score_weights(score_weights.data());
+      request.weight = score_weights.data();
+      request.k = k;
+      if (!training && batch_threshold_ >= 0.0f) {
         request.selection = Selection::batch_threshold;
         request.scalar_threshold = batch_threshold_;
       } else {
@@ -185,7 +184,19 @@ HostSparseCodes Crosscoder::encode(std::span<const float> x, std::int64_t rows) 
       request.threshold = parameters_.threshold.data();
       break;
   }
-  return HostSparseCodes::from(backend_->select(pre.data(), rows, F, request, nullptr));
+  return request;
+}
+
+HostSparseCodes Crosscoder::encode(std::span<const float> x, std::int64_t rows) const {
+  detail::check_batch(x, rows, config_.sources, config_.width, "encode input");
+  DeviceArray<float> raw(backend_, x);
+  DeviceArray<float> xn(backend_, static_cast<std::size_t>(rows * config_.input_width()));
+  DeviceArray<float> pre(backend_, static_cast<std::size_t>(rows * config_.latents));
+  preactivations(raw.data(), rows, xn.data(), pre.data());
+  DeviceArray<float> score_weights;
+  const SelectionRequest request = selection_request(config_.k, /*training=*/false, score_weights);
+  return HostSparseCodes::from(
+      backend_->select(pre.data(), rows, config_.latents, request, nullptr));
 }
 
 std::vector<float> Crosscoder::reconstruct(std::span<const float> x, std::int64_t rows) const {

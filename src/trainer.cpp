@@ -202,32 +202,10 @@ StepReport Trainer::forward_backward(std::span<const float> x, std::int64_t rows
   DeviceArray<float>& raw = scratch("raw", B * D);
   raw.upload(x);
   DeviceArray<float>& xn = scratch("xn", B * D);
-  model_.normalise(raw.data(), B, xn.data());
   DeviceArray<float>& pre = scratch("pre", B * F);
-  be.encode(xn.data(), B, D, p.encoder_weight.data(), p.encoder_bias.data(), F, pre.data());
-
-  DeviceArray<float> score_weight;
-  SelectionRequest request;
-  switch (c.activation) {
-    case Activation::relu:
-      request.selection = Selection::positive;
-      break;
-    case Activation::topk:
-      request.selection = Selection::per_row_top_k;
-      request.k = report.k;
-      break;
-    case Activation::batchtopk:
-      score_weight = make(F);
-      model_.latent_score_weights(score_weight.data());
-      request.selection = Selection::per_batch_top_k;
-      request.weight = score_weight.data();
-      request.k = report.k;
-      break;
-    case Activation::jumprelu:
-      request.selection = Selection::jump_threshold;
-      request.threshold = p.threshold.data();
-      break;
-  }
+  model_.preactivations(raw.data(), B, xn.data(), pre.data());
+  const SelectionRequest request =
+      model_.selection_request(report.k, /*training=*/true, scratch("score_weights", F));
   SparseCodes codes = be.select(pre.data(), B, F, request, &last_min_selected_score_);
   DeviceArray<float>& recon = scratch("recon", B * D);
   be.decode(codes, p.decoder_weight.data(), p.decoder_bias.data(), D, recon.data());

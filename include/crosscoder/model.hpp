@@ -93,6 +93,13 @@ class Crosscoder {
 
   /// xn = normalise(x) for x[rows, D] in backend memory.
   void normalise(const float* x, std::int64_t rows, float* xn) const;
+  /// Normalises raw x[rows, D] into xn and computes the encoder's pre-activations pre[rows, F]
+  /// (all in backend memory).
+  void preactivations(const float* x, std::int64_t rows, float* xn, float* pre) const;
+  /// How the activation function selects latents: with `k` active per row, in training mode
+  /// (BatchTopK selects over the batch) or at inference (BatchTopK uses the learnt threshold
+  /// when there is one). BatchTopK's score weights are written to `score_weights` [F].
+  SelectionRequest selection_request(int k, bool training, DeviceArray<float>& score_weights) const;
   /// Per-latent score weights for BatchTopK: Σ_m ‖d_{f,m}‖, [F] in backend memory.
   void latent_score_weights(float* weights) const;
 

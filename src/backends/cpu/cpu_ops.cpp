@@ -55,34 +55,37 @@ std::int64_t max_latent_plus_one(const SparseCodes& codes) {
 
 }  // namespace
 
-void CpuBackend::normalise(const float* x, std::int64_t rows, int sources, int width,
-                           const float* scale, const float* mean, float* xn) {
+namespace {
+
+// Calls apply(index, source, column) for every element of a [rows, M·d] batch, rows in parallel.
+template <typename Apply>
+void for_each_element(std::int64_t rows, int sources, int width, Apply apply) {
   const std::int64_t input_width = static_cast<std::int64_t>(sources) * width;
 #pragma omp parallel for schedule(static)
   for (std::int64_t b = 0; b < rows; ++b) {
     for (int m = 0; m < sources; ++m) {
-      const std::int64_t offset = b * input_width + static_cast<std::int64_t>(m) * width;
       for (int i = 0; i < width; ++i) {
-        const float centre = mean ? mean[m * width + i] : 0.0f;
-        xn[offset + i] = (x[offset + i] - centre) * scale[m];
+        const int column = m * width + i;
+        apply(b * input_width + column, m, column);
       }
     }
   }
 }
 
+}  // namespace
+
+void CpuBackend::normalise(const float* x, std::int64_t rows, int sources, int width,
+                           const float* scale, const float* mean, float* xn) {
+  for_each_element(rows, sources, width, [&](std::int64_t index, int m, int column) {
+    xn[index] = (x[index] - (mean ? mean[column] : 0.0f)) * scale[m];
+  });
+}
+
 void CpuBackend::denormalise(const float* xn, std::int64_t rows, int sources, int width,
                              const float* scale, const float* mean, float* x) {
-  const std::int64_t input_width = static_cast<std::int64_t>(sources) * width;
-#pragma omp parallel for schedule(static)
-  for (std::int64_t b = 0; b < rows; ++b) {
-    for (int m = 0; m < sources; ++m) {
-      const std::int64_t offset = b * input_width + static_cast<std::int64_t>(m) * width;
-      for (int i = 0; i < width; ++i) {
-        const float centre = mean ? mean[m * width + i] : 0.0f;
-        x[offset + i] = xn[offset + i] / scale[m] + centre;
-      }
-    }
-  }
+  for_each_element(rows, sources, width, [&](std::int64_t index, int m, int column) {
+    x[index] = xn[index] / scale[m] + (mean ? mean[column] : 0.0f);
+  });
 }
 
 void CpuBackend::encode(const float* xn, std::int64_t rows, std::int64_t input_width,
