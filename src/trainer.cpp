@@ -175,6 +175,17 @@ StepReport Trainer::compute_gradients(std::span<const float> x, std::int64_t row
   return forward_backward(x, rows);
 }
 
+namespace {
+
+// ∂L/∂a → ∂L/∂pre for entries whose value went through max(·, 0): zero where it clipped.
+void zero_where_inactive(std::vector<float>& gradient, const std::vector<float>& values) {
+  for (std::size_t e = 0; e < gradient.size(); ++e) {
+    if (!(values[e] > 0.0f)) gradient[e] = 0.0f;
+  }
+}
+
+}  // namespace
+
 StepReport Trainer::forward_backward(std::span<const float> x, std::int64_t rows) {
   const CrosscoderConfig& c = model_.config();
   detail::check_batch(x, rows, c.sources, c.width, "training batch");
@@ -188,11 +199,7 @@ StepReport Trainer::forward_backward(std::span<const float> x, std::int64_t rows
   const std::int64_t B = rows;
   const std::int64_t D = c.input_width();
   const std::int64_t F = c.latents;
-  const int M = c.sources;
   CrosscoderParameters& p = model_.parameters();
-  const auto make = [&](std::int64_t n) {
-    return DeviceArray<float>(backend_, static_cast<std::size_t>(n));
-  };
 
   StepReport report;
   report.step = step_ + 1;
@@ -201,185 +208,51 @@ StepReport Trainer::forward_backward(std::span<const float> x, std::int64_t rows
   // Forward: normalise, encode, select, decode.
   DeviceArray<float>& raw = scratch("raw", B * D);
   raw.upload(x);
-  DeviceArray<float>& xn = scratch("xn", B * D);
-  DeviceArray<float>& pre = scratch("pre", B * F);
-  model_.preactivations(raw.data(), B, xn.data(), pre.data());
+  Batch batch{B, scratch("xn", B * D), scratch("pre", B * F), scratch("recon", B * D),
+              scratch("grad_recon", B * D)};
+  model_.preactivations(raw.data(), B, batch.xn.data(), batch.pre.data());
   const SelectionRequest request =
       model_.selection_request(report.k, /*training=*/true, scratch("score_weights", F));
-  SparseCodes codes = be.select(pre.data(), B, F, request, &last_min_selected_score_);
-  DeviceArray<float>& recon = scratch("recon", B * D);
-  be.decode(codes, p.decoder_weight.data(), p.decoder_bias.data(), D, recon.data());
+  SparseCodes codes = be.select(batch.pre.data(), B, F, request, &last_min_selected_score_);
+  be.decode(codes, p.decoder_weight.data(), p.decoder_bias.data(), D, batch.recon.data());
 
-  // Reconstruction loss Σ_m (1/B) Σ_b ‖x̂_bm − x_bm‖² and its gradient 2(x̂ − x)/B.
   for (const ParameterSlot& slot : slots(p, gradients_)) slot.gradient->zero();
-  DeviceArray<float>& grad_recon = scratch("grad_recon", B * D);
-  std::vector<double> sse(static_cast<std::size_t>(M));
-  be.squared_error(recon.data(), xn.data(), B, M, c.width, 2.0f / static_cast<float>(B),
-                   grad_recon.data(), sse.data());
-  std::vector<double> column_sums(static_cast<std::size_t>(D));
-  be.column_sums(xn.data(), B, D, column_sums.data());
-  std::vector<double> energy_per_source(static_cast<std::size_t>(M), 0.0);
-  {
-    // Σ_b ‖x_bm − mean_m‖² = Σ_b ‖x_bm‖² − B‖mean_m‖², per source.
-    std::vector<double> zero_recon(static_cast<std::size_t>(M));
-    DeviceArray<float>& zeros = scratch("zeros", B * D);
-    zeros.zero();
-    be.squared_error(zeros.data(), xn.data(), B, M, c.width, 0.0f, nullptr, zero_recon.data());
-    for (int m = 0; m < M; ++m) {
-      double mean_norm = 0.0;
-      for (int i = 0; i < c.width; ++i) {
-        const double mean = column_sums[m * c.width + i] / static_cast<double>(B);
-        mean_norm += mean * mean;
-      }
-      energy_per_source[m] = zero_recon[m] - static_cast<double>(B) * mean_norm;
-    }
-  }
-  report.mse.resize(static_cast<std::size_t>(M));
-  report.fve.resize(static_cast<std::size_t>(M));
-  for (int m = 0; m < M; ++m) {
-    report.mse[m] = sse[m] / static_cast<double>(B);
-    report.reconstruction += report.mse[m];
-    report.fve[m] = energy_per_source[m] > 0.0 ? 1.0 - sse[m] / energy_per_source[m] : 0.0;
-  }
+  reconstruction_terms(batch, report);
   report.l0 = static_cast<double>(codes.nnz) / static_cast<double>(B);
 
-  // Backward through the decoder and the b_dec gradient (column sums of the upstream grad).
-  DeviceArray<float> d_value = make(codes.nnz);
-  be.decoder_backward(codes, grad_recon.data(), p.decoder_weight.data(), D, d_value.data(),
+  // Backward through the decoder; b_dec's gradient is the column sums of the upstream gradient.
+  DeviceArray<float> d_value(backend_, static_cast<std::size_t>(codes.nnz));
+  be.decoder_backward(codes, batch.grad_recon.data(), p.decoder_weight.data(), D, d_value.data(),
                       gradients_.decoder_weight.data());
-  {
-    std::vector<double> bias_gradient(static_cast<std::size_t>(D));
-    be.column_sums(grad_recon.data(), B, D, bias_gradient.data());
-    std::vector<float> as_float(bias_gradient.begin(), bias_gradient.end());
-    gradients_.decoder_bias.upload(as_float);
-  }
+  std::vector<double> bias_gradient(static_cast<std::size_t>(D));
+  be.column_sums(batch.grad_recon.data(), B, D, bias_gradient.data());
+  gradients_.decoder_bias.upload(std::vector<float>(bias_gradient.begin(), bias_gradient.end()));
 
-  // Activation-specific terms turn d_value into d_pre. These elementwise steps run on host
+  // The activation's own terms turn ∂L/∂a into ∂L/∂pre. These elementwise steps run on host
   // copies of the [nnz] arrays (cheap next to the GEMM; fused kernels arrive with CUDA).
-  std::vector<float> values = codes.value.download();
-  std::vector<std::int32_t> latents = codes.latent.download();
+  const std::vector<float> values = codes.value.download();
   std::vector<float> d_pre = d_value.download();
   std::vector<float> latent_sums(static_cast<std::size_t>(F));
-  std::vector<std::int64_t> latent_counts(static_cast<std::size_t>(F));
-  be.latent_totals(codes, F, latent_sums.data(), latent_counts.data());
-  for (std::int64_t f = 0; f < F; ++f) fired_this_step_[f] = latent_counts[f];
-
-  if (c.activation == Activation::relu) {
-    // L1: (λ/B) Σ_b Σ_f a_bf · w_f with w_f = Σ_m ‖d_{f,m}‖.
-    const std::vector<float> norms = model_.decoder_norms();
-    const double lambda_over_b = config_.l1_coefficient / static_cast<double>(B);
-    std::vector<float> weight(static_cast<std::size_t>(F), 0.0f);
-    for (std::int64_t f = 0; f < F; ++f) {
-      for (int m = 0; m < M; ++m) weight[f] += norms[f * M + m];
-      report.sparsity += lambda_over_b * latent_sums[f] * weight[f];
-    }
-    for (std::size_t e = 0; e < d_pre.size(); ++e) {
-      d_pre[e] = values[e] > 0.0f
-                     ? d_pre[e] + static_cast<float>(lambda_over_b * weight[latents[e]])
-                     : 0.0f;
-    }
-    // ∂/∂d_{f,m} of (λ/B)·S_f·‖d_{f,m}‖ = (λ/B)·S_f·d_{f,m}/‖d_{f,m}‖.
-    std::vector<float> decoder = p.decoder_weight.download();
-    std::vector<float> grad = gradients_.decoder_weight.download();
-    for (std::int64_t f = 0; f < F; ++f) {
-      if (latent_sums[f] == 0.0f) continue;
-      for (int m = 0; m < M; ++m) {
-        const float norm = norms[f * M + m];
-        if (norm == 0.0f) continue;
-        const auto factor = static_cast<float>(lambda_over_b * latent_sums[f] / norm);
-        for (int i = 0; i < c.width; ++i) {
-          grad[f * D + m * c.width + i] += factor * decoder[f * D + m * c.width + i];
-        }
-      }
-    }
-    gradients_.decoder_weight.upload(grad);
-  } else if (c.activation == Activation::jumprelu) {
-    // L0 = (λ/B)·nnz, with the straight-through estimator for θ over |pre − θ| < ε/2:
-    // ∂(z·H(z−θ))/∂θ ≈ −(θ/ε), ∂H(z−θ)/∂θ ≈ −1/ε (Rajamanoharan et al. 2024).
-    const double lambda_over_b = config_.l0_coefficient / static_cast<double>(B);
-    report.sparsity = lambda_over_b * static_cast<double>(codes.nnz);
-    for (std::size_t e = 0; e < d_pre.size(); ++e) {
-      if (!(values[e] > 0.0f)) d_pre[e] = 0.0f;
-    }
-    SelectionRequest near;
-    near.selection = Selection::near_threshold;
-    near.threshold = p.threshold.data();
-    near.bandwidth = c.jumprelu_bandwidth;
-    SparseCodes near_codes = be.select(pre.data(), B, F, near, nullptr);
-    DeviceArray<float> d_near = make(near_codes.nnz);
-    be.decoder_backward(near_codes, grad_recon.data(), p.decoder_weight.data(), D, d_near.data(),
-                        nullptr);
-    const std::vector<float> d_near_host = d_near.download();
-    const std::vector<std::int32_t> near_latents = near_codes.latent.download();
-    const std::vector<float> theta = p.threshold.download();
-    std::vector<double> d_theta(static_cast<std::size_t>(F), 0.0);
-    const double inverse_bandwidth = 1.0 / c.jumprelu_bandwidth;
-    for (std::size_t e = 0; e < near_latents.size(); ++e) {
-      const std::int32_t f = near_latents[e];
-      d_theta[f] +=
-          -theta[f] * inverse_bandwidth * d_near_host[e] - lambda_over_b * inverse_bandwidth;
-    }
-    gradients_.threshold.upload(std::vector<float>(d_theta.begin(), d_theta.end()));
-  } else {
-    for (std::size_t e = 0; e < d_pre.size(); ++e) {
-      if (!(values[e] > 0.0f)) d_pre[e] = 0.0f;
-    }
+  be.latent_totals(codes, F, latent_sums.data(), fired_this_step_.data());
+  switch (c.activation) {
+    case Activation::relu:
+      l1_terms(batch, codes, latent_sums, d_pre, report);
+      break;
+    case Activation::jumprelu:
+      zero_where_inactive(d_pre, values);
+      jumprelu_terms(batch, codes.nnz, report);
+      break;
+    case Activation::topk:
+    case Activation::batchtopk:
+      zero_where_inactive(d_pre, values);
+      break;
   }
   d_value.upload(d_pre);
-  be.encoder_backward(codes, d_value.data(), xn.data(), D, gradients_.encoder_weight.data(),
+  be.encoder_backward(codes, d_value.data(), batch.xn.data(), D, gradients_.encoder_weight.data(),
                       gradients_.encoder_bias.data());
-
-  // AuxK (Gao et al. 2024): the dead latents' top aux_k reconstruct the detached residual,
-  // normalised by the residual's variance.
-  const bool uses_auxk = c.activation == Activation::topk || c.activation == Activation::batchtopk;
-  if (uses_auxk && config_.auxk_coefficient > 0.0f) {
-    std::vector<std::uint8_t> dead(static_cast<std::size_t>(F), 0);
-    std::int64_t dead_count = 0;
-    for (std::int64_t f = 0; f < F; ++f) {
-      dead[f] = tokens_since_fired_[f] >= config_.dead_after_tokens ? 1 : 0;
-      dead_count += dead[f];
-    }
-    if (dead_count > 0) {
-      DeviceArray<std::uint8_t> dead_mask(backend_, std::span<const std::uint8_t>(dead));
-      SelectionRequest aux;
-      aux.selection = Selection::per_row_top_k;
-      aux.k = config_.aux_k > 0 ? config_.aux_k : std::max<std::int64_t>(1, D / 2);
-      aux.allowed = dead_mask.data();
-      SparseCodes aux_codes = be.select(pre.data(), B, F, aux, nullptr);
-      DeviceArray<float>& residual = scratch("residual", B * D);  // e = x − x̂ (detached)
-      std::vector<double> unused(static_cast<std::size_t>(M));
-      be.squared_error(xn.data(), recon.data(), B, M, c.width, 1.0f, residual.data(),
-                       unused.data());
-      std::vector<double> residual_means(static_cast<std::size_t>(D));
-      be.column_sums(residual.data(), B, D, residual_means.data());
-      double centred = be.sum_of_squares(residual.data(), B * D);
-      for (double s : residual_means) centred -= s * s / static_cast<double>(B);
-      const double denominator = centred / static_cast<double>(B);
-      if (denominator > 0.0) {
-        DeviceArray<float>& aux_recon = scratch("aux_recon", B * D);
-        be.decode(aux_codes, p.decoder_weight.data(), nullptr, D, aux_recon.data());
-        DeviceArray<float>& grad_aux = scratch("grad_aux", B * D);
-        std::vector<double> aux_sse(static_cast<std::size_t>(M));
-        const double scale =
-            config_.auxk_coefficient * 2.0 / (static_cast<double>(B) * denominator);
-        be.squared_error(aux_recon.data(), residual.data(), B, M, c.width,
-                         static_cast<float>(scale), grad_aux.data(), aux_sse.data());
-        double aux_total = 0.0;
-        for (double s : aux_sse) aux_total += s;
-        report.auxk = config_.auxk_coefficient * (aux_total / static_cast<double>(B)) / denominator;
-        DeviceArray<float> d_aux = make(aux_codes.nnz);
-        be.decoder_backward(aux_codes, grad_aux.data(), p.decoder_weight.data(), D, d_aux.data(),
-                            gradients_.decoder_weight.data());
-        std::vector<float> d_aux_host = d_aux.download();
-        const std::vector<float> aux_values = aux_codes.value.download();
-        for (std::size_t e = 0; e < d_aux_host.size(); ++e) {
-          if (!(aux_values[e] > 0.0f)) d_aux_host[e] = 0.0f;
-        }
-        d_aux.upload(d_aux_host);
-        be.encoder_backward(aux_codes, d_aux.data(), xn.data(), D, gradients_.encoder_weight.data(),
-                            gradients_.encoder_bias.data());
-      }
-    }
+  if ((c.activation == Activation::topk || c.activation == Activation::batchtopk) &&
+      config_.auxk_coefficient > 0.0f) {
+    auxk_terms(batch, report);
   }
 
   report.loss = report.reconstruction + report.sparsity + report.auxk;
@@ -390,6 +263,155 @@ StepReport Trainer::forward_backward(std::span<const float> x, std::int64_t rows
   }
   report.dead_fraction = static_cast<double>(dead_now) / static_cast<double>(F);
   return report;
+}
+
+void Trainer::reconstruction_terms(Batch& batch, StepReport& report) {
+  // Σ_m (1/B) Σ_b ‖x̂_bm − x_bm‖², its gradient 2(x̂ − x)/B, and FVE per source.
+  const CrosscoderConfig& c = model_.config();
+  Backend& be = *backend_;
+  const std::int64_t B = batch.rows, D = c.input_width();
+  const int M = c.sources;
+  std::vector<double> sse(static_cast<std::size_t>(M));
+  be.squared_error(batch.recon.data(), batch.xn.data(), B, M, c.width, 2.0f / static_cast<float>(B),
+                   batch.grad_recon.data(), sse.data());
+  // Σ_b ‖x_bm − mean_m‖² = Σ_b ‖x_bm‖² − B‖mean_m‖², per source.
+  std::vector<double> column_sums(static_cast<std::size_t>(D));
+  be.column_sums(batch.xn.data(), B, D, column_sums.data());
+  std::vector<double> energy(static_cast<std::size_t>(M));
+  DeviceArray<float>& zeros = scratch("zeros", B * D);
+  zeros.zero();
+  be.squared_error(zeros.data(), batch.xn.data(), B, M, c.width, 0.0f, nullptr, energy.data());
+  report.mse.resize(static_cast<std::size_t>(M));
+  report.fve.resize(static_cast<std::size_t>(M));
+  for (int m = 0; m < M; ++m) {
+    for (int i = 0; i < c.width; ++i) {
+      const double mean = column_sums[m * c.width + i] / static_cast<double>(B);
+      energy[m] -= static_cast<double>(B) * mean * mean;
+    }
+    report.mse[m] = sse[m] / static_cast<double>(B);
+    report.reconstruction += report.mse[m];
+    report.fve[m] = energy[m] > 0.0 ? 1.0 - sse[m] / energy[m] : 0.0;
+  }
+}
+
+void Trainer::l1_terms(const Batch& batch, const SparseCodes& codes,
+                       const std::vector<float>& latent_sums, std::vector<float>& d_pre,
+                       StepReport& report) {
+  // (λ/B) Σ_b Σ_f a_bf · w_f with w_f = Σ_m ‖d_{f,m}‖ (Anthropic 2024).
+  const CrosscoderConfig& c = model_.config();
+  const std::int64_t F = c.latents, D = c.input_width();
+  const int M = c.sources;
+  const std::vector<float> norms = model_.decoder_norms();
+  const double lambda_over_b = config_.l1_coefficient / static_cast<double>(batch.rows);
+  std::vector<float> weight(static_cast<std::size_t>(F), 0.0f);
+  for (std::int64_t f = 0; f < F; ++f) {
+    for (int m = 0; m < M; ++m) weight[f] += norms[f * M + m];
+    report.sparsity += lambda_over_b * latent_sums[f] * weight[f];
+  }
+  const std::vector<float> values = codes.value.download();
+  const std::vector<std::int32_t> latents = codes.latent.download();
+  for (std::size_t e = 0; e < d_pre.size(); ++e) {
+    d_pre[e] =
+        values[e] > 0.0f ? d_pre[e] + static_cast<float>(lambda_over_b * weight[latents[e]]) : 0.0f;
+  }
+  // ∂/∂d_{f,m} of (λ/B)·S_f·‖d_{f,m}‖ = (λ/B)·S_f·d_{f,m}/‖d_{f,m}‖, S_f = Σ_b a_bf.
+  const std::vector<float> decoder = model_.parameters().decoder_weight.download();
+  std::vector<float> grad = gradients_.decoder_weight.download();
+  for (std::int64_t f = 0; f < F; ++f) {
+    if (latent_sums[f] == 0.0f) continue;
+    for (int m = 0; m < M; ++m) {
+      const float norm = norms[f * M + m];
+      if (norm == 0.0f) continue;
+      const auto factor = static_cast<float>(lambda_over_b * latent_sums[f] / norm);
+      for (int i = 0; i < c.width; ++i) {
+        grad[f * D + m * c.width + i] += factor * decoder[f * D + m * c.width + i];
+      }
+    }
+  }
+  gradients_.decoder_weight.upload(grad);
+}
+
+void Trainer::jumprelu_terms(const Batch& batch, std::int64_t active, StepReport& report) {
+  // L0 = (λ/B)·nnz, with the straight-through estimator for θ over |pre − θ| < ε/2:
+  // ∂(z·H(z−θ))/∂θ ≈ −θ/ε and ∂H(z−θ)/∂θ ≈ −1/ε (Rajamanoharan et al. 2024).
+  const CrosscoderConfig& c = model_.config();
+  Backend& be = *backend_;
+  const CrosscoderParameters& p = model_.parameters();
+  const double lambda_over_b = config_.l0_coefficient / static_cast<double>(batch.rows);
+  report.sparsity = lambda_over_b * static_cast<double>(active);
+  SelectionRequest near;
+  near.selection = Selection::near_threshold;
+  near.threshold = p.threshold.data();
+  near.bandwidth = c.jumprelu_bandwidth;
+  const SparseCodes near_codes = be.select(batch.pre.data(), batch.rows, c.latents, near, nullptr);
+  DeviceArray<float> d_near(backend_, static_cast<std::size_t>(near_codes.nnz));
+  be.decoder_backward(near_codes, batch.grad_recon.data(), p.decoder_weight.data(), c.input_width(),
+                      d_near.data(), nullptr);
+  const std::vector<float> d_near_host = d_near.download();
+  const std::vector<std::int32_t> near_latents = near_codes.latent.download();
+  const std::vector<float> theta = p.threshold.download();
+  std::vector<double> d_theta(static_cast<std::size_t>(c.latents), 0.0);
+  const double inverse_bandwidth = 1.0 / c.jumprelu_bandwidth;
+  for (std::size_t e = 0; e < near_latents.size(); ++e) {
+    const std::int32_t f = near_latents[e];
+    d_theta[f] +=
+        -theta[f] * inverse_bandwidth * d_near_host[e] - lambda_over_b * inverse_bandwidth;
+  }
+  gradients_.threshold.upload(std::vector<float>(d_theta.begin(), d_theta.end()));
+}
+
+void Trainer::auxk_terms(const Batch& batch, StepReport& report) {
+  // AuxK (Gao et al. 2024): the dead latents' top aux_k reconstruct the detached residual,
+  // normalised by the residual's variance.
+  const CrosscoderConfig& c = model_.config();
+  Backend& be = *backend_;
+  const CrosscoderParameters& p = model_.parameters();
+  const std::int64_t B = batch.rows, D = c.input_width(), F = c.latents;
+  const int M = c.sources;
+  std::vector<std::uint8_t> dead(static_cast<std::size_t>(F), 0);
+  std::int64_t dead_count = 0;
+  for (std::int64_t f = 0; f < F; ++f) {
+    dead[f] = tokens_since_fired_[f] >= config_.dead_after_tokens ? 1 : 0;
+    dead_count += dead[f];
+  }
+  if (dead_count == 0) return;
+  DeviceArray<std::uint8_t> dead_mask(backend_, std::span<const std::uint8_t>(dead));
+  SelectionRequest aux;
+  aux.selection = Selection::per_row_top_k;
+  aux.k = config_.aux_k > 0 ? config_.aux_k : std::max<std::int64_t>(1, D / 2);
+  aux.allowed = dead_mask.data();
+  const SparseCodes aux_codes = be.select(batch.pre.data(), B, F, aux, nullptr);
+
+  DeviceArray<float>& residual = scratch("residual", B * D);  // e = x − x̂ (detached)
+  std::vector<double> unused(static_cast<std::size_t>(M));
+  be.squared_error(batch.xn.data(), batch.recon.data(), B, M, c.width, 1.0f, residual.data(),
+                   unused.data());
+  std::vector<double> residual_sums(static_cast<std::size_t>(D));
+  be.column_sums(residual.data(), B, D, residual_sums.data());
+  double centred = be.sum_of_squares(residual.data(), B * D);
+  for (double sum : residual_sums) centred -= sum * sum / static_cast<double>(B);
+  const double denominator = centred / static_cast<double>(B);
+  if (!(denominator > 0.0)) return;
+
+  DeviceArray<float>& aux_recon = scratch("aux_recon", B * D);
+  be.decode(aux_codes, p.decoder_weight.data(), nullptr, D, aux_recon.data());
+  DeviceArray<float>& grad_aux = scratch("grad_aux", B * D);
+  std::vector<double> aux_sse(static_cast<std::size_t>(M));
+  const double scale = config_.auxk_coefficient * 2.0 / (static_cast<double>(B) * denominator);
+  be.squared_error(aux_recon.data(), residual.data(), B, M, c.width, static_cast<float>(scale),
+                   grad_aux.data(), aux_sse.data());
+  double aux_total = 0.0;
+  for (double sse : aux_sse) aux_total += sse;
+  report.auxk = config_.auxk_coefficient * (aux_total / static_cast<double>(B)) / denominator;
+
+  DeviceArray<float> d_aux(backend_, static_cast<std::size_t>(aux_codes.nnz));
+  be.decoder_backward(aux_codes, grad_aux.data(), p.decoder_weight.data(), D, d_aux.data(),
+                      gradients_.decoder_weight.data());
+  std::vector<float> d_aux_host = d_aux.download();
+  zero_where_inactive(d_aux_host, aux_codes.value.download());
+  d_aux.upload(d_aux_host);
+  be.encoder_backward(aux_codes, d_aux.data(), batch.xn.data(), D, gradients_.encoder_weight.data(),
+                      gradients_.encoder_bias.data());
 }
 
 void Trainer::apply_update(StepReport& report) {

@@ -138,7 +138,7 @@ class Backend {
   virtual void encoder_backward(const SparseCodes& codes, const float* d_pre, const float* xn,
                                 std::int64_t input_width, float* d_encoder, float* d_bias) = 0;
   /// Per-latent sums of the activation values: sums[f] = Σ_{e: latent[e]=f} value[e];
-  /// counts[f] (if not null) = number of entries. Both [F], overwritten.
+  /// counts[f] (if not null) = number of entries. Both [F] host arrays, overwritten.
   virtual void latent_totals(const SparseCodes& codes, std::int64_t latents, float* sums,
                              std::int64_t* counts) = 0;
   /// Per-source decoder norms: norms[f, m] = ‖decoder[f, m·d : (m+1)·d]‖.

@@ -105,7 +105,20 @@ class Trainer {
   struct Moments {
     DeviceArray<float> m, v;
   };
+  // One batch's working arrays (backend memory), shared by the loss terms below.
+  struct Batch {
+    std::int64_t rows;
+    DeviceArray<float>& xn;          // [B, D] normalised input
+    DeviceArray<float>& pre;         // [B, F] pre-activations
+    DeviceArray<float>& recon;       // [B, D] reconstruction
+    DeviceArray<float>& grad_recon;  // [B, D] ∂L/∂recon
+  };
   StepReport forward_backward(std::span<const float> x, std::int64_t rows);
+  void reconstruction_terms(Batch& batch, StepReport& report);
+  void l1_terms(const Batch& batch, const SparseCodes& codes, const std::vector<float>& latent_sums,
+                std::vector<float>& d_pre, StepReport& report);
+  void jumprelu_terms(const Batch& batch, std::int64_t active, StepReport& report);
+  void auxk_terms(const Batch& batch, StepReport& report);
   /// A named working buffer of `size` floats, kept between steps: a fresh B×F allocation each
   /// step costs page faults and kernel page zeroing (measured: 3.5% of a step).
   DeviceArray<float>& scratch(const std::string& name, std::int64_t size);
