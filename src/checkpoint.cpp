@@ -6,6 +6,7 @@
 
 #include "crosscoder/error.hpp"
 #include "crosscoder/io/safetensors.hpp"
+#include "crosscoder/log.hpp"
 #include "crosscoder/model.hpp"
 #include "crosscoder/trainer.hpp"
 #include "crosscoder/version.hpp"
@@ -159,6 +160,12 @@ std::string Trainer::load_checkpoint(const std::filesystem::path& path) {
   if (entry("config") != model_.config().to_json()) {
     throw Error(fmt::format("{}: the checkpoint's crosscoder config {} differs from this run's {}",
                             path.string(), entry("config"), model_.config().to_json()));
+  }
+  if (entry("train_config") != config_.to_json()) {
+    log_message(LogLevel::warning,
+                fmt::format("{}: resuming with a training configuration different from the "
+                            "checkpoint's; the run will not match an uninterrupted one",
+                            path.string()));
   }
   Crosscoder loaded = Crosscoder::load(path, backend_);
   CrosscoderParameters& p = model_.parameters();

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <string>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -55,7 +56,10 @@ class DeviceArray {
 
   /// Copies `host` (exactly size() elements) into the array.
   void upload(std::span<const T> host) {
-    if (host.size() != size_) throw Error("DeviceArray::upload: size mismatch");
+    if (host.size() != size_) {
+      throw Error("DeviceArray::upload: " + std::to_string(host.size()) +
+                  " elements given for an array of " + std::to_string(size_));
+    }
     if (size_ > 0) backend_->copy_to_device(data_, host.data(), size_ * sizeof(T));
   }
   /// Copies the array to a new host vector.
