@@ -320,3 +320,85 @@ TEST(CrosscoderTraining, IsDeterministicForASeed) {
 
 }  // namespace
 }  // namespace crosscoder
+
+namespace crosscoder {
+namespace {
+
+TEST(TrainingSchedules, WarmupDecayAndKAnnealingFollowTheirDefinitions) {
+  CrosscoderConfig c = small_config(Activation::batchtopk, false);
+  c.k = 6;
+  Crosscoder model(c, make_backend(BackendKind::cpu), 1);
+  TrainConfig t;
+  t.steps = 100;
+  t.learning_rate = 1e-3f;
+  t.warmup_steps = 10;
+  t.decay_fraction = 0.2f;
+  t.k_initial = 20;
+  t.k_anneal_steps = 50;
+  Trainer trainer(model, t);
+  EXPECT_FLOAT_EQ(trainer.learning_rate_at(1), 1e-4f);
+  EXPECT_FLOAT_EQ(trainer.learning_rate_at(10), 1e-3f);
+  EXPECT_FLOAT_EQ(trainer.learning_rate_at(80), 1e-3f);
+  EXPECT_FLOAT_EQ(trainer.learning_rate_at(81), 1e-3f * 20.0f / 21.0f);
+  EXPECT_FLOAT_EQ(trainer.learning_rate_at(100), 1e-3f / 21.0f);
+  EXPECT_EQ(trainer.k_at(0), 20);
+  EXPECT_EQ(trainer.k_at(25), 13);
+  EXPECT_EQ(trainer.k_at(50), 6);
+  EXPECT_EQ(trainer.k_at(99), 6);
+
+  // The annealed k is the one in force: exactly B·k_at(step) active entries.
+  std::mt19937_64 rng(fresh_seed());
+  for (int s = 1; s <= 3; ++s) {
+    const StepReport r = trainer.step(testing::random_activations(16, c.sources, c.width, rng), 16);
+    EXPECT_EQ(r.k, trainer.k_at(s));
+    EXPECT_DOUBLE_EQ(r.l0, r.k);
+  }
+}
+
+TEST(TrainingSchedules, GradientClippingScalesTheGradientAdamSees) {
+  // On the first Adam step the update is lr·ĝ/(|ĝ| + ε) with ĝ the (clipped) gradient, so with
+  // ε = 1 clipping to a tenth of the norm changes every update in a predictable way.
+  CrosscoderConfig c = small_config(Activation::relu, false);
+  std::mt19937_64 rng(fresh_seed());
+  const std::uint64_t seed = rng();
+  const std::vector<float> x = testing::random_activations(32, c.sources, c.width, rng);
+  TrainConfig t;
+  t.warmup_steps = 0;
+  t.decay_fraction = 0.0f;
+  t.learning_rate = 1.0f;
+  t.epsilon = 1.0f;
+  t.gradient_clip = 0.0f;  // off: measure the raw gradient first
+
+  Crosscoder probe(c, make_backend(BackendKind::cpu), seed);
+  Trainer probing(probe, t);
+  probing.compute_gradients(x, 32);
+  const Gradients& g = probing.gradients();
+  double squared = 0.0;
+  for (const DeviceArray<float>* a :
+       {&g.encoder_weight, &g.encoder_bias, &g.decoder_weight, &g.decoder_bias})
+    for (float v : a->download()) squared += static_cast<double>(v) * v;
+  const double norm = std::sqrt(squared);
+  const std::vector<float> raw_bias_gradient = g.encoder_bias.download();
+
+  t.gradient_clip = static_cast<float>(norm / 10.0);
+  Crosscoder model(c, make_backend(BackendKind::cpu), seed);
+  Trainer trainer(model, t);
+  const std::vector<float> before = model.parameters().encoder_bias.download();
+  const StepReport r = trainer.step(x, 32);
+  EXPECT_NEAR(r.gradient_norm, norm, 1e-4 * norm);
+  const std::vector<float> after = model.parameters().encoder_bias.download();
+  int moved = 0;
+  for (std::size_t i = 0; i < before.size(); ++i) {
+    const double clipped = raw_bias_gradient[i] * 0.1;
+    const double expected = -clipped / (std::abs(clipped) + 1.0);
+    EXPECT_NEAR(after[i] - before[i], expected, 1e-5 + 1e-3 * std::abs(expected)) << "bias " << i;
+    moved += raw_bias_gradient[i] != 0.0f;
+  }
+  EXPECT_GT(moved, 0);
+  TrainConfig bad;
+  bad.learning_rate = -1.0f;
+  EXPECT_THROW(Trainer(model, bad), Error);
+}
+
+}  // namespace
+}  // namespace crosscoder
