@@ -1,5 +1,7 @@
 #include "crosscoder/synthetic.hpp"
 
+#include "crosscoder/latent_metrics.hpp"
+
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
@@ -338,7 +340,6 @@ void require_option(bool ok, const char* field, const std::string& rule) {
 int classify(const float* latent, int sources, int width, const std::vector<double>& weight,
              double exclusive_threshold) {
   std::vector<double> norms(static_cast<std::size_t>(sources));
-  double total = 0.0;
   for (int m = 0; m < sources; ++m) {
     double square = 0.0;
     for (int i = 0; i < width; ++i) {
@@ -346,16 +347,8 @@ int classify(const float* latent, int sources, int width, const std::vector<doub
       square += x * x;
     }
     norms[m] = weight[m] * std::sqrt(square);
-    total += norms[m];
   }
-  if (total == 0.0) return kMixedGroup;
-  double smallest = 1.0;
-  for (int m = 0; m < sources; ++m) {
-    const double r = norms[m] / total;
-    if (r >= exclusive_threshold) return m;
-    smallest = std::min(smallest, r);
-  }
-  return smallest > (1.0 - exclusive_threshold) / (sources - 1) ? -1 : kMixedGroup;
+  return classify_by_norms(norms, exclusive_threshold);
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 #include "crosscoder/demo.hpp"
 #include "crosscoder/device_array.hpp"
 #include "crosscoder/error.hpp"
+#include "crosscoder/latent_metrics.hpp"
 #include "crosscoder/log.hpp"
 #include "crosscoder/model.hpp"
 #include "crosscoder/npy_source.hpp"

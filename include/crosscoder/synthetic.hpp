@@ -142,7 +142,7 @@ struct GroupRecovery {
 };
 
 /// Group of a latent that is neither shared nor exclusive by the classification rule.
-inline constexpr int kMixedGroup = -2;
+inline constexpr int kMixedGroup = -2;  // the same code as kMixedLatent (latent_metrics.hpp)
 
 /// Outcome of evaluate_recovery. Rates are 0 when their denominator is 0.
 struct RecoveryReport {
