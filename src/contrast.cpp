@@ -9,6 +9,47 @@
 #include "crosscoder/error.hpp"
 
 namespace crosscoder {
+namespace {
+
+// AUROC = U₁ / (n₁n₀), U₁ = R₁ − n₁(n₁+1)/2 with R₁ the sum of the positives' mid-ranks.
+// Rows without an entry are zeros: one tie group, placed where 0 sorts among the values.
+double exact_auroc(const std::vector<float>& positive, const std::vector<float>& negative,
+                   std::int64_t positives, std::int64_t negatives) {
+  std::vector<std::pair<float, int>> values;  // (value, group)
+  values.reserve(positive.size() + negative.size());
+  for (float v : positive) values.push_back({v, 1});
+  for (float v : negative) values.push_back({v, 0});
+  const auto zeros_positive = static_cast<double>(positives) - static_cast<double>(positive.size());
+  const auto zeros_negative = static_cast<double>(negatives) - static_cast<double>(negative.size());
+  std::sort(values.begin(), values.end());
+  double rank_sum = 0.0;  // R₁
+  double below = 0.0;     // how many values rank below the current group
+  bool zeros_placed = false;
+  const auto place_zeros = [&] {
+    const double count = zeros_positive + zeros_negative;
+    rank_sum += zeros_positive * (below + (count + 1.0) / 2.0);
+    below += count;
+    zeros_placed = true;
+  };
+  for (std::size_t i = 0; i < values.size();) {
+    if (!zeros_placed && values[i].first > 0.0f) place_zeros();
+    std::size_t j = i;
+    double in_group = 0.0;
+    while (j < values.size() && values[j].first == values[i].first) {
+      in_group += values[j].second;
+      ++j;
+    }
+    const auto count = static_cast<double>(j - i);
+    rank_sum += in_group * (below + (count + 1.0) / 2.0);
+    below += count;
+    i = j;
+  }
+  if (!zeros_placed) place_zeros();
+  const auto n1 = static_cast<double>(positives), n0 = static_cast<double>(negatives);
+  return (rank_sum - n1 * (n1 + 1.0) / 2.0) / (n1 * n0);
+}
+
+}  // namespace
 
 ContrastAccumulator::ContrastAccumulator(std::int64_t latents) : latents_(latents) {
   if (latents < 1) throw Error(fmt::format("contrast: latents must be positive, got {}", latents));
@@ -16,6 +57,7 @@ ContrastAccumulator::ContrastAccumulator(std::int64_t latents) : latents_(latent
     sum_[group].assign(static_cast<std::size_t>(latents), 0.0);
     sum_squares_[group].assign(static_cast<std::size_t>(latents), 0.0);
     fired_[group].assign(static_cast<std::size_t>(latents), 0.0);
+    nonzero_[group].assign(static_cast<std::size_t>(latents), {});
   }
 }
 
@@ -35,6 +77,7 @@ void ContrastAccumulator::add(const HostSparseCodes& codes, std::span<const std:
       sum_[group][f] += value;
       sum_squares_[group][f] += value * value;
       fired_[group][f] += value > 0.0 ? 1.0 : 0.0;
+      if (value != 0.0) nonzero_[group][f].push_back(codes.value[e]);
     }
   }
 }
@@ -54,6 +97,7 @@ LatentContrast ContrastAccumulator::result() const {
   out.firing_positive.resize(F);
   out.firing_negative.resize(F);
   out.cohens_d.resize(F);
+  out.auroc.resize(F);
   const auto n1 = static_cast<double>(count_[1]), n0 = static_cast<double>(count_[0]);
   for (std::size_t f = 0; f < F; ++f) {
     const double mean1 = sum_[1][f] / n1, mean0 = sum_[0][f] / n0;
@@ -66,6 +110,7 @@ LatentContrast ContrastAccumulator::result() const {
     out.firing_positive[f] = fired_[1][f] / n1;
     out.firing_negative[f] = fired_[0][f] / n0;
     out.cohens_d[f] = pooled > 0.0 ? (mean1 - mean0) / pooled : 0.0;
+    out.auroc[f] = exact_auroc(nonzero_[1][f], nonzero_[0][f], count_[1], count_[0]);
   }
   return out;
 }

@@ -99,6 +99,7 @@ DemoResult run_demo(const DemoOptions& options, const std::shared_ptr<Backend>& 
   result.tool_latent = result.recovery.tool_best_latent;
   if (result.tool_latent >= 0) {
     result.tool_cohens_d = statistics.cohens_d[result.tool_latent];
+    result.tool_auroc = statistics.auroc[result.tool_latent];
     const std::vector<std::int32_t> ranking = statistics.ranking(&exclusive_to_last);
     for (std::size_t i = 0; i < ranking.size(); ++i) {
       if (ranking[i] == result.tool_latent) result.tool_rank = static_cast<std::int64_t>(i) + 1;
@@ -122,9 +123,9 @@ std::string format_demo_result(const DemoResult& r, const DemoOptions& options) 
   if (!text.empty() && text.back() != '\n') text += '\n';
   if (r.tool_latent >= 0) {
     text += fmt::format(
-        "planted tool feature → latent {} (cosine {:.3f}, Cohen's d {:.2f}): rank {} of {} latents "
-        "exclusive to source {}\n",
-        r.tool_latent, r.recovery.tool_best_cosine, r.tool_cohens_d,
+        "planted tool feature → latent {} (cosine {:.3f}, Cohen's d {:.2f}, AUROC {:.3f}): rank {} "
+        "of {} latents exclusive to source {}\n",
+        r.tool_latent, r.recovery.tool_best_cosine, r.tool_cohens_d, r.tool_auroc,
         r.tool_rank > 0 ? std::to_string(r.tool_rank) : std::string("— (not classified exclusive)"),
         r.exclusive_latents, options.data.sources - 1);
   }

@@ -9,7 +9,7 @@
 namespace crosscoder {
 namespace {
 
-TEST(Contrast, CohensDMatchesAFloat64TwoPassReference) {
+TEST(Contrast, CohensDAndAurocMatchFloat64References) {
   std::mt19937_64 rng(std::random_device{}());
   const int F = 7, rows = 300;
   std::uniform_real_distribution<double> uniform(0.0, 1.0);
@@ -23,7 +23,8 @@ TEST(Contrast, CohensDMatchesAFloat64TwoPassReference) {
     for (int f = 0; f < F; ++f) {
       const double rate = 0.1 + 0.1 * f + (labels[b] == 1 && f == 3 ? 0.5 : 0.0);
       if (uniform(rng) < rate) {
-        const auto value = static_cast<float>(uniform(rng) * (1 + f));
+        // Quantised, so equal non-zero activations (ties) occur as well as the zero ties.
+        const auto value = static_cast<float>(std::ceil(uniform(rng) * 8.0) / 8.0 * (1 + f));
         codes.latent.push_back(f);
         codes.value.push_back(value);
         dense[b][f] = value;
@@ -51,6 +52,18 @@ TEST(Contrast, CohensDMatchesAFloat64TwoPassReference) {
         std::sqrt(((n[1] - 1) * var[1] + (n[0] - 1) * var[0]) / (n[0] + n[1] - 2));
     EXPECT_NEAR(got.cohens_d[f], (mean[1] - mean[0]) / pooled, 1e-9) << "latent " << f;
     EXPECT_NEAR(got.mean_positive[f], mean[1], 1e-12);
+    // AUROC by brute force over every (positive, negative) pair, ties counting one half.
+    double wins = 0.0, pairs = 0.0;
+    for (int i = 0; i < rows; ++i) {
+      if (labels[i] != 1) continue;
+      for (int j = 0; j < rows; ++j) {
+        if (labels[j] != 0) continue;
+        const auto a = static_cast<float>(dense[i][f]), b = static_cast<float>(dense[j][f]);
+        wins += a > b ? 1.0 : (a == b ? 0.5 : 0.0);
+        pairs += 1.0;
+      }
+    }
+    EXPECT_NEAR(got.auroc[f], wins / pairs, 1e-12) << "latent " << f;
   }
   EXPECT_EQ(got.ranking().front(), 3);
 }

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "crosscoder/sparse_codes.hpp"
@@ -20,13 +21,19 @@ struct LatentContrast {
   /// Cohen's d = (mean₁ − mean₀) / s_pooled, s_pooled² = ((n₁−1)s₁² + (n₀−1)s₀²)/(n₁+n₀−2)
   /// with unbiased group variances; 0 where s_pooled is 0.
   std::vector<double> cohens_d;
+  /// AUROC of the activation as a score for label 1 against label 0: P(f₊ > f₋) + ½P(f₊ = f₋),
+  /// computed exactly from the Mann–Whitney U statistic with mid-ranks for ties (the many
+  /// rows where a latent is inactive form one tie group at 0). 0.5 = no separation.
+  std::vector<double> auroc;
 
   /// Latent indices sorted by descending Cohen's d (ties: lower index first), optionally only
   /// those for which `keep[f]` is true.
   std::vector<std::int32_t> ranking(const std::vector<bool>* keep = nullptr) const;
 };
 
-/// Accumulates contrast statistics over batches of sparse codes, in float64.
+/// Accumulates contrast statistics over batches of sparse codes, in float64. Keeps every
+/// non-zero activation of labelled rows (for the exact AUROC): memory grows with the number of
+/// active entries added, 8 bytes each.
 class ContrastAccumulator {
  public:
   explicit ContrastAccumulator(std::int64_t latents);
@@ -40,6 +47,7 @@ class ContrastAccumulator {
   std::int64_t latents_;
   std::int64_t count_[2] = {0, 0};
   std::vector<double> sum_[2], sum_squares_[2], fired_[2];
+  std::vector<std::vector<float>> nonzero_[2];  // [group][F]: the non-zero activations
 };
 
 }  // namespace crosscoder

@@ -39,6 +39,7 @@ struct DemoResult {
   /// the last source (0 when that latent is not classified exclusive to it).
   std::int64_t tool_latent = -1;
   double tool_cohens_d = 0.0;
+  double tool_auroc = 0.0;  ///< AUROC of the tool latent's activation for label 1 vs 0
   std::int64_t tool_rank = 0;
   std::int64_t exclusive_latents = 0;  ///< latents classified exclusive to the last source
   double training_seconds = 0.0;
