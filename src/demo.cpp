@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "crosscoder/contrast.hpp"
+#include "crosscoder/data_metrics.hpp"
 #include "crosscoder/error.hpp"
 #include "crosscoder/model.hpp"
 #include "crosscoder/train_loop.hpp"
@@ -51,34 +52,17 @@ DemoResult run_demo(const DemoOptions& options, const std::shared_ptr<Backend>& 
   // Held-out rows: a stream the training never used.
   const std::int64_t rows = options.evaluation_rows;
   const int M = config.sources;
-  const int d = config.width;
   const std::int64_t D = config.input_width();
   std::vector<float> x(static_cast<std::size_t>(rows * D));
   std::vector<std::int8_t> labels(static_cast<std::size_t>(rows));
   pair.sample(rows, 0xE7A1'0000'0000ull, x.data(), labels.data());
+  DataMetricsAccumulator held_out(model);
+  held_out.add(x, rows);
+  const DataMetrics metrics = held_out.result();
+  result.fve = metrics.fve;
+  result.l0 = metrics.l0;
+  result.dead_fraction = static_cast<double>(metrics.dead_latents) / config.latents;
   const HostSparseCodes codes = model.encode(x, rows);
-  const std::vector<float> recon = model.reconstruct(x, rows);
-  result.fve.assign(static_cast<std::size_t>(M), 0.0);
-  for (int m = 0; m < M; ++m) {
-    std::vector<double> mean(static_cast<std::size_t>(d), 0.0);
-    for (std::int64_t b = 0; b < rows; ++b)
-      for (int i = 0; i < d; ++i) mean[i] += x[b * D + m * d + i];
-    for (double& v : mean) v /= static_cast<double>(rows);
-    double error = 0.0, total = 0.0;
-    for (std::int64_t b = 0; b < rows; ++b)
-      for (int i = 0; i < d; ++i) {
-        const double value = x[b * D + m * d + i];
-        error += std::pow(recon[b * D + m * d + i] - value, 2);
-        total += std::pow(value - mean[i], 2);
-      }
-    result.fve[m] = 1.0 - error / total;
-  }
-  result.l0 = static_cast<double>(codes.latent.size()) / static_cast<double>(rows);
-  std::vector<bool> fired(static_cast<std::size_t>(config.latents), false);
-  for (std::int32_t f : codes.latent) fired[f] = true;
-  std::int64_t dead = 0;
-  for (bool f : fired) dead += f ? 0 : 1;
-  result.dead_fraction = static_cast<double>(dead) / config.latents;
 
   RecoveryOptions recovery;
   recovery.norm_scale.assign(model.normaliser().scale.begin(), model.normaliser().scale.end());

@@ -6,6 +6,7 @@
 #include "crosscoder/batch_source.hpp"
 #include "crosscoder/config.hpp"
 #include "crosscoder/contrast.hpp"
+#include "crosscoder/data_metrics.hpp"
 #include "crosscoder/demo.hpp"
 #include "crosscoder/device_array.hpp"
 #include "crosscoder/error.hpp"
