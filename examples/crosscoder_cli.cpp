@@ -6,11 +6,14 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "crosscoder/crosscoder.hpp"
 #include "crosscoder/demo.hpp"
+#include "crosscoder/io/npy.hpp"
 #include "crosscoder/npy_source.hpp"
 
 namespace {
@@ -140,6 +143,127 @@ int run_train_command(TrainFlags& flags) {
   return 0;
 }
 
+struct DiffFlags {
+  std::string model;
+  std::vector<std::string> data;
+  std::string labels;
+  std::int64_t rows = 0;
+  std::string json;
+  std::string rank_by;
+  std::string only_class;
+  int top = 20;
+  double exclusive_threshold = 0.9;
+  std::string device = "auto";
+};
+
+int run_diff_command(DiffFlags& flags) {
+  const auto backend = backend_for(flags.device);
+  const Crosscoder model = Crosscoder::load(flags.model, backend);
+  const CrosscoderConfig& c = model.config();
+  DiffReport report;
+  report.model_config = c.to_json();
+  report.weights = weight_metrics(model, flags.exclusive_threshold);
+  {  // Check --rank-by before the pass over the data, not after it.
+    DiffReport planned = report;
+    if (!flags.data.empty()) planned.data = DataMetrics{};
+    if (!flags.labels.empty()) planned.contrast = LatentContrast{};
+    if (!flags.rank_by.empty()) {
+      const auto names = latent_metric_names(planned);
+      if (std::find(names.begin(), names.end(), flags.rank_by) == names.end())
+        latent_metric(planned, flags.rank_by);
+    }
+    if (!flags.labels.empty() && flags.data.empty()) throw Error("--labels needs --data");
+  }
+  if (!flags.data.empty()) {
+    if (static_cast<int>(flags.data.size()) != c.sources) {
+      throw Error(fmt::format("--data: the crosscoder has {} sources but {} files were given",
+                              c.sources, flags.data.size()));
+    }
+    std::vector<io::NpyFile> files;
+    for (const std::string& path : flags.data) {
+      files.push_back(io::NpyFile::open(path));
+      const auto& shape = files.back().shape();
+      if (shape.size() != 2 || static_cast<int>(shape[1]) != c.width ||
+          shape[0] != files.front().shape()[0]) {
+        throw Error(fmt::format("{}: expected shape [{}, {}] like the first file", path,
+                                files.front().rows(), c.width));
+      }
+    }
+    const auto available = static_cast<std::int64_t>(files.front().rows());
+    const std::int64_t rows = flags.rows > 0 ? std::min(flags.rows, available) : available;
+    std::vector<std::int64_t> labels;
+    if (!flags.labels.empty()) {
+      labels = io::NpyFile::open(flags.labels).read_int();
+      if (static_cast<std::int64_t>(labels.size()) < rows) {
+        throw Error(fmt::format("{}: {} labels for {} rows", flags.labels, labels.size(), rows));
+      }
+    }
+    DataMetricsAccumulator data(model);
+    ContrastAccumulator contrast(c.latents);
+    constexpr std::int64_t kChunk = 4096;
+    std::vector<float> batch(static_cast<std::size_t>(kChunk * c.input_width()));
+    std::vector<float> source(static_cast<std::size_t>(kChunk * c.width));
+    ProgressBar progress(rows, "diff", "row");
+    for (std::int64_t begin = 0; begin < rows; begin += kChunk) {
+      const std::int64_t count = std::min(kChunk, rows - begin);
+      for (int m = 0; m < c.sources; ++m) {
+        files[m].read_rows_float(static_cast<std::size_t>(begin), static_cast<std::size_t>(count),
+                                 source.data());
+        for (std::int64_t b = 0; b < count; ++b)
+          std::copy_n(&source[b * c.width], c.width, &batch[(b * c.sources + m) * c.width]);
+      }
+      const std::span<const float> x(batch.data(),
+                                     static_cast<std::size_t>(count * c.input_width()));
+      data.add(x, count);
+      if (!labels.empty()) {
+        std::vector<std::int8_t> group(static_cast<std::size_t>(count));
+        for (std::int64_t b = 0; b < count; ++b) {
+          const std::int64_t label = labels[begin + b];
+          group[b] = static_cast<std::int8_t>(label == 0 || label == 1 ? label : -1);
+        }
+        contrast.add(model.encode(x, count), group);
+      }
+      progress.update(begin + count);
+    }
+    progress.finish();
+    report.data = data.result();
+    if (!labels.empty()) report.contrast = contrast.result();
+  }
+  if (!flags.json.empty()) write_diff_report_json(flags.json, report);
+
+  std::map<int, std::int64_t> classes;
+  for (int latent_class : report.weights.latent_class) ++classes[latent_class];
+  std::printf("%lld latents:", static_cast<long long>(c.latents));
+  for (const auto& [latent_class, count] : classes) {
+    std::printf(" %s %lld", latent_class_name(latent_class).c_str(), static_cast<long long>(count));
+  }
+  std::printf("\n");
+  if (report.data) {
+    std::printf("data: %lld rows, L0 %.2f, dead latents %lld, FVE",
+                static_cast<long long>(report.data->rows), report.data->l0,
+                static_cast<long long>(report.data->dead_latents));
+    for (double fve : report.data->fve) std::printf(" %.4f", fve);
+    std::printf("\n");
+  }
+  const std::string metric = !flags.rank_by.empty() ? flags.rank_by
+                             : report.contrast      ? "cohens_d"
+                                               : fmt::format("relative_norm_{}", c.sources - 1);
+  std::optional<int> only;
+  if (!flags.only_class.empty()) only = parse_latent_class(flags.only_class);
+  const std::vector<std::int32_t> ranking = rank_latents(report, metric, false, only);
+  const std::vector<double> values = latent_metric(report, metric);
+  std::printf("top latents by %s%s:\n", metric.c_str(),
+              only ? (" among " + flags.only_class).c_str() : "");
+  for (std::size_t i = 0; i < ranking.size() && i < static_cast<std::size_t>(flags.top); ++i) {
+    const std::int32_t f = ranking[i];
+    std::printf("  %3zu. latent %6d  %-12s %s %.4f\n", i + 1, f,
+                latent_class_name(report.weights.latent_class[f]).c_str(), metric.c_str(),
+                values[f]);
+  }
+  if (!flags.json.empty()) std::printf("report: %s\n", flags.json.c_str());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -232,11 +356,45 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   train_command->add_flag("--resume", train.resume, "Continue from the training checkpoint");
 
+  DiffFlags diff;
+  CLI::App* diff_command = app.add_subcommand(
+      "diff",
+      "Per-latent model-diffing metrics of a trained crosscoder: decoder norms, relative norms, "
+      "cosines, classes; with --data, activation statistics and FVE; with --labels, Cohen's d and "
+      "AUROC");
+  diff_command->add_option("--model", diff.model, "Trained crosscoder (safetensors)")
+      ->required()
+      ->check(CLI::ExistingFile);
+  diff_command
+      ->add_option("--data", diff.data,
+                   "One .npy [N, d] per source, held-out rows in the same order")
+      ->check(CLI::ExistingFile);
+  diff_command
+      ->add_option("--labels", diff.labels,
+                   ".npy of N integer labels: 1 positive, 0 negative, others ignored")
+      ->check(CLI::ExistingFile);
+  diff_command->add_option("--rows", diff.rows, "Use only the first N rows (0: all)")
+      ->capture_default_str();
+  diff_command->add_option("--json", diff.json, "Write the full report as JSON");
+  diff_command->add_option(
+      "--rank-by", diff.rank_by,
+      "Metric to rank by (default: cohens_d with labels, else relative_norm of the last source)");
+  diff_command->add_option("--class", diff.only_class,
+                           "Rank only latents of this class: shared, mixed or exclusive:<source>");
+  diff_command->add_option("--top", diff.top, "How many ranked latents to print")
+      ->capture_default_str();
+  diff_command
+      ->add_option("--exclusive-threshold", diff.exclusive_threshold,
+                   "Relative norm from which a latent counts as exclusive to a source")
+      ->capture_default_str();
+  diff_command->add_option("--device", diff.device, "auto | cpu | cuda")->capture_default_str();
+
   CLI11_PARSE(app, argc, argv);
   try {
     if (app.got_subcommand("backends")) return list_backends();
     if (app.got_subcommand("demo")) return run_demo_command(demo);
     if (app.got_subcommand("train")) return run_train_command(train);
+    if (app.got_subcommand("diff")) return run_diff_command(diff);
   } catch (const Error& error) {
     std::fprintf(stderr, "crosscoder: error: %s\n", error.what());
     return 1;

@@ -9,8 +9,9 @@
 namespace crosscoder {
 
 ProgressBar::ProgressBar(std::int64_t total, std::string label, std::string unit, std::FILE* stream,
-                         std::chrono::seconds log_every)
+                         std::chrono::seconds log_every, std::int64_t initial)
     : total_(std::max<std::int64_t>(total, 1)),
+      initial_(initial),
       label_(std::move(label)),
       unit_(std::move(unit)),
       stream_(stream),
@@ -20,7 +21,7 @@ ProgressBar::ProgressBar(std::int64_t total, std::string label, std::string unit
       last_draw_(start_) {}
 
 ProgressBar::~ProgressBar() {
-  if (terminal_ && !finished_ && first_done_ >= 0) std::fputc('\n', stream_);
+  if (terminal_ && !finished_ && drawn_) std::fputc('\n', stream_);
 }
 
 std::string ProgressBar::format_duration(double seconds) {
@@ -33,10 +34,6 @@ std::string ProgressBar::format_duration(double seconds) {
 
 void ProgressBar::update(std::int64_t done, const std::string& status) {
   if (stream_ == nullptr) return;
-  if (first_done_ < 0) {
-    first_done_ = done;
-    start_ = std::chrono::steady_clock::now();
-  }
   const auto now = std::chrono::steady_clock::now();
   const auto interval =
       terminal_ ? std::chrono::steady_clock::duration(std::chrono::milliseconds(100)) : log_every_;
@@ -55,7 +52,8 @@ void ProgressBar::finish(const std::string& status) {
 void ProgressBar::draw(std::int64_t done, const std::string& status, bool final) {
   const double elapsed =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
-  const auto progressed = static_cast<double>(done - std::max<std::int64_t>(first_done_, 0));
+  drawn_ = true;
+  const auto progressed = static_cast<double>(done - initial_);
   const double rate = elapsed > 0.0 ? progressed / elapsed : 0.0;
   const double eta = rate > 0.0 ? static_cast<double>(total_ - done) / rate : NAN;
   const double fraction =

@@ -42,7 +42,8 @@ StepReport train(Trainer& trainer, BatchSource& data, const TrainingOptions& opt
   const TrainConfig& config = trainer.config();
   const std::int64_t rows = config.batch_size;
   std::vector<float> batch(static_cast<std::size_t>(rows * c.input_width()));
-  ProgressBar progress(config.steps, "train", "step", options.show_progress ? stderr : nullptr);
+  ProgressBar progress(config.steps, "train", "step", options.show_progress ? stderr : nullptr,
+                       std::chrono::seconds(10), trainer.steps_done());
   StepReport report;
   const auto save = [&] {
     if (!options.checkpoint.empty()) trainer.save_checkpoint(options.checkpoint, data.identity());

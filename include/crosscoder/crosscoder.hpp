@@ -9,6 +9,7 @@
 #include "crosscoder/data_metrics.hpp"
 #include "crosscoder/demo.hpp"
 #include "crosscoder/device_array.hpp"
+#include "crosscoder/diff_report.hpp"
 #include "crosscoder/error.hpp"
 #include "crosscoder/latent_metrics.hpp"
 #include "crosscoder/log.hpp"

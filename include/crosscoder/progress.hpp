@@ -12,11 +12,13 @@ namespace crosscoder {
 
 class ProgressBar {
  public:
-  /// `total` units of work called `unit` (e.g. "step"), drawn on `stream`. Terminal mode is
-  /// chosen when `stream` is a TTY; `log_every` sets how often plain mode prints a line.
+  /// `total` units of work called `unit` (e.g. "step"), drawn on `stream` (nullptr: silent), of
+  /// which `initial` are already done (a resumed run): the rate counts only work done from now.
+  /// Terminal mode is chosen when `stream` is a TTY; `log_every` sets how often plain mode
+  /// prints a line.
   ProgressBar(std::int64_t total, std::string label, std::string unit = "step",
-              std::FILE* stream = stderr,
-              std::chrono::seconds log_every = std::chrono::seconds(10));
+              std::FILE* stream = stderr, std::chrono::seconds log_every = std::chrono::seconds(10),
+              std::int64_t initial = 0);
   ~ProgressBar();
   ProgressBar(const ProgressBar&) = delete;
   ProgressBar& operator=(const ProgressBar&) = delete;
@@ -34,7 +36,8 @@ class ProgressBar {
   void draw(std::int64_t done, const std::string& status, bool final);
 
   std::int64_t total_;
-  std::int64_t first_done_ = -1;
+  std::int64_t initial_ = 0;
+  bool drawn_ = false;
   std::string label_, unit_;
   std::FILE* stream_;
   bool terminal_;

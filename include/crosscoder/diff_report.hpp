@@ -1,0 +1,54 @@
+#pragma once
+/// @file diff_report.hpp
+/// The model-diffing report: every per-latent metric in one table, ranking by any metric, and
+/// JSON output.
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "crosscoder/contrast.hpp"
+#include "crosscoder/data_metrics.hpp"
+#include "crosscoder/latent_metrics.hpp"
+
+namespace crosscoder {
+
+/// What is known about a crosscoder's latents: weight metrics always, data metrics and the
+/// contrast between labelled rows when data (and labels) were given.
+struct DiffReport {
+  std::string model_config;  ///< CrosscoderConfig JSON
+  WeightMetrics weights;
+  std::optional<DataMetrics> data;
+  std::optional<LatentContrast> contrast;
+};
+
+/// Names accepted by rank_latents and latent_metric: decoder_norm_<m>, relative_norm_<m>,
+/// normalised_difference (two sources), decoder_cosine, encoder_cosine (first source pair),
+/// frequency, mean_activation, max_activation (need data), cohens_d, auroc, firing_positive,
+/// firing_negative (need labels).
+std::vector<std::string> latent_metric_names(const DiffReport& report);
+
+/// The named metric for every latent, [F]. @throws Error naming the metric when it is unknown
+/// or needs data the report lacks.
+std::vector<double> latent_metric(const DiffReport& report, std::string_view name);
+
+/// Latents sorted by the named metric (descending unless `ascending`; ties by index), keeping
+/// only those of class `only_class` when given (kSharedLatent, kMixedLatent or a source index).
+std::vector<std::int32_t> rank_latents(const DiffReport& report, std::string_view metric,
+                                       bool ascending = false,
+                                       std::optional<int> only_class = std::nullopt);
+
+/// "shared", "exclusive:<m>" or "mixed"; parse_latent_class is its inverse.
+std::string latent_class_name(int latent_class);
+int parse_latent_class(std::string_view text);
+
+/// The report as JSON: a summary (class counts, data and contrast totals) and one object per
+/// latent with every metric (docs/diff.md has the schema).
+std::string diff_report_json(const DiffReport& report);
+/// Writes diff_report_json atomically. @throws Error naming the path.
+void write_diff_report_json(const std::filesystem::path& path, const DiffReport& report);
+
+}  // namespace crosscoder

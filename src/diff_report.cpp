@@ -1,0 +1,177 @@
+#include "crosscoder/diff_report.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cctype>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <numeric>
+
+#include "crosscoder/error.hpp"
+#include "crosscoder/io/atomic_file.hpp"
+
+namespace crosscoder {
+
+std::string latent_class_name(int latent_class) {
+  if (latent_class == kSharedLatent) return "shared";
+  if (latent_class == kMixedLatent) return "mixed";
+  return fmt::format("exclusive:{}", latent_class);
+}
+
+int parse_latent_class(std::string_view text) {
+  if (text == "shared") return kSharedLatent;
+  if (text == "mixed") return kMixedLatent;
+  if (text.starts_with("exclusive:")) {
+    const std::string number(text.substr(10));
+    if (!number.empty() && std::all_of(number.begin(), number.end(), ::isdigit))
+      return std::stoi(number);
+  }
+  throw Error(
+      fmt::format("unknown latent class '{}': expected shared, mixed or exclusive:<source>", text));
+}
+
+std::vector<std::string> latent_metric_names(const DiffReport& report) {
+  std::vector<std::string> names;
+  for (int m = 0; m < report.weights.sources; ++m) {
+    names.push_back(fmt::format("decoder_norm_{}", m));
+    names.push_back(fmt::format("relative_norm_{}", m));
+  }
+  if (report.weights.sources == 2) names.push_back("normalised_difference");
+  if (report.weights.sources >= 2) {
+    names.push_back("decoder_cosine");
+    names.push_back("encoder_cosine");
+  }
+  if (report.data) names.insert(names.end(), {"frequency", "mean_activation", "max_activation"});
+  if (report.contrast)
+    names.insert(names.end(), {"cohens_d", "auroc", "firing_positive", "firing_negative"});
+  return names;
+}
+
+std::vector<double> latent_metric(const DiffReport& report, std::string_view name) {
+  const WeightMetrics& w = report.weights;
+  const auto F = static_cast<std::size_t>(w.latents);
+  const auto per_source = [&](const std::vector<float>& values, int m) {
+    std::vector<double> out(F);
+    for (std::size_t f = 0; f < F; ++f)
+      out[f] = values[f * static_cast<std::size_t>(w.sources) + static_cast<std::size_t>(m)];
+    return out;
+  };
+  const auto first_pair = [&](const std::vector<float>& values) {
+    const std::size_t pairs = values.size() / std::max<std::size_t>(F, 1);
+    std::vector<double> out(F);
+    for (std::size_t f = 0; f < F; ++f) out[f] = values[f * pairs];
+    return out;
+  };
+  for (int m = 0; m < w.sources; ++m) {
+    if (name == fmt::format("decoder_norm_{}", m)) return per_source(w.decoder_norm, m);
+    if (name == fmt::format("relative_norm_{}", m)) return per_source(w.relative_norm, m);
+  }
+  if (name == "normalised_difference" && !w.normalised_difference.empty()) {
+    return {w.normalised_difference.begin(), w.normalised_difference.end()};
+  }
+  if (name == "decoder_cosine" && w.sources >= 2) return first_pair(w.decoder_cosine);
+  if (name == "encoder_cosine" && w.sources >= 2) return first_pair(w.encoder_cosine);
+  if (report.data) {
+    if (name == "frequency") return report.data->frequency;
+    if (name == "mean_activation") return report.data->mean_activation;
+    if (name == "max_activation") return report.data->max_activation;
+  }
+  if (report.contrast) {
+    if (name == "cohens_d") return report.contrast->cohens_d;
+    if (name == "auroc") return report.contrast->auroc;
+    if (name == "firing_positive") return report.contrast->firing_positive;
+    if (name == "firing_negative") return report.contrast->firing_negative;
+  }
+  std::string known;
+  for (const std::string& n : latent_metric_names(report)) known += (known.empty() ? "" : ", ") + n;
+  throw Error(
+      fmt::format("unknown or unavailable latent metric '{}' (available: {})", name, known));
+}
+
+std::vector<std::int32_t> rank_latents(const DiffReport& report, std::string_view metric,
+                                       bool ascending, std::optional<int> only_class) {
+  const std::vector<double> values = latent_metric(report, metric);
+  std::vector<std::int32_t> order;
+  for (std::int64_t f = 0; f < report.weights.latents; ++f) {
+    if (!only_class || report.weights.latent_class[f] == *only_class)
+      order.push_back(static_cast<std::int32_t>(f));
+  }
+  std::stable_sort(order.begin(), order.end(), [&](std::int32_t a, std::int32_t b) {
+    return ascending ? values[a] < values[b] : values[a] > values[b];
+  });
+  return order;
+}
+
+std::string diff_report_json(const DiffReport& report) {
+  using json = nlohmann::ordered_json;
+  const WeightMetrics& w = report.weights;
+  json summary;
+  std::map<std::string, std::int64_t> classes;
+  for (int c : w.latent_class) ++classes[latent_class_name(c)];
+  summary["latents"] = w.latents;
+  summary["sources"] = w.sources;
+  summary["exclusive_threshold"] = w.exclusive_threshold;
+  summary["classes"] = classes;
+  if (report.data) {
+    summary["data"] = {{"rows", report.data->rows},
+                       {"fve", report.data->fve},
+                       {"mse", report.data->mse},
+                       {"l0", report.data->l0},
+                       {"dead_latents", report.data->dead_latents}};
+  }
+  if (report.contrast) {
+    summary["contrast"] = {{"positives", report.contrast->positives},
+                           {"negatives", report.contrast->negatives}};
+  }
+  json latents = json::array();
+  const auto M = static_cast<std::size_t>(w.sources);
+  const std::size_t pairs = M * (M - 1) / 2;
+  for (std::size_t f = 0; f < static_cast<std::size_t>(w.latents); ++f) {
+    json entry;
+    entry["latent"] = f;
+    entry["class"] = latent_class_name(w.latent_class[f]);
+    entry["decoder_norm"] =
+        std::vector<float>(w.decoder_norm.begin() + static_cast<std::ptrdiff_t>(f * M),
+                           w.decoder_norm.begin() + static_cast<std::ptrdiff_t>((f + 1) * M));
+    entry["relative_norm"] =
+        std::vector<float>(w.relative_norm.begin() + static_cast<std::ptrdiff_t>(f * M),
+                           w.relative_norm.begin() + static_cast<std::ptrdiff_t>((f + 1) * M));
+    if (!w.normalised_difference.empty())
+      entry["normalised_difference"] = w.normalised_difference[f];
+    if (pairs > 0) {
+      entry["decoder_cosine"] = std::vector<float>(
+          w.decoder_cosine.begin() + static_cast<std::ptrdiff_t>(f * pairs),
+          w.decoder_cosine.begin() + static_cast<std::ptrdiff_t>((f + 1) * pairs));
+      entry["encoder_cosine"] = std::vector<float>(
+          w.encoder_cosine.begin() + static_cast<std::ptrdiff_t>(f * pairs),
+          w.encoder_cosine.begin() + static_cast<std::ptrdiff_t>((f + 1) * pairs));
+    }
+    if (report.data) {
+      entry["frequency"] = report.data->frequency[f];
+      entry["mean_activation"] = report.data->mean_activation[f];
+      entry["max_activation"] = report.data->max_activation[f];
+    }
+    if (report.contrast) {
+      entry["cohens_d"] = report.contrast->cohens_d[f];
+      entry["auroc"] = report.contrast->auroc[f];
+      entry["firing_positive"] = report.contrast->firing_positive[f];
+      entry["firing_negative"] = report.contrast->firing_negative[f];
+    }
+    latents.push_back(std::move(entry));
+  }
+  json root;
+  root["format"] = "crosscoder-diff-1";
+  root["config"] = json::parse(report.model_config);
+  root["summary"] = std::move(summary);
+  root["latents"] = std::move(latents);
+  return root.dump(1);
+}
+
+void write_diff_report_json(const std::filesystem::path& path, const DiffReport& report) {
+  const std::string text = diff_report_json(report);
+  io::write_file_atomically(
+      path, [&](std::FILE* stream) { io::write_bytes(stream, text.data(), text.size(), path); });
+}
+
+}  // namespace crosscoder
