@@ -12,6 +12,7 @@
 #include "crosscoder/diff_report.hpp"
 #include "crosscoder/error.hpp"
 #include "crosscoder/latent_metrics.hpp"
+#include "crosscoder/latent_scaling.hpp"
 #include "crosscoder/log.hpp"
 #include "crosscoder/model.hpp"
 #include "crosscoder/npy_source.hpp"
