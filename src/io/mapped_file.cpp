@@ -13,37 +13,51 @@
 #include "crosscoder/error.hpp"
 
 namespace crosscoder::io {
+namespace {
+
+// Closes the descriptor on every path out of open(); the mapping outlives it.
+struct FileDescriptor {
+  int fd;
+  ~FileDescriptor() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+}  // namespace
 
 MappedFile MappedFile::open(const std::filesystem::path& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw Error(fmt::format("{}: cannot open: {}", path.string(), std::strerror(errno)));
+  const FileDescriptor file{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
+  if (file.fd < 0) {
+    throw Error(fmt::format("{}: cannot open: {}", path.string(), std::strerror(errno)));
+  }
   struct stat status {};
-  if (::fstat(fd, &status) != 0 || !S_ISREG(status.st_mode)) {
-    const int error = errno;
-    ::close(fd);
-    throw Error(fmt::format("{}: not a regular file{}", path.string(),
-                            error ? std::string(": ") + std::strerror(error) : std::string()));
+  if (::fstat(file.fd, &status) != 0) {
+    throw Error(fmt::format("{}: cannot stat: {}", path.string(), std::strerror(errno)));
   }
-  MappedFile file;
-  file.path_ = path;
-  file.size_ = static_cast<std::size_t>(status.st_size);
-  if (file.size_ > 0) {
-    void* address = ::mmap(nullptr, file.size_, PROT_READ, MAP_PRIVATE, fd, 0);
+  if (!S_ISREG(status.st_mode)) throw Error(fmt::format("{}: not a regular file", path.string()));
+
+  MappedFile result;
+  result.path_ = path;
+  if (status.st_size > 0) {
+    const auto size = static_cast<std::size_t>(status.st_size);
+    void* address = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, file.fd, 0);
     if (address == MAP_FAILED) {
-      const int error = errno;
-      ::close(fd);
-      throw Error(fmt::format("{}: cannot map {} bytes: {}", path.string(), file.size_,
-                              std::strerror(error)));
+      throw Error(
+          fmt::format("{}: cannot map {} bytes: {}", path.string(), size, std::strerror(errno)));
     }
-    file.data_ = static_cast<const std::byte*>(address);
+    result.data_ = static_cast<const std::byte*>(address);
+    result.size_ = size;
   }
-  ::close(fd);
-  return file;
+  return result;
 }
 
-MappedFile::~MappedFile() {
+void MappedFile::unmap() noexcept {
   if (data_) ::munmap(const_cast<std::byte*>(data_), size_);
+  data_ = nullptr;
+  size_ = 0;
 }
+
+MappedFile::~MappedFile() { unmap(); }
 
 MappedFile::MappedFile(MappedFile&& other) noexcept
     : data_(std::exchange(other.data_, nullptr)),
@@ -52,7 +66,7 @@ MappedFile::MappedFile(MappedFile&& other) noexcept
 
 MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
   if (this != &other) {
-    if (data_) ::munmap(const_cast<std::byte*>(data_), size_);
+    unmap();
     data_ = std::exchange(other.data_, nullptr);
     size_ = std::exchange(other.size_, 0);
     path_ = std::move(other.path_);

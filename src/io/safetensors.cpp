@@ -4,18 +4,31 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <bit>
 #include <cstring>
+#include <functional>
+#include <limits>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
+#include <utility>
 
 #include "crosscoder/error.hpp"
 #include "crosscoder/io/atomic_file.hpp"
 #include "crosscoder/io/half.hpp"
 
 namespace crosscoder::io {
+
+// The format is little-endian; tensors are copied to and from memory as they are.
+static_assert(std::endian::native == std::endian::little, "safetensors I/O assumes little-endian");
+
 namespace {
 
 constexpr std::uint64_t kMaxHeaderBytes = 100'000'000;  // the reference implementation's cap
+
+// Keeps keys in header order, so that tensors with equal offsets (empty ones) are listed in the
+// order they were written.
+using Json = nlohmann::ordered_json;
 
 struct DTypeName {
   DType dtype;
@@ -28,6 +41,12 @@ constexpr DTypeName kDTypes[] = {{DType::F32, "F32", 4},   {DType::F16, "F16", 2
                                  {DType::I16, "I16", 2},   {DType::I8, "I8", 1},
                                  {DType::U8, "U8", 1},     {DType::BOOL, "BOOL", 1}};
 
+std::optional<DType> parse_dtype(std::string_view name) {
+  for (const auto& entry : kDTypes)
+    if (entry.name == name) return entry.dtype;
+  return std::nullopt;
+}
+
 template <typename T>
 T load(const std::byte* p) {
   T value;
@@ -37,6 +56,105 @@ T load(const std::byte* p) {
 
 std::string shape_text(const std::vector<std::int64_t>& shape) {
   return fmt::format("[{}]", fmt::join(shape, ", "));
+}
+
+// product(shape) × element_size, or nullopt on overflow of 64 bits.
+std::optional<std::uint64_t> byte_size(DType dtype, const std::vector<std::int64_t>& shape) {
+  std::uint64_t bytes = element_size(dtype);
+  for (std::int64_t extent : shape) {
+    if (__builtin_mul_overflow(bytes, static_cast<std::uint64_t>(extent), &bytes)) {
+      return std::nullopt;
+    }
+  }
+  return bytes;
+}
+
+// Parses the header JSON, rejecting a key that appears twice in any object: nlohmann keeps the
+// last of duplicate keys silently, so the parser callback watches every key.
+Json parse_header(std::string_view text, const std::function<Error(const std::string&)>& fail) {
+  std::vector<std::set<std::string>> open_objects;  // the keys seen in each enclosing object
+  std::optional<std::string> duplicate;
+  const auto watch = [&](int /*depth*/, Json::parse_event_t event, Json& parsed) {
+    using Event = Json::parse_event_t;
+    if (event == Event::object_start) {
+      open_objects.emplace_back();
+    } else if (event == Event::object_end) {
+      if (!open_objects.empty()) open_objects.pop_back();
+    } else if (event == Event::key && !open_objects.empty() && !duplicate) {
+      std::string key = parsed.get<std::string>();
+      if (!open_objects.back().insert(key).second) {
+        duplicate = open_objects.size() == 1
+                        ? fmt::format("tensor '{}' appears twice in the header", key)
+                        : fmt::format("key '{}' appears twice in one object", key);
+      }
+    }
+    return true;
+  };
+  Json json;
+  try {
+    json = Json::parse(text, watch);
+  } catch (const nlohmann::json::exception& error) {
+    throw fail(fmt::format("header is not valid JSON ({})", error.what()));
+  }
+  if (duplicate) throw fail(*duplicate);
+  return json;
+}
+
+// One header entry, checked on its own; `begin` is its offset in the data section.
+struct ParsedTensor {
+  TensorInfo info;
+  std::uint64_t begin = 0, end = 0;
+};
+
+ParsedTensor parse_tensor(const std::string& name, const Json& entry,
+                          const std::function<Error(const std::string&)>& fail) {
+  const auto bad = [&](const std::string& what) {
+    return fail(fmt::format("tensor '{}': {}", name, what));
+  };
+  if (!entry.is_object()) throw bad("entry is not an object");
+  const auto dtype_field = entry.find("dtype");
+  const auto shape_field = entry.find("shape");
+  const auto offsets_field = entry.find("data_offsets");
+  if (dtype_field == entry.end() || !dtype_field->is_string()) throw bad("dtype missing");
+  if (shape_field == entry.end() || !shape_field->is_array()) throw bad("shape missing");
+  if (offsets_field == entry.end() || !offsets_field->is_array() || offsets_field->size() != 2) {
+    throw bad("data_offsets must be [begin, end]");
+  }
+
+  ParsedTensor tensor;
+  tensor.info.name = name;
+  const auto& dtype_name = dtype_field->get_ref<const std::string&>();
+  const std::optional<DType> dtype = parse_dtype(dtype_name);
+  if (!dtype) throw bad(fmt::format("unsupported dtype '{}'", dtype_name));
+  tensor.info.dtype = *dtype;
+  for (const auto& extent : *shape_field) {
+    if (!extent.is_number_unsigned()) {
+      throw bad(fmt::format("shape {} must hold non-negative integers", shape_field->dump()));
+    }
+    const auto value = extent.get<std::uint64_t>();
+    if (value > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) {
+      throw bad(fmt::format("shape {} is too large", shape_field->dump()));
+    }
+    tensor.info.shape.push_back(static_cast<std::int64_t>(value));
+  }
+  const std::optional<std::uint64_t> needed = byte_size(*dtype, tensor.info.shape);
+  if (!needed) throw bad(fmt::format("shape {} is too large", shape_field->dump()));
+
+  const auto& offsets = *offsets_field;
+  if (!offsets[0].is_number_unsigned() || !offsets[1].is_number_unsigned()) {
+    throw bad(fmt::format("data_offsets {} must be non-negative integers", offsets.dump()));
+  }
+  tensor.begin = offsets[0].get<std::uint64_t>();
+  tensor.end = offsets[1].get<std::uint64_t>();
+  if (tensor.begin > tensor.end) {
+    throw bad(fmt::format("data_offsets [{}, {}] are reversed", tensor.begin, tensor.end));
+  }
+  if (tensor.end - tensor.begin != *needed) {
+    throw bad(fmt::format("data_offsets [{}, {}] span {} bytes but dtype {} × shape {} needs {}",
+                          tensor.begin, tensor.end, tensor.end - tensor.begin, dtype_name,
+                          shape_text(tensor.info.shape), *needed));
+  }
+  return tensor;
 }
 
 }  // namespace
@@ -64,17 +182,21 @@ SafetensorsFile SafetensorsFile::open(const std::filesystem::path& path) {
   result.file_ = MappedFile::open(path);
   const std::span<const std::byte> bytes = result.file_.bytes();
   const std::string file = path.string();
-  const auto fail = [&](const std::string& what) {
+  const std::function<Error(const std::string&)> fail = [&](const std::string& what) {
     return Error(fmt::format("{}: not a valid safetensors file: {}", file, what));
   };
-  if (bytes.size() < 8)
+
+  if (bytes.size() < 8) {
     throw fail(fmt::format("{} bytes is too short for the 8-byte header length", bytes.size()));
+  }
   std::uint64_t header_length = 0;
-  for (int i = 7; i >= 0; --i)
+  for (int i = 7; i >= 0; --i) {
     header_length = (header_length << 8) | std::to_integer<std::uint64_t>(bytes[i]);
-  if (header_length > kMaxHeaderBytes)
+  }
+  if (header_length > kMaxHeaderBytes) {
     throw fail(
         fmt::format("header length {} exceeds the {} byte limit", header_length, kMaxHeaderBytes));
+  }
   if (header_length > bytes.size() - 8) {
     throw fail(fmt::format("header length {} runs past the end of the file ({} bytes)",
                            header_length, bytes.size()));
@@ -82,103 +204,65 @@ SafetensorsFile SafetensorsFile::open(const std::filesystem::path& path) {
   const std::string_view header(reinterpret_cast<const char*>(bytes.data() + 8), header_length);
   const std::span<const std::byte> data = bytes.subspan(8 + header_length);
 
-  // nlohmann keeps the last of duplicate keys silently; the callback sees every key.
-  std::set<std::string> seen;
-  std::string duplicate;
-  nlohmann::json json;
-  try {
-    json = nlohmann::json::parse(
-        header, [&](int depth, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
-          if (depth == 1 && event == nlohmann::json::parse_event_t::key &&
-              !seen.insert(parsed.get<std::string>()).second) {
-            duplicate = parsed.get<std::string>();
-          }
-          return true;
-        });
-  } catch (const nlohmann::json::exception& error) {
-    throw fail(fmt::format("header is not valid JSON ({})", error.what()));
+  // The reference rejects a header that does not start with '{' before parsing it.
+  if (header.empty() || header.front() != '{') {
+    throw fail("header is not a JSON object (it does not start with '{')");
   }
-  if (!duplicate.empty())
-    throw fail(fmt::format("tensor '{}' appears twice in the header", duplicate));
-  if (!json.is_object()) throw fail("header JSON is not an object");
+  const Json json = parse_header(header, fail);
+  if (!json.is_object()) throw fail("header is not a JSON object");
 
+  std::vector<ParsedTensor> tensors;
   for (const auto& [name, entry] : json.items()) {
-    if (name == "__metadata__") {
-      if (!entry.is_object()) throw fail("__metadata__ is not an object");
-      for (const auto& [key, value] : entry.items()) {
-        if (!value.is_string())
-          throw fail(fmt::format("__metadata__ value of '{}' is not a string", key));
-        result.metadata_[key] = value.get<std::string>();
-      }
+    if (name != "__metadata__") {
+      tensors.push_back(parse_tensor(name, entry, fail));
       continue;
     }
-    const auto bad = [&](const std::string& what) {
-      return fail(fmt::format("tensor '{}': {}", name, what));
-    };
-    if (!entry.is_object()) throw bad("entry is not an object");
-    if (!entry.contains("dtype") || !entry["dtype"].is_string()) throw bad("missing dtype");
-    if (!entry.contains("shape") || !entry["shape"].is_array()) throw bad("missing shape");
-    if (!entry.contains("data_offsets") || !entry["data_offsets"].is_array() ||
-        entry["data_offsets"].size() != 2) {
-      throw bad("data_offsets must be [begin, end]");
-    }
-    TensorInfo info;
-    info.name = name;
-    const std::string dtype = entry["dtype"].get<std::string>();
-    const auto known = std::find_if(std::begin(kDTypes), std::end(kDTypes),
-                                    [&](const DTypeName& d) { return d.name == dtype; });
-    if (known == std::end(kDTypes)) throw bad(fmt::format("unsupported dtype '{}'", dtype));
-    info.dtype = known->dtype;
-    std::uint64_t bytes_needed = known->size;
-    for (const auto& extent : entry["shape"]) {
-      if (!extent.is_number_unsigned()) throw bad("shape entries must be non-negative integers");
-      const auto value = extent.get<std::uint64_t>();
-      if (__builtin_mul_overflow(bytes_needed, value, &bytes_needed) ||
-          value > static_cast<std::uint64_t>(INT64_MAX)) {
-        throw bad("shape is too large");
+    if (entry.is_null()) continue;  // the reference reads "__metadata__" as an optional map
+    if (!entry.is_object()) throw fail("__metadata__ is not an object");
+    for (const auto& [key, value] : entry.items()) {
+      if (!value.is_string()) {
+        throw fail(
+            fmt::format("__metadata__ value of '{}' is not a string: {}", key, value.dump()));
       }
-      info.shape.push_back(static_cast<std::int64_t>(value));
+      result.metadata_[key] = value.get<std::string>();
     }
-    const auto& offsets = entry["data_offsets"];
-    if (!offsets[0].is_number_unsigned() || !offsets[1].is_number_unsigned())
-      throw bad("data_offsets must be non-negative integers");
-    const auto begin = offsets[0].get<std::uint64_t>(), end = offsets[1].get<std::uint64_t>();
-    if (begin > end) throw bad(fmt::format("data_offsets [{}, {}) are reversed", begin, end));
-    if (end - begin != bytes_needed) {
-      throw bad(fmt::format("data_offsets span {} bytes but dtype {} × shape {} needs {}",
-                            end - begin, dtype, shape_text(info.shape), bytes_needed));
-    }
-    if (end > data.size())
-      throw bad(fmt::format("data_offsets end {} lies beyond the data section ({} bytes)", end,
-                            data.size()));
-    info.data = data.subspan(begin, end - begin);
-    result.tensors_.push_back(std::move(info));
   }
-  std::sort(result.tensors_.begin(), result.tensors_.end(),
-            [&](const TensorInfo& a, const TensorInfo& b) {
-              return a.data.data() < b.data.data() ||
-                     (a.data.data() == b.data.data() && a.data.size() < b.data.size());
-            });
-  std::size_t expected = 0;
-  for (const TensorInfo& info : result.tensors_) {
-    const auto begin = static_cast<std::size_t>(info.data.data() - data.data());
-    if (begin != expected) {
-      throw fail(
-          fmt::format("tensor '{}' starts at byte {} of the data section, expected {} (offsets "
-                      "must be contiguous and not overlap)",
-                      info.name, begin, expected));
+
+  // As the reference does: sort by offsets, then every tensor must start where the previous
+  // one ended, and the last must end exactly at the end of the file.
+  std::stable_sort(tensors.begin(), tensors.end(), [](const auto& a, const auto& b) {
+    return std::pair(a.begin, a.end) < std::pair(b.begin, b.end);
+  });
+  std::uint64_t expected = 0;
+  for (const ParsedTensor& tensor : tensors) {
+    if (tensor.begin != expected) {
+      throw fail(fmt::format(
+          "tensor '{}' has data_offsets [{}, {}] but the previous tensor ends at {} (offsets "
+          "must be contiguous and must not overlap)",
+          tensor.info.name, tensor.begin, tensor.end, expected));
     }
-    expected = begin + info.data.size();
+    expected = tensor.end;
   }
-  if (expected != data.size()) {
-    throw fail(
-        fmt::format("tensors cover {} bytes but the data section has {}", expected, data.size()));
+  if (expected > data.size()) {
+    throw fail(fmt::format(
+        "tensor data ends at offset {} but the data section has only {} bytes (file truncated?)",
+        expected, data.size()));
+  }
+  if (expected < data.size()) {
+    throw fail(fmt::format("tensors cover {} bytes but the data section has {} (trailing bytes)",
+                           expected, data.size()));
+  }
+  result.tensors_.reserve(tensors.size());
+  for (ParsedTensor& tensor : tensors) {
+    tensor.info.data = data.subspan(tensor.begin, tensor.end - tensor.begin);
+    result.tensors_.push_back(std::move(tensor.info));
   }
   return result;
 }
 
 std::vector<std::string> SafetensorsFile::names() const {
   std::vector<std::string> names;
+  names.reserve(tensors_.size());
   for (const TensorInfo& info : tensors_) names.push_back(info.name);
   return names;
 }
@@ -197,24 +281,29 @@ const TensorInfo& SafetensorsFile::info(std::string_view name) const {
 std::vector<float> SafetensorsFile::read_float(std::string_view name) const {
   const TensorInfo& tensor = info(name);
   const auto n = static_cast<std::size_t>(tensor.elements());
-  std::vector<float> out(n);
   const std::byte* p = tensor.data.data();
+  std::vector<float> out;
   switch (tensor.dtype) {
     case DType::F32:
+      out.resize(n);
       if (n > 0) std::memcpy(out.data(), p, n * sizeof(float));
       break;
     case DType::F16:
+      out.resize(n);
       for (std::size_t i = 0; i < n; ++i) out[i] = half_to_float(load<std::uint16_t>(p + 2 * i));
       break;
     case DType::BF16:
-      for (std::size_t i = 0; i < n; ++i)
+      out.resize(n);
+      for (std::size_t i = 0; i < n; ++i) {
         out[i] = bfloat16_to_float(load<std::uint16_t>(p + 2 * i));
+      }
       break;
     case DType::F64:
+      out.resize(n);
       for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<float>(load<double>(p + 8 * i));
       break;
     default:
-      throw Error(fmt::format("{}: tensor '{}' has dtype {}, expected a floating-point tensor",
+      throw Error(fmt::format("{}: tensor '{}' has dtype {}, expected F32, F16, BF16 or F64",
                               path().string(), name, to_string(tensor.dtype)));
   }
   return out;
@@ -233,51 +322,53 @@ std::vector<float> SafetensorsFile::read_float(
 std::vector<std::int64_t> SafetensorsFile::read_int(std::string_view name) const {
   const TensorInfo& tensor = info(name);
   const auto n = static_cast<std::size_t>(tensor.elements());
-  std::vector<std::int64_t> out(n);
   const std::byte* p = tensor.data.data();
-  for (std::size_t i = 0; i < n; ++i) {
-    switch (tensor.dtype) {
-      case DType::I64:
-        out[i] = load<std::int64_t>(p + 8 * i);
-        break;
-      case DType::I32:
-        out[i] = load<std::int32_t>(p + 4 * i);
-        break;
-      case DType::I16:
-        out[i] = load<std::int16_t>(p + 2 * i);
-        break;
-      case DType::I8:
-        out[i] = load<std::int8_t>(p + i);
-        break;
-      case DType::U8:
-      case DType::BOOL:
-        out[i] = load<std::uint8_t>(p + i);
-        break;
-      default:
-        throw Error(fmt::format("{}: tensor '{}' has dtype {}, expected an integer tensor",
-                                path().string(), name, to_string(tensor.dtype)));
-    }
+  std::vector<std::int64_t> out(n);
+  const auto convert = [&]<typename T>(T /*type tag*/) {
+    for (std::size_t i = 0; i < n; ++i) out[i] = load<T>(p + sizeof(T) * i);
+  };
+  switch (tensor.dtype) {
+    case DType::I64:
+      convert(std::int64_t{});
+      break;
+    case DType::I32:
+      convert(std::int32_t{});
+      break;
+    case DType::I16:
+      convert(std::int16_t{});
+      break;
+    case DType::I8:
+      convert(std::int8_t{});
+      break;
+    case DType::U8:
+    case DType::BOOL:
+      convert(std::uint8_t{});
+      break;
+    default:
+      throw Error(fmt::format("{}: tensor '{}' has dtype {}, expected an integer dtype",
+                              path().string(), name, to_string(tensor.dtype)));
   }
   return out;
 }
 
 void SafetensorsWriter::add_raw(std::string name, DType dtype, std::vector<std::int64_t> shape,
                                 std::span<const std::byte> data) {
-  if (name.empty() || name == "__metadata__")
+  if (name.empty() || name == "__metadata__") {
     throw Error(fmt::format("safetensors: invalid tensor name '{}'", name));
-  for (const Entry& entry : entries_)
-    if (entry.name == name) throw Error(fmt::format("safetensors: tensor '{}' added twice", name));
-  std::uint64_t bytes = element_size(dtype);
-  for (std::int64_t extent : shape) {
-    if (extent < 0)
-      throw Error(fmt::format("safetensors: tensor '{}' has a negative extent in shape {}", name,
-                              shape_text(shape)));
-    bytes *= static_cast<std::uint64_t>(extent);
   }
-  if (bytes != data.size()) {
+  for (const Entry& entry : entries_) {
+    if (entry.name == name) throw Error(fmt::format("safetensors: tensor '{}' added twice", name));
+  }
+  if (std::any_of(shape.begin(), shape.end(), [](std::int64_t extent) { return extent < 0; })) {
+    throw Error(fmt::format("safetensors: tensor '{}' has a negative extent in shape {}", name,
+                            shape_text(shape)));
+  }
+  const std::optional<std::uint64_t> bytes = byte_size(dtype, shape);
+  if (!bytes || *bytes != data.size()) {
     throw Error(
         fmt::format("safetensors: tensor '{}' of dtype {} and shape {} needs {} bytes, got {}",
-                    name, to_string(dtype), shape_text(shape), bytes, data.size()));
+                    name, to_string(dtype), shape_text(shape),
+                    bytes ? std::to_string(*bytes) : std::string("more than 2^64"), data.size()));
   }
   entries_.push_back(
       {std::move(name), dtype, std::move(shape), std::vector<std::byte>(data.begin(), data.end())});
@@ -298,7 +389,7 @@ void SafetensorsWriter::set_metadata(std::string key, std::string value) {
 }
 
 void SafetensorsWriter::write(const std::filesystem::path& path) const {
-  // nlohmann's ordered_json keeps insertion order, so the header lists tensors in data order.
+  // ordered_json keeps insertion order, so the header lists tensors in data order.
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata_.empty()) header["__metadata__"] = metadata_;
   std::uint64_t offset = 0;
@@ -308,7 +399,13 @@ void SafetensorsWriter::write(const std::filesystem::path& path) const {
                           {"data_offsets", {offset, offset + entry.data.size()}}};
     offset += entry.data.size();
   }
-  std::string text = header.dump();
+  std::string text;
+  try {
+    text = header.dump();
+  } catch (const nlohmann::json::exception& error) {  // a name or value that is not UTF-8
+    throw Error(
+        fmt::format("{}: cannot write the safetensors header: {}", path.string(), error.what()));
+  }
   text.append((8 - text.size() % 8) % 8, ' ');  // pad so the data section is 8-byte aligned
   write_file_atomically(path, [&](std::FILE* stream) {
     std::byte length[8];
@@ -319,8 +416,9 @@ void SafetensorsWriter::write(const std::filesystem::path& path) const {
     }
     write_bytes(stream, length, sizeof length, path);
     write_bytes(stream, text.data(), text.size(), path);
-    for (const Entry& entry : entries_)
+    for (const Entry& entry : entries_) {
       write_bytes(stream, entry.data.data(), entry.data.size(), path);
+    }
   });
 }
 
