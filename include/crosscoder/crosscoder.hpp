@@ -2,11 +2,14 @@
 /// @file crosscoder.hpp
 /// Umbrella header: includes the whole public API.
 
+#include "crosscoder/activation_writer.hpp"
 #include "crosscoder/backend.hpp"
 #include "crosscoder/batch_source.hpp"
 #include "crosscoder/config.hpp"
 #include "crosscoder/contrast.hpp"
 #include "crosscoder/data_metrics.hpp"
+#include "crosscoder/dataset.hpp"
+#include "crosscoder/dataset_manifest.hpp"
 #include "crosscoder/demo.hpp"
 #include "crosscoder/device_array.hpp"
 #include "crosscoder/diff_report.hpp"
@@ -16,7 +19,9 @@
 #include "crosscoder/log.hpp"
 #include "crosscoder/model.hpp"
 #include "crosscoder/npy_source.hpp"
+#include "crosscoder/prefetch.hpp"
 #include "crosscoder/progress.hpp"
+#include "crosscoder/shuffled_batches.hpp"
 #include "crosscoder/sparse_codes.hpp"
 #include "crosscoder/synthetic.hpp"
 #include "crosscoder/train_loop.hpp"

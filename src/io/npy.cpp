@@ -365,4 +365,23 @@ void write_npy(const std::filesystem::path& path, const std::vector<std::size_t>
   write_array(path, shape, "<i4", std::as_bytes(data), sizeof(std::int32_t));
 }
 
+void write_npy_raw(const std::filesystem::path& path, const std::vector<std::size_t>& shape,
+                   const std::string& descr, std::span<const std::byte> data) {
+  std::size_t item_size = 0;
+  if (descr == "<f4" || descr == "<i4") {
+    item_size = 4;
+  } else if (descr == "<f2" || descr == "<u2" || descr == "<i2") {
+    item_size = 2;
+  } else if (descr == "|i1" || descr == "|u1") {
+    item_size = 1;
+  } else {
+    throw Error(fmt::format("{}: write_npy_raw does not write dtype '{}'", path.string(), descr));
+  }
+  if (data.size() % item_size != 0) {
+    throw Error(fmt::format("{}: {} bytes is not a whole number of '{}' elements", path.string(),
+                            data.size(), descr));
+  }
+  write_array(path, shape, descr, data, item_size);
+}
+
 }  // namespace crosscoder::io

@@ -49,6 +49,9 @@ class NpyFile {
   ///         floating point (see NpyFloatOptions).
   void read_rows_float(std::size_t first_row, std::size_t count, float* out,
                        NpyFloatOptions options = {}) const;
+  /// The raw little-endian element bytes (product(shape) × item_size()), valid while this
+  /// object lives.
+  std::span<const std::byte> data() const noexcept { return data_; }
   /// Every element as int64. @throws Error naming the file unless the dtype is an integer one.
   std::vector<std::int64_t> read_int() const;
 
@@ -69,5 +72,11 @@ void write_npy(const std::filesystem::path& path, const std::vector<std::size_t>
 /// The same for int32 ('<i4').
 void write_npy(const std::filesystem::path& path, const std::vector<std::size_t>& shape,
                std::span<const std::int32_t> data);
+
+/// Writes raw little-endian elements of dtype `descr` ('<f4', '<f2', '<u2', '<i2', '<i4',
+/// '|i1' or '|u1') atomically, as write_npy does; '<u2' is how bfloat16 bits are stored.
+/// @throws Error naming the path for another dtype, a size mismatch or an I/O failure.
+void write_npy_raw(const std::filesystem::path& path, const std::vector<std::size_t>& shape,
+                   const std::string& descr, std::span<const std::byte> data);
 
 }  // namespace crosscoder::io

@@ -1,0 +1,81 @@
+#pragma once
+/// @file shuffled_batches.hpp
+/// Shuffled training batches from an ActivationDataset, read in large sequential blocks.
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "crosscoder/batch_source.hpp"
+#include "crosscoder/dataset.hpp"
+
+namespace crosscoder {
+
+struct ShuffleOptions {
+  std::uint64_t seed = 0;
+  /// Rows read together, sequentially: the unit of I/O on a cold file.
+  std::int64_t block_rows = 4096;
+  /// Memory for the shuffle buffer (float32 rows of all sources); rounded down to whole blocks,
+  /// at least one block.
+  std::int64_t buffer_bytes = std::int64_t{512} << 20;
+  /// The rows used: [first_row, first_row + row_count); row_count < 0 means to the end.
+  std::int64_t first_row = 0;
+  std::int64_t row_count = -1;
+};
+
+/// Each epoch visits every row of the range exactly once. The range is cut into blocks; an
+/// epoch's blocks are put in a seeded random order and taken a buffer-full at a time; each
+/// buffer is read sequentially block by block and its rows are then permuted. Rows thus mix
+/// across the whole dataset at block granularity and freely within a buffer, while the disk sees
+/// large sequential reads. Batch `step` is a pure function of (dataset, options, step), so a
+/// resumed run gets exactly the batches an uninterrupted one would have.
+class ShuffledBatches : public BatchSource {
+ public:
+  /// @throws Error when the range is empty or outside the dataset, or block_rows or
+  ///         buffer_bytes is not positive.
+  ShuffledBatches(std::shared_ptr<const ActivationDataset> dataset, ShuffleOptions options);
+
+  int sources() const override { return dataset_->sources(); }
+  int width() const override { return dataset_->width(); }
+  /// Rows per epoch.
+  std::int64_t rows() const noexcept { return range_rows_; }
+  /// Rows the shuffle buffer holds.
+  std::int64_t buffer_rows() const noexcept { return blocks_per_buffer_ * options_.block_rows; }
+  /// @throws Error naming the file and row of a non-finite value.
+  void fill(std::int64_t step, std::int64_t rows, float* out, std::int8_t* labels) override;
+  std::string identity() const override;
+
+  /// The dataset row that position `position` (0-based, counting rows delivered since step 0)
+  /// holds. Exposed for tests and tools.
+  std::int64_t row_at(std::int64_t position);
+
+ private:
+  struct EpochPlan {
+    std::int64_t epoch = -1;
+    std::vector<std::int64_t> block_order;     // blocks in visiting order
+    std::vector<std::int64_t> buffer_offsets;  // first epoch position of each buffer, + end
+  };
+  struct Buffer {
+    std::int64_t epoch = -1, index = -1;
+    std::vector<std::int64_t> rows;         // dataset row of each buffered row, in read order
+    std::vector<std::int64_t> permutation;  // delivery order → read order
+    std::vector<float> values;              // [rows, M, d]
+    std::vector<std::int8_t> labels;        // [rows] when the dataset has labels
+  };
+
+  const EpochPlan& plan(std::int64_t epoch);
+  // Where epoch position `position` lies: buffer index and position within it.
+  std::pair<std::int64_t, std::int64_t> locate(const EpochPlan& plan, std::int64_t position) const;
+  Buffer& buffer(std::int64_t epoch, std::int64_t index, bool with_values);
+  std::int64_t block_size(std::int64_t block) const;
+
+  std::shared_ptr<const ActivationDataset> dataset_;
+  ShuffleOptions options_;
+  std::int64_t range_rows_ = 0;
+  std::int64_t blocks_ = 0;
+  std::int64_t blocks_per_buffer_ = 1;
+  EpochPlan plan_;
+  Buffer buffer_;
+};
+
+}  // namespace crosscoder
