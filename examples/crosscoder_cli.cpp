@@ -1,9 +1,10 @@
-// The `crosscoder` command-line tool: `demo`, `train` and `backends`.
+// The `crosscoder` command-line tool: `backends`, `demo`, `train`, `diff` and `info`.
 #include <fmt/format.h>
 #include <CLI/CLI.hpp>
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <map>
@@ -14,7 +15,7 @@
 #include "crosscoder/crosscoder.hpp"
 #include "crosscoder/demo.hpp"
 #include "crosscoder/io/npy.hpp"
-#include "crosscoder/npy_source.hpp"
+#include "crosscoder/io/safetensors.hpp"
 
 namespace {
 
@@ -84,8 +85,32 @@ int run_demo_command(DemoFlags& flags) {
   return 0;
 }
 
+std::vector<std::filesystem::path> as_paths(const std::vector<std::string>& names) {
+  return {names.begin(), names.end()};
+}
+
+// Accumulates data metrics over rows [first, first + count) of a dataset, with progress.
+DataMetrics measure_rows(const Crosscoder& model, const ActivationDataset& data, std::int64_t first,
+                         std::int64_t count, const char* label) {
+  DataMetricsAccumulator metrics(model);
+  constexpr std::int64_t kChunk = 4096;
+  std::vector<float> batch(static_cast<std::size_t>(kChunk * model.config().input_width()));
+  ProgressBar progress(count, label, "row");
+  for (std::int64_t done = 0; done < count; done += kChunk) {
+    const std::int64_t n = std::min(kChunk, count - done);
+    data.read(first + done, n, batch.data());
+    metrics.add({batch.data(), static_cast<std::size_t>(n * model.config().input_width())}, n);
+    progress.update(done + n);
+  }
+  progress.finish();
+  return metrics.result();
+}
+
 struct TrainFlags {
   std::vector<std::string> data;
+  std::int64_t validation_rows = 0;
+  double shuffle_buffer_mb = 512;
+  int prefetch = 2;
   CrosscoderConfig model;
   TrainConfig train;
   std::string activation = "batchtopk";
@@ -99,8 +124,23 @@ struct TrainFlags {
 };
 
 int run_train_command(TrainFlags& flags) {
-  NpyPairSource data(std::vector<std::filesystem::path>(flags.data.begin(), flags.data.end()),
-                     flags.train.seed);
+  const auto dataset =
+      std::make_shared<ActivationDataset>(ActivationDataset::open(as_paths(flags.data)));
+  if (flags.validation_rows < 0 || flags.validation_rows >= dataset->rows()) {
+    throw Error(fmt::format("--validation-rows {}: must be in [0, {}) (the dataset's rows)",
+                            flags.validation_rows, dataset->rows()));
+  }
+  if (flags.shuffle_buffer_mb <= 0) {
+    throw Error(fmt::format("--shuffle-buffer-mb {}: must be positive", flags.shuffle_buffer_mb));
+  }
+  ShuffleOptions shuffle;
+  shuffle.seed = flags.train.seed;
+  shuffle.buffer_bytes = static_cast<std::int64_t>(flags.shuffle_buffer_mb * 1024 * 1024);
+  shuffle.row_count = dataset->rows() - flags.validation_rows;
+  std::unique_ptr<BatchSource> batches = std::make_unique<ShuffledBatches>(dataset, shuffle);
+  if (flags.prefetch > 0)
+    batches = std::make_unique<PrefetchingBatchSource>(std::move(batches), flags.prefetch);
+  BatchSource& data = *batches;
   CrosscoderConfig config = flags.model;
   config.sources = data.sources();
   config.width = data.width();
@@ -121,10 +161,11 @@ int run_train_command(TrainFlags& flags) {
   }
   const auto backend = backend_for(flags.device);
   std::printf(
-      "crosscoder train: %lld rows, %d sources of width %d → %s crosscoder with %d latents on %s\n",
-      static_cast<long long>(data.rows()), config.sources, config.width,
-      std::string(to_string(config.activation)).c_str(), config.latents,
-      backend->describe().c_str());
+      "crosscoder train: %lld training + %lld validation rows, %d sources of width %d → %s "
+      "crosscoder with %d latents on %s\n",
+      static_cast<long long>(shuffle.row_count), static_cast<long long>(flags.validation_rows),
+      config.sources, config.width, std::string(to_string(config.activation)).c_str(),
+      config.latents, backend->describe().c_str());
   Crosscoder model(config, backend, flags.train.seed);
   Trainer trainer(model, flags.train);
   TrainingOptions options;
@@ -140,7 +181,20 @@ int run_train_command(TrainFlags& flags) {
       "checkpoint: %s\n",
       static_cast<long long>(last.step), last.loss, fve.c_str(), last.l0,
       100.0 * last.dead_fraction, flags.out.c_str(), checkpoint.string().c_str());
+  if (flags.validation_rows > 0) {
+    const DataMetrics held_out =
+        measure_rows(model, *dataset, shuffle.row_count, flags.validation_rows, "validation");
+    std::string held_out_fve;
+    for (double value : held_out.fve) held_out_fve += fmt::format(" {:.4f}", value);
+    std::printf("validation (%lld held-out rows): FVE per source%s, L0 %.1f, dead latents %lld\n",
+                static_cast<long long>(held_out.rows), held_out_fve.c_str(), held_out.l0,
+                static_cast<long long>(held_out.dead_latents));
+  }
   return 0;
+}
+
+bool dataset_has_labels(const std::vector<std::string>& inputs) {
+  return ActivationDataset::open(as_paths(inputs)).has_labels();
 }
 
 struct DiffFlags {
@@ -166,7 +220,8 @@ int run_diff_command(DiffFlags& flags) {
   {  // Check --rank-by before the pass over the data, not after it.
     DiffReport planned = report;
     if (!flags.data.empty()) planned.data = DataMetrics{};
-    if (!flags.labels.empty()) planned.contrast = LatentContrast{};
+    if (!flags.labels.empty() || (!flags.data.empty() && dataset_has_labels(flags.data)))
+      planned.contrast = LatentContrast{};
     if (!flags.rank_by.empty()) {
       const auto names = latent_metric_names(planned);
       if (std::find(names.begin(), names.end(), flags.rank_by) == names.end())
@@ -175,59 +230,41 @@ int run_diff_command(DiffFlags& flags) {
     if (!flags.labels.empty() && flags.data.empty()) throw Error("--labels needs --data");
   }
   if (!flags.data.empty()) {
-    if (static_cast<int>(flags.data.size()) != c.sources) {
-      throw Error(fmt::format("--data: the crosscoder has {} sources but {} files were given",
-                              c.sources, flags.data.size()));
+    ActivationDataset dataset = ActivationDataset::open(as_paths(flags.data));
+    if (dataset.sources() != c.sources || dataset.width() != c.width) {
+      throw Error(fmt::format(
+          "--data: the crosscoder has {} sources of width {} but the data has {} of width {}",
+          c.sources, c.width, dataset.sources(), dataset.width()));
     }
-    std::vector<io::NpyFile> files;
-    for (const std::string& path : flags.data) {
-      files.push_back(io::NpyFile::open(path));
-      const auto& shape = files.back().shape();
-      if (shape.size() != 2 || static_cast<int>(shape[1]) != c.width ||
-          shape[0] != files.front().shape()[0]) {
-        throw Error(fmt::format("{}: expected shape [{}, {}] like the first file", path,
-                                files.front().rows(), c.width));
-      }
-    }
-    const auto available = static_cast<std::int64_t>(files.front().rows());
-    const std::int64_t rows = flags.rows > 0 ? std::min(flags.rows, available) : available;
-    std::vector<std::int64_t> labels;
-    if (!flags.labels.empty()) {
-      labels = io::NpyFile::open(flags.labels).read_int();
-      if (static_cast<std::int64_t>(labels.size()) < rows) {
-        throw Error(fmt::format("{}: {} labels for {} rows", flags.labels, labels.size(), rows));
-      }
-    }
+    if (!flags.labels.empty()) dataset.attach_labels(flags.labels);
+    const std::int64_t rows =
+        flags.rows > 0 ? std::min(flags.rows, dataset.rows()) : dataset.rows();
+    const bool with_labels = dataset.has_labels();
     DataMetricsAccumulator data(model);
     ContrastAccumulator contrast(c.latents);
     constexpr std::int64_t kChunk = 4096;
     std::vector<float> batch(static_cast<std::size_t>(kChunk * c.input_width()));
-    std::vector<float> source(static_cast<std::size_t>(kChunk * c.width));
+    std::vector<std::int8_t> labels(static_cast<std::size_t>(kChunk));
     ProgressBar progress(rows, "diff", "row");
     for (std::int64_t begin = 0; begin < rows; begin += kChunk) {
       const std::int64_t count = std::min(kChunk, rows - begin);
-      for (int m = 0; m < c.sources; ++m) {
-        files[m].read_rows_float(static_cast<std::size_t>(begin), static_cast<std::size_t>(count),
-                                 source.data());
-        for (std::int64_t b = 0; b < count; ++b)
-          std::copy_n(&source[b * c.width], c.width, &batch[(b * c.sources + m) * c.width]);
-      }
+      dataset.read(begin, count, batch.data());
       const std::span<const float> x(batch.data(),
                                      static_cast<std::size_t>(count * c.input_width()));
       data.add(x, count);
-      if (!labels.empty()) {
-        std::vector<std::int8_t> group(static_cast<std::size_t>(count));
+      if (with_labels) {
+        dataset.read_labels(begin, count, labels.data());
         for (std::int64_t b = 0; b < count; ++b) {
-          const std::int64_t label = labels[begin + b];
-          group[b] = static_cast<std::int8_t>(label == 0 || label == 1 ? label : -1);
+          if (labels[b] != 0 && labels[b] != 1) labels[b] = -1;
         }
-        contrast.add(model.encode(x, count), group);
+        contrast.add(model.encode(x, count),
+                     std::span<const std::int8_t>(labels.data(), static_cast<std::size_t>(count)));
       }
       progress.update(begin + count);
     }
     progress.finish();
     report.data = data.result();
-    if (!labels.empty()) report.contrast = contrast.result();
+    if (with_labels) report.contrast = contrast.result();
   }
   if (!flags.json.empty()) write_diff_report_json(flags.json, report);
 
@@ -261,6 +298,81 @@ int run_diff_command(DiffFlags& flags) {
                 values[f]);
   }
   if (!flags.json.empty()) std::printf("report: %s\n", flags.json.c_str());
+  return 0;
+}
+
+struct InfoFlags {
+  std::vector<std::string> inputs;
+  bool check = false;
+};
+
+// What one file holds, whatever it is: the raw arrays or tensors with their dtypes and shapes.
+void print_file_contents(const std::filesystem::path& path) {
+  const std::string extension = path.extension().string();
+  if (extension == ".npy") {
+    const io::NpyFile file = io::NpyFile::open(path);
+    std::printf("%s: .npy array '%s' of shape [%s]\n", path.c_str(), file.descr().c_str(),
+                fmt::format("{}", fmt::join(file.shape(), ", ")).c_str());
+  } else if (extension == ".safetensors") {
+    const io::SafetensorsFile file = io::SafetensorsFile::open(path);
+    std::printf("%s: safetensors, %zu tensors\n", path.c_str(), file.names().size());
+    for (const std::string& name : file.names()) {
+      const io::TensorInfo& info = file.info(name);
+      std::printf("  %-32s %-4s [%s]\n", name.c_str(),
+                  std::string(io::to_string(info.dtype)).c_str(),
+                  fmt::format("{}", fmt::join(info.shape, ", ")).c_str());
+    }
+    for (const auto& [key, value] : file.metadata()) {
+      const std::string shown = value.size() > 200 ? value.substr(0, 200) + "…" : value;
+      std::printf("  metadata %s: %s\n", key.c_str(), shown.c_str());
+    }
+  }
+}
+
+int run_info_command(const InfoFlags& flags) {
+  const auto inputs = as_paths(flags.inputs);
+  for (const auto& path : inputs) print_file_contents(path);
+  if (inputs.size() == 1 && inputs[0].extension() == ".safetensors") {
+    const io::SafetensorsFile file = io::SafetensorsFile::open(inputs[0]);
+    const auto format = file.metadata().find("format");
+    if (format != file.metadata().end() && format->second.rfind("crosscoder-checkpoint", 0) == 0) {
+      std::printf("valid crosscoder checkpoint (%s)\n", format->second.c_str());
+      return 0;
+    }
+  }
+  const ActivationDataset dataset = ActivationDataset::open(inputs);
+  std::printf("dataset: %s", dataset.describe().c_str());
+  if (flags.check) {
+    // Reads every row: finds NaN/Inf (the read throws naming file and row) and counts labels.
+    constexpr std::int64_t kChunk = 8192;
+    std::vector<float> batch(
+        static_cast<std::size_t>(kChunk * dataset.sources() * dataset.width()));
+    std::vector<std::int8_t> labels(static_cast<std::size_t>(kChunk));
+    std::int64_t positives = 0, negatives = 0;
+    ProgressBar progress(dataset.rows(), "check", "row");
+    for (std::int64_t begin = 0; begin < dataset.rows(); begin += kChunk) {
+      const std::int64_t count = std::min(kChunk, dataset.rows() - begin);
+      dataset.read(begin, count, batch.data());
+      if (dataset.has_labels()) {
+        dataset.read_labels(begin, count, labels.data());
+        for (std::int64_t i = 0; i < count; ++i) {
+          positives += labels[i] == 1;
+          negatives += labels[i] == 0;
+        }
+      }
+      progress.update(begin + count);
+    }
+    progress.finish();
+    std::printf("every value is finite\n");
+    if (dataset.has_labels()) {
+      std::printf("labels: %lld positive, %lld negative, %lld ignored\n",
+                  static_cast<long long>(positives), static_cast<long long>(negatives),
+                  static_cast<long long>(dataset.rows() - positives - negatives));
+    }
+  }
+  std::printf("valid dataset: %lld rows, %d source%s of width %d\n",
+              static_cast<long long>(dataset.rows()), dataset.sources(),
+              dataset.sources() == 1 ? "" : "s", dataset.width());
   return 0;
 }
 
@@ -310,10 +422,22 @@ int main(int argc, char** argv) {
   CLI::App* train_command = app.add_subcommand("train", "Train a crosscoder on paired activations");
   train_command
       ->add_option("--data", train.data,
-                   "One float32 .npy of shape [N, d] per source, in source order; row i of every "
-                   "file is the same token")
+                   "Paired activations: one .npy [N, d] per source (in source order), one .npy "
+                   "[N, M, d], one .safetensors with a tensor per source, or a manifest .json "
+                   "(docs/formats.md)")
       ->required()
       ->check(CLI::ExistingFile);
+  train_command
+      ->add_option("--validation-rows", train.validation_rows,
+                   "Hold out the dataset's last N rows; report FVE, L0 and dead latents on them")
+      ->capture_default_str();
+  train_command
+      ->add_option("--shuffle-buffer-mb", train.shuffle_buffer_mb,
+                   "Memory for the shuffle buffer (rows mix freely within it)")
+      ->capture_default_str();
+  train_command
+      ->add_option("--prefetch", train.prefetch, "Batches read ahead in the background (0: none)")
+      ->capture_default_str();
   train_command->add_option("--latents", train.model.latents, "Dictionary size F")
       ->capture_default_str();
   train_command->add_option("--k", train.model.k, "Active latents per row (topk, batchtopk)")
@@ -367,11 +491,12 @@ int main(int argc, char** argv) {
       ->check(CLI::ExistingFile);
   diff_command
       ->add_option("--data", diff.data,
-                   "One .npy [N, d] per source, held-out rows in the same order")
+                   "Held-out paired activations, any layout `train --data` takes (docs/formats.md)")
       ->check(CLI::ExistingFile);
   diff_command
       ->add_option("--labels", diff.labels,
-                   ".npy of N integer labels: 1 positive, 0 negative, others ignored")
+                   ".npy of N integer labels: 1 positive, 0 negative, others ignored (default: "
+                   "the dataset's own labels, if any)")
       ->check(CLI::ExistingFile);
   diff_command->add_option("--rows", diff.rows, "Use only the first N rows (0: all)")
       ->capture_default_str();
@@ -389,12 +514,24 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   diff_command->add_option("--device", diff.device, "auto | cpu | cuda")->capture_default_str();
 
+  InfoFlags info;
+  CLI::App* info_command = app.add_subcommand(
+      "info", "Print what a dataset, manifest, .npy or safetensors file holds and check it");
+  info_command
+      ->add_option("inputs", info.inputs,
+                   "A file, or the inputs of a dataset as `train --data` takes them")
+      ->required()
+      ->check(CLI::ExistingFile);
+  info_command->add_flag("--check", info.check,
+                         "Read every row: report NaN/Inf values and count the labels");
+
   CLI11_PARSE(app, argc, argv);
   try {
     if (app.got_subcommand("backends")) return list_backends();
     if (app.got_subcommand("demo")) return run_demo_command(demo);
     if (app.got_subcommand("train")) return run_train_command(train);
     if (app.got_subcommand("diff")) return run_diff_command(diff);
+    if (app.got_subcommand("info")) return run_info_command(info);
   } catch (const Error& error) {
     std::fprintf(stderr, "crosscoder: error: %s\n", error.what());
     return 1;

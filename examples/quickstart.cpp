@@ -3,9 +3,12 @@
 //
 //   quickstart base.npy finetuned.npy [model.safetensors]
 //
-// Each .npy is float32 [N, d]: row i of both files is the same token, seen by each model.
+// Each .npy is float32 or float16 [N, d]: row i of both files is the same token, seen by each
+// model. Any other dataset layout (one [N, 2, d] file, safetensors, a sharded manifest) works the
+// same way through ActivationDataset::open.
 #include <algorithm>
 #include <cstdio>
+#include <memory>
 #include <numeric>
 #include <vector>
 
@@ -17,7 +20,9 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
-    crosscoder::NpyPairSource data({argv[1], argv[2]}, /*seed=*/0);
+    auto dataset = std::make_shared<crosscoder::ActivationDataset>(
+        crosscoder::ActivationDataset::open({argv[1], argv[2]}));
+    crosscoder::ShuffledBatches data(dataset, {.seed = 0});
 
     crosscoder::CrosscoderConfig config;
     config.sources = data.sources();

@@ -341,7 +341,8 @@ ActivationDataset ActivationDataset::open_manifest(const std::filesystem::path& 
   if (manifest.token_ids) impl->token_type = manifest.token_ids->dtype;
   FileCache files;
   const std::string context = fmt::format("manifest {}: ", manifest_path.string());
-  const auto open_column = [&](const ManifestShard& entry, StoredType declared, bool activations) {
+  const auto open_column_unchecked = [&](const ManifestShard& entry, StoredType declared,
+                                         bool activations) {
     if (!entry.tensor.empty() || has_extension(entry.path, ".safetensors")) {
       if (entry.tensor.empty()) {
         throw Error(fmt::format("{}{}: a safetensors shard needs \"tensor\"", context,
@@ -354,20 +355,35 @@ ActivationDataset ActivationDataset::open_manifest(const std::filesystem::path& 
     return activations ? npy_activation_column(file, declared, entry.rows, manifest.width, context)
                        : npy_integer_column(file, declared, entry.rows, context);
   };
+  // Errors from the file layer name the shard's file; say which manifest entry listed it.
+  const auto open_column = [&](const ManifestShard& entry, StoredType declared, bool activations,
+                               const std::string& key) {
+    try {
+      return open_column_unchecked(entry, declared, activations);
+    } catch (const Error& error) {
+      const std::string message = error.what();
+      if (message.rfind(context, 0) == 0) throw;
+      throw Error(fmt::format("{}{}: {}", context, key, message));
+    }
+  };
   std::int64_t first_row = 0;
   for (std::size_t i = 0; i < manifest.sources.front().shards.size(); ++i) {
     Shard shard;
     shard.first_row = first_row;
     shard.rows = manifest.sources.front().shards[i].rows;
-    for (const ManifestColumn& source : manifest.sources)
-      shard.sources.push_back(open_column(source.shards[i], source.dtype, true));
+    for (std::size_t m = 0; m < manifest.sources.size(); ++m) {
+      const ManifestColumn& source = manifest.sources[m];
+      shard.sources.push_back(open_column(source.shards[i], source.dtype, true,
+                                          fmt::format("sources[{}].shards[{}]", m, i)));
+    }
     if (manifest.labels) {
-      shard.labels = open_column(manifest.labels->shards[i], manifest.labels->dtype, false);
+      shard.labels = open_column(manifest.labels->shards[i], manifest.labels->dtype, false,
+                                 fmt::format("labels.shards[{}]", i));
       check_label_values(*shard.labels, shard.rows);
     }
     if (manifest.token_ids)
-      shard.token_ids =
-          open_column(manifest.token_ids->shards[i], manifest.token_ids->dtype, false);
+      shard.token_ids = open_column(manifest.token_ids->shards[i], manifest.token_ids->dtype, false,
+                                    fmt::format("token_ids.shards[{}]", i));
     first_row += shard.rows;
     impl->shards.push_back(std::move(shard));
   }

@@ -18,7 +18,6 @@
 #include "crosscoder/latent_scaling.hpp"
 #include "crosscoder/log.hpp"
 #include "crosscoder/model.hpp"
-#include "crosscoder/npy_source.hpp"
 #include "crosscoder/prefetch.hpp"
 #include "crosscoder/progress.hpp"
 #include "crosscoder/shuffled_batches.hpp"

@@ -1,5 +1,7 @@
-// Writes a synthetic model pair as one .npy per source (and labels), for end-to-end tests of
-// `crosscoder train` and the quickstart example:  write_synthetic_npy OUT_DIR ROWS
+// Writes a synthetic model pair as one .npy per source (and labels), and the same rows as a
+// sharded bfloat16 dataset with a manifest (OUT_DIR/sharded/manifest.json, written by
+// ActivationWriter), for end-to-end tests of `crosscoder train`, `diff`, `info` and the
+// quickstart example:  write_synthetic_npy OUT_DIR ROWS
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -34,6 +36,17 @@ int main(int argc, char** argv) {
   }
   std::vector<std::int32_t> wide(labels.begin(), labels.end());
   crosscoder::io::write_npy(out / "labels.npy", {rows}, wide);
+  crosscoder::ActivationWriterOptions options;
+  options.source_names = {"base", "finetuned"};
+  options.width = 16;
+  options.dtype = crosscoder::StoredType::BF16;
+  options.shard_rows = 1000;
+  options.labels = true;
+  options.overwrite = true;
+  crosscoder::ActivationWriter writer(out / "sharded", options);
+  writer.append_all(rows_data);
+  writer.append_labels(labels);
+  writer.close();
   std::printf("wrote %zu rows to %s\n", rows, out.c_str());
   return 0;
 }
