@@ -251,13 +251,14 @@ int run_diff_command(DiffFlags& flags) {
       dataset.read(begin, count, batch.data());
       const std::span<const float> x(batch.data(),
                                      static_cast<std::size_t>(count * c.input_width()));
-      data.add(x, count);
+      const Crosscoder::Inference inference = model.infer(x, count);  // once for every metric
+      data.add(x, inference);
       if (with_labels) {
         dataset.read_labels(begin, count, labels.data());
         for (std::int64_t b = 0; b < count; ++b) {
           if (labels[b] != 0 && labels[b] != 1) labels[b] = -1;
         }
-        contrast.add(model.encode(x, count),
+        contrast.add(inference.codes,
                      std::span<const std::int8_t>(labels.data(), static_cast<std::size_t>(count)));
       }
       progress.update(begin + count);

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include <fmt/format.h>
+
 #include "crosscoder/error.hpp"
 
 namespace crosscoder {
@@ -19,10 +21,22 @@ DataMetricsAccumulator::DataMetricsAccumulator(const Crosscoder& model) : model_
 }
 
 void DataMetricsAccumulator::add(std::span<const float> x, std::int64_t rows) {
-  const HostSparseCodes codes = model_.encode(x, rows);  // validates shape and values
-  const std::vector<float> recon = model_.reconstruct(x, rows);
+  add(x, model_.infer(x, rows));  // infer validates shape and values
+}
+
+void DataMetricsAccumulator::add(std::span<const float> x, const Crosscoder::Inference& inference) {
+  const HostSparseCodes& codes = inference.codes;
+  const std::int64_t rows = inference.rows;
   const int M = model_.config().sources, d = model_.config().width;
   const std::int64_t D = model_.config().input_width();
+  if (static_cast<std::int64_t>(x.size()) != rows * D ||
+      static_cast<std::int64_t>(inference.normalised_input.size()) != rows * D) {
+    throw Error(
+        fmt::format("data metrics: {} values and an inference of {} rows do not match "
+                    "rows × {}",
+                    x.size(), rows, D));
+  }
+  const std::vector<float>& scale = model_.normaliser().scale;
   for (std::size_t e = 0; e < codes.latent.size(); ++e) {
     const std::int32_t f = codes.latent[e];
     const double value = codes.value[e];
@@ -37,7 +51,10 @@ void DataMetricsAccumulator::add(std::span<const float> x, std::int64_t rows) {
       for (int i = 0; i < d; ++i) {
         const std::int64_t j = static_cast<std::int64_t>(m) * d + i;
         const double value = x[b * D + j];
-        const double error = recon[b * D + j] - value;
+        // x = x̃/s + μ and x̂ = x̂̃/s + μ, so the raw error is (x̂̃ − x̃)/s.
+        const double error = (static_cast<double>(inference.normalised_reconstruction[b * D + j]) -
+                              inference.normalised_input[b * D + j]) /
+                             scale[m];
         squared_error_[m] += error * error;
         column_sum_[j] += value;
         column_square_[j] += value * value;

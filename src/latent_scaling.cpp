@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+
 #include "crosscoder/error.hpp"
 #include "crosscoder/sparse_codes.hpp"
 #include "validation.hpp"
@@ -39,6 +41,13 @@ LatentScalingAccumulator::LatentScalingAccumulator(const Crosscoder& model,
                               reference_[i], c.sources));
     }
   }
+  // The measured latents' decoder rows, copied once rather than downloaded per batch.
+  const std::vector<float> decoder = model.decoder_vectors();
+  const std::int64_t D = c.input_width();
+  decoder_rows_.resize(L * static_cast<std::size_t>(D));
+  for (std::size_t i = 0; i < L; ++i)
+    std::copy_n(decoder.begin() + latents_[i] * D, D,
+                decoder_rows_.begin() + static_cast<std::ptrdiff_t>(i) * D);
   numerator_error_.assign(L * M, 0.0);
   numerator_reconstruction_.assign(L * M, 0.0);
   activation_squares_.assign(L, 0.0);
@@ -46,32 +55,25 @@ LatentScalingAccumulator::LatentScalingAccumulator(const Crosscoder& model,
 }
 
 void LatentScalingAccumulator::add(std::span<const float> x, std::int64_t rows) {
+  add(model_.infer(x, rows));  // infer validates shape and values
+}
+
+void LatentScalingAccumulator::add(const Crosscoder::Inference& inference) {
   const CrosscoderConfig& c = model_.config();
-  detail::check_batch(x, rows, c.sources, c.width, "latent scaling input");
-  const auto& backend = model_.backend();
-  const std::int64_t D = c.input_width(), F = c.latents;
+  const std::int64_t D = c.input_width();
   const int M = c.sources, d = c.width;
-  // Inference forward in normalised units: x_n, codes, x̂_n (with b_dec).
-  DeviceArray<float> raw(backend, x);
-  DeviceArray<float> xn(backend, static_cast<std::size_t>(rows * D));
-  DeviceArray<float> pre(backend, static_cast<std::size_t>(rows * F));
-  model_.preactivations(raw.data(), rows, xn.data(), pre.data());
-  DeviceArray<float> score_weights;
-  const SparseCodes codes = backend->select(
-      pre.data(), rows, F, model_.selection_request(c.k, false, score_weights), nullptr);
-  DeviceArray<float> recon(backend, static_cast<std::size_t>(rows * D));
-  backend->decode(codes, model_.parameters().decoder_weight.data(),
-                  model_.parameters().decoder_bias.data(), D, recon.data());
-  const HostSparseCodes host = HostSparseCodes::from(codes);
-  const std::vector<float> x_n = xn.download(), x_hat = recon.download();
-  const std::vector<float> decoder = model_.decoder_vectors();  // [F, M·d]
+  const std::int64_t rows = inference.rows;
+  // Everything in normalised units: x̃, the codes and x̂̃ (with b_dec).
+  const HostSparseCodes& host = inference.codes;
+  const std::vector<float>& x_n = inference.normalised_input;
+  const std::vector<float>& x_hat = inference.normalised_reconstruction;
 
   for (std::int64_t b = 0; b < rows; ++b) {
     for (std::int64_t e = host.row_ptr[b]; e < host.row_ptr[b + 1]; ++e) {
       const std::int32_t slot = slot_of_latent_[host.latent[e]];
       const double f = host.value[e];
       if (slot < 0 || !(f > 0.0)) continue;
-      const float* row_decoder = &decoder[static_cast<std::size_t>(host.latent[e]) * D];
+      const float* row_decoder = &decoder_rows_[static_cast<std::size_t>(slot) * D];
       const float* reference = row_decoder + static_cast<std::ptrdiff_t>(reference_[slot]) * d;
       for (int m = 0; m < M; ++m) {
         double error = 0.0, reconstruction = 0.0;  // ⟨d_{j,s}, y⟩ for both targets
@@ -94,7 +96,6 @@ LatentScaling LatentScalingAccumulator::result() const {
   const CrosscoderConfig& c = model_.config();
   const int M = c.sources, d = c.width;
   const std::int64_t D = c.input_width();
-  const std::vector<float> decoder = model_.decoder_vectors();
   LatentScaling out;
   out.latents = latents_;
   out.reference_source = reference_;
@@ -107,7 +108,8 @@ LatentScaling LatentScalingAccumulator::result() const {
   for (std::size_t i = 0; i < L; ++i) {
     double squared_norm = 0.0;
     for (int k = 0; k < d; ++k) {
-      const double v = decoder[static_cast<std::size_t>(latents_[i] * D + reference_[i] * d + k)];
+      const double v = decoder_rows_[i * static_cast<std::size_t>(D) +
+                                     static_cast<std::size_t>(reference_[i] * d + k)];
       squared_norm += v * v;
     }
     const double denominator = squared_norm * activation_squares_[i];

@@ -219,6 +219,28 @@ std::vector<float> Crosscoder::reconstruct(std::span<const float> x, std::int64_
   return out.download();
 }
 
+Crosscoder::Inference Crosscoder::infer(std::span<const float> x, std::int64_t rows) const {
+  detail::check_batch(x, rows, config_.sources, config_.width, "inference input");
+  const std::int64_t D = config_.input_width();
+  DeviceArray<float> raw(backend_, x);
+  DeviceArray<float> xn(backend_, static_cast<std::size_t>(rows * D));
+  DeviceArray<float> pre(backend_, static_cast<std::size_t>(rows * config_.latents));
+  preactivations(raw.data(), rows, xn.data(), pre.data());
+  DeviceArray<float> score_weights;
+  const SparseCodes codes =
+      backend_->select(pre.data(), rows, config_.latents,
+                       selection_request(config_.k, /*training=*/false, score_weights), nullptr);
+  DeviceArray<float> xn_hat(backend_, static_cast<std::size_t>(rows * D));
+  backend_->decode(codes, parameters_.decoder_weight.data(), parameters_.decoder_bias.data(), D,
+                   xn_hat.data());
+  Inference result;
+  result.rows = rows;
+  result.codes = HostSparseCodes::from(codes);
+  result.normalised_input = xn.download();
+  result.normalised_reconstruction = xn_hat.download();
+  return result;
+}
+
 std::vector<float> Crosscoder::decoder_vectors() const {
   return parameters_.decoder_weight.download();
 }

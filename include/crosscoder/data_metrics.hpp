@@ -29,6 +29,8 @@ class DataMetricsAccumulator {
   explicit DataMetricsAccumulator(const Crosscoder& model);
   /// Adds raw rows x[rows, M, d]. @throws Error on a shape mismatch or NaN/Inf input.
   void add(std::span<const float> x, std::int64_t rows);
+  /// Adds raw rows whose inference pass (model.infer(x, rows)) is already done.
+  void add(std::span<const float> x, const Crosscoder::Inference& inference);
   /// The metrics so far. @throws Error when no row was added.
   DataMetrics result() const;
 

@@ -44,6 +44,8 @@ class LatentScalingAccumulator {
                            std::vector<int> reference_source = {});
   /// Adds raw rows x[rows, M, d]. @throws Error on a shape mismatch or NaN/Inf input.
   void add(std::span<const float> x, std::int64_t rows);
+  /// Adds rows whose inference pass (model.infer) is already done.
+  void add(const Crosscoder::Inference& inference);
   LatentScaling result() const;
 
  private:
@@ -51,6 +53,7 @@ class LatentScalingAccumulator {
   std::vector<std::int32_t> latents_;
   std::vector<int> reference_;
   std::vector<std::int32_t> slot_of_latent_;  // [F] index into latents_, or -1
+  std::vector<float> decoder_rows_;           // [L, M·d] the measured latents' decoder rows
   std::vector<double> numerator_error_, numerator_reconstruction_;  // [L, M]
   std::vector<double> activation_squares_;                          // [L]
   std::vector<std::int64_t> active_rows_;                           // [L]

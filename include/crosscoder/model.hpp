@@ -79,6 +79,17 @@ class Crosscoder {
   /// Reconstruction of raw rows, in raw units: [rows, M, d].
   std::vector<float> reconstruct(std::span<const float> x, std::int64_t rows) const;
 
+  /// One inference forward pass with every intermediate an analysis may need, so that several
+  /// analyses of the same rows (data metrics, contrast, latent scaling) encode them only once.
+  struct Inference {
+    std::int64_t rows = 0;
+    HostSparseCodes codes;
+    std::vector<float> normalised_input;           ///< x̃ [rows, M·d]
+    std::vector<float> normalised_reconstruction;  ///< decoder output incl. b_dec [rows, M·d]
+  };
+  /// @throws Error on a shape mismatch or NaN/Inf input.
+  Inference infer(std::span<const float> x, std::int64_t rows) const;
+
   /// Decoder vectors in normalised units, [F, M, d].
   std::vector<float> decoder_vectors() const;
   /// Decoder vectors in raw activation units (each source's block divided by s_m), [F, M, d]:
