@@ -4,7 +4,8 @@
 #   ./dev.sh test   install what is missing, configure, build, run the whole test suite
 # Environment: BUILD_DIR (default build), CROSSCODER_CUDA (AUTO|ON|OFF, default AUTO),
 # CROSSCODER_SANITIZE (e.g. address,undefined: builds into build-sanitize with CUDA off),
-# JOBS (default: number of cores).
+# JOBS (default: number of cores), CROSSCODER_PYTHON_TESTS (0: no Python tests),
+# CROSSCODER_PYTHON_MODELS (1: also install torch and transformers for the dumper's test).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -60,6 +61,15 @@ case "$mode" in
     "$build_dir/examples/crosscoder" demo "$@"
     ;;
   test)
+    # The Python interop tests need numpy and safetensors in .venv (seconds); the activation
+    # dumper's test also needs torch and transformers (minutes, several GB): set
+    # CROSSCODER_PYTHON_MODELS=1 for those. CROSSCODER_PYTHON_TESTS=0 skips Python entirely.
+    if [[ "${CROSSCODER_PYTHON_TESTS:-1}" != 0 ]]; then
+      python_args=()
+      if [[ "${CROSSCODER_PYTHON_MODELS:-0}" == 1 ]]; then python_args+=(--with-torch); fi
+      scripts/setup_python.sh "${python_args[@]}" ||
+        echo "dev.sh: warning: scripts/setup_python.sh failed; the python tests will be skipped" >&2
+    fi
     export ASAN_OPTIONS=${ASAN_OPTIONS:-allocator_may_return_null=1:detect_leaks=1}
     export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
     ctest --test-dir "$build_dir" --output-on-failure --parallel "$jobs" "$@"
