@@ -57,6 +57,8 @@ class ActivationWriter {
 
   /// Rows appended so far to a source.
   std::int64_t rows(int source) const;
+  int sources() const noexcept { return static_cast<int>(options_.source_names.size()); }
+  int width() const noexcept { return options_.width; }
   /// Writes the remaining rows and the manifest; returns the manifest's path.
   /// @throws Error naming the columns whose row counts differ, or when nothing was written.
   std::filesystem::path close();

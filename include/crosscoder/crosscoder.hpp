@@ -4,6 +4,7 @@
 
 #include "crosscoder/activation_writer.hpp"
 #include "crosscoder/backend.hpp"
+#include "crosscoder/capture.hpp"
 #include "crosscoder/batch_source.hpp"
 #include "crosscoder/config.hpp"
 #include "crosscoder/contrast.hpp"
@@ -22,6 +23,7 @@
 #include "crosscoder/progress.hpp"
 #include "crosscoder/shuffled_batches.hpp"
 #include "crosscoder/sparse_codes.hpp"
+#include "crosscoder/steering.hpp"
 #include "crosscoder/synthetic.hpp"
 #include "crosscoder/train_loop.hpp"
 #include "crosscoder/trainer.hpp"
