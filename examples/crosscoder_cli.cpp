@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <map>
 #include <optional>
@@ -193,6 +194,75 @@ int run_train_command(TrainFlags& flags) {
   return 0;
 }
 
+// The latents `--scaling-latents` names: "auto" (those exclusive to the last source, the
+// fine-tuned model by convention, at most 1000 by relative norm), "none", or a comma list.
+std::vector<std::int32_t> scaling_latents(const std::string& spec, const WeightMetrics& weights) {
+  std::vector<std::int32_t> latents;
+  if (spec == "none") return latents;
+  const auto F = static_cast<std::int32_t>(weights.latent_class.size());
+  if (spec == "auto") {
+    if (weights.sources < 2) return latents;
+    const int last = weights.sources - 1;
+    for (std::int32_t f = 0; f < F; ++f) {
+      if (weights.latent_class[static_cast<std::size_t>(f)] == last) latents.push_back(f);
+    }
+    constexpr std::size_t kMaximum = 1000;
+    if (latents.size() > kMaximum) {
+      std::partial_sort(
+          latents.begin(), latents.begin() + kMaximum, latents.end(),
+          [&](std::int32_t a, std::int32_t b) {
+            return weights.relative_norm[static_cast<std::size_t>(a * weights.sources + last)] >
+                   weights.relative_norm[static_cast<std::size_t>(b * weights.sources + last)];
+          });
+      latents.resize(kMaximum);
+    }
+    std::sort(latents.begin(), latents.end());
+    return latents;
+  }
+  std::size_t start = 0;
+  while (start <= spec.size()) {
+    const std::size_t end = std::min(spec.find(',', start), spec.size());
+    const std::string item = spec.substr(start, end - start);
+    char* rest = nullptr;
+    const long value = std::strtol(item.c_str(), &rest, 10);
+    if (item.empty() || *rest != '\0' || value < 0 || value >= F) {
+      throw Error(fmt::format("--scaling-latents {}: \"{}\" is not a latent index in [0, {})", spec,
+                              item, F));
+    }
+    latents.push_back(static_cast<std::int32_t>(value));
+    start = end + 1;
+  }
+  return latents;
+}
+
+void print_latent_scaling(const LatentScaling& scaling, int sources) {
+  if (scaling.latents.empty()) return;
+  // Summaries over latents: the median ν of each non-reference source.
+  std::printf(
+      "latent scaling of %zu latents (ν = β_source / β_reference; small ν^ε: truly "
+      "exclusive, large ν^ε: complete shrinkage, large ν^r: latent decoupling):\n",
+      scaling.latents.size());
+  for (int m = 0; m < sources; ++m) {
+    std::vector<double> error, reconstruction;
+    for (std::size_t i = 0; i < scaling.latents.size(); ++i) {
+      if (scaling.reference_source[i] == m || scaling.active_rows[i] == 0) continue;
+      error.push_back(
+          scaling.nu_error[i * static_cast<std::size_t>(sources) + static_cast<std::size_t>(m)]);
+      reconstruction.push_back(scaling.nu_reconstruction[i * static_cast<std::size_t>(sources) +
+                                                         static_cast<std::size_t>(m)]);
+    }
+    if (error.empty()) continue;
+    const auto median = [](std::vector<double> values) {
+      std::nth_element(values.begin(),
+                       values.begin() + static_cast<std::ptrdiff_t>(values.size() / 2),
+                       values.end());
+      return values[values.size() / 2];
+    };
+    std::printf("  source %d: median ν^ε %.3f, median ν^r %.3f over %zu active latents\n", m,
+                median(error), median(reconstruction), error.size());
+  }
+}
+
 bool dataset_has_labels(const std::vector<std::string>& inputs) {
   return ActivationDataset::open(as_paths(inputs)).has_labels();
 }
@@ -207,6 +277,7 @@ struct DiffFlags {
   std::string only_class;
   int top = 20;
   double exclusive_threshold = 0.9;
+  std::string scaling_latents = "auto";
   std::string device = "auto";
 };
 
@@ -215,6 +286,7 @@ int run_diff_command(DiffFlags& flags) {
   const Crosscoder model = Crosscoder::load(flags.model, backend);
   const CrosscoderConfig& c = model.config();
   DiffReport report;
+  std::optional<LatentScaling> latent_scaling;
   report.model_config = c.to_json();
   report.weights = weight_metrics(model, flags.exclusive_threshold);
   {  // Check --rank-by before the pass over the data, not after it.
@@ -231,6 +303,7 @@ int run_diff_command(DiffFlags& flags) {
   }
   if (!flags.data.empty()) {
     ActivationDataset dataset = ActivationDataset::open(as_paths(flags.data));
+    const std::vector<std::int32_t> scaled = scaling_latents(flags.scaling_latents, report.weights);
     if (dataset.sources() != c.sources || dataset.width() != c.width) {
       throw Error(fmt::format(
           "--data: the crosscoder has {} sources of width {} but the data has {} of width {}",
@@ -242,6 +315,8 @@ int run_diff_command(DiffFlags& flags) {
     const bool with_labels = dataset.has_labels();
     DataMetricsAccumulator data(model);
     ContrastAccumulator contrast(c.latents);
+    std::optional<LatentScalingAccumulator> scaling;
+    if (!scaled.empty()) scaling.emplace(model, scaled);
     constexpr std::int64_t kChunk = 4096;
     std::vector<float> batch(static_cast<std::size_t>(kChunk * c.input_width()));
     std::vector<std::int8_t> labels(static_cast<std::size_t>(kChunk));
@@ -253,6 +328,7 @@ int run_diff_command(DiffFlags& flags) {
                                      static_cast<std::size_t>(count * c.input_width()));
       const Crosscoder::Inference inference = model.infer(x, count);  // once for every metric
       data.add(x, inference);
+      if (scaling) scaling->add(inference);
       if (with_labels) {
         dataset.read_labels(begin, count, labels.data());
         for (std::int64_t b = 0; b < count; ++b) {
@@ -266,6 +342,7 @@ int run_diff_command(DiffFlags& flags) {
     progress.finish();
     report.data = data.result();
     if (with_labels) report.contrast = contrast.result();
+    if (scaling) latent_scaling = scaling->result();
   }
   if (!flags.json.empty()) write_diff_report_json(flags.json, report);
 
@@ -283,6 +360,7 @@ int run_diff_command(DiffFlags& flags) {
     for (double fve : report.data->fve) std::printf(" %.4f", fve);
     std::printf("\n");
   }
+  if (latent_scaling) print_latent_scaling(*latent_scaling, c.sources);
   const std::string metric = !flags.rank_by.empty() ? flags.rank_by
                              : report.contrast      ? "cohens_d"
                                                : fmt::format("relative_norm_{}", c.sources - 1);
@@ -512,6 +590,11 @@ int main(int argc, char** argv) {
   diff_command
       ->add_option("--exclusive-threshold", diff.exclusive_threshold,
                    "Relative norm from which a latent counts as exclusive to a source")
+      ->capture_default_str();
+  diff_command
+      ->add_option("--scaling-latents", diff.scaling_latents,
+                   "With --data, Latent Scaling (Minder et al. 2025) of: auto (latents exclusive "
+                   "to the last source), none, or a comma list of latents")
       ->capture_default_str();
   diff_command->add_option("--device", diff.device, "auto | cpu | cuda")->capture_default_str();
 
