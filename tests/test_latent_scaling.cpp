@@ -1,6 +1,7 @@
 // Latent Scaling against its definition evaluated in float64 with the reference forward pass.
 #include <gtest/gtest.h>
 
+#include <Eigen/Dense>
 #include <cmath>
 #include <random>
 
@@ -75,6 +76,57 @@ TEST(LatentScaling, BetasAndRatiosMatchTheirFloat64Definition) {
   EXPECT_THROW(LatentScalingAccumulator(model, {20}), Error);
   EXPECT_THROW(LatentScalingAccumulator(model, {1, 1}), Error);
   EXPECT_THROW(LatentScalingAccumulator(model, {1}, {2}), Error);
+}
+
+// The closed form against a numerical least-squares solve (Householder QR of the stacked
+// design column f(x)·d_s against the stacked targets), for both targets and both sources.
+TEST(LatentScaling, ClosedFormEqualsANumericalLeastSquaresFit) {
+  std::mt19937_64 rng(std::random_device{}());
+  CrosscoderConfig c;
+  c.sources = 2;
+  c.width = 5;
+  c.latents = 16;
+  c.k = 4;
+  c.activation = Activation::relu;
+  Crosscoder model(c, make_backend(BackendKind::cpu), rng());
+  const int B = 200, D = 10, d = 5, M = 2;
+  const std::vector<float> x = testing::random_activations(B, M, d, rng);
+  model.fit_normaliser(x, B);
+  const std::vector<std::int32_t> latents = {2, 9};
+  LatentScalingAccumulator accumulator(model, latents, {1, 0});
+  accumulator.add(x, B);
+  const LatentScaling got = accumulator.result();
+  const auto p = testing::ReferenceParameters::from(model);
+  const testing::ReferenceForward ref = testing::reference_forward(c, p, x, B, c.k);
+  for (std::size_t i = 0; i < latents.size(); ++i) {
+    const int j = latents[i], s = got.reference_source[i];
+    for (int m = 0; m < M; ++m) {
+      for (int target = 0; target < 2; ++target) {
+        std::vector<double> design, observed;
+        for (int b = 0; b < B; ++b) {
+          const double f = ref.activation[b * c.latents + j];
+          if (!(f > 0.0)) continue;
+          for (int k = 0; k < d; ++k) {
+            const int col = m * d + k;
+            const double own = f * p.decoder[j * D + col];
+            design.push_back(f * p.decoder[j * D + s * d + k]);
+            observed.push_back(target == 0 ? ref.xn[b * D + col] - ref.recon[b * D + col] + own
+                                           : ref.recon[b * D + col] - own);
+          }
+        }
+        ASSERT_FALSE(design.empty()) << "latent " << j << " never fired";
+        const Eigen::Map<const Eigen::VectorXd> a(design.data(),
+                                                  static_cast<Eigen::Index>(design.size()));
+        const Eigen::Map<const Eigen::VectorXd> y(observed.data(),
+                                                  static_cast<Eigen::Index>(observed.size()));
+        const Eigen::VectorXd beta = Eigen::MatrixXd(a).colPivHouseholderQr().solve(y);
+        const double closed =
+            target == 0 ? got.beta_error[i * M + m] : got.beta_reconstruction[i * M + m];
+        EXPECT_NEAR(closed, beta(0), 1e-4 * (1.0 + std::abs(beta(0))))
+            << "latent " << j << ", source " << m << ", target " << target;
+      }
+    }
+  }
 }
 
 }  // namespace
