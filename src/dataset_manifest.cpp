@@ -191,10 +191,12 @@ Json column_to_json(const ManifestColumn& column, const std::filesystem::path& d
   Json shards = Json::array();
   for (const ManifestShard& shard : column.shards) {
     Json entry = Json::object();
+    // Relative to the manifest's directory when both are relative or both absolute, so that
+    // parse_manifest resolves it back to the same path.
     std::filesystem::path path = shard.path;
-    if (!directory.empty()) {
+    if (!directory.empty() && path.is_absolute() == directory.is_absolute()) {
       const std::filesystem::path relative = path.lexically_relative(directory);
-      if (!relative.empty() && *relative.begin() != "..") path = relative;
+      if (!relative.empty()) path = relative;
     }
     entry["path"] = path.string();
     if (!shard.tensor.empty()) entry["tensor"] = shard.tensor;
