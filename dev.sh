@@ -34,6 +34,9 @@ install_missing_packages() {
     "${missing[@]}"
 }
 
+# The test suite also renders the HTML report in a headless browser.
+if [[ "$mode" == test ]]; then packages+=(chromium); fi
+
 install_missing_packages
 
 jobs=${JOBS:-$(nproc)}

@@ -278,15 +278,20 @@ struct DiffFlags {
   int top = 20;
   double exclusive_threshold = 0.9;
   std::string scaling_latents = "auto";
+  std::string csv;
+  std::string html;
   std::string device = "auto";
 };
 
 int run_diff_command(DiffFlags& flags) {
+  for (const auto& [path, flag] :
+       {std::pair{&flags.json, "--json"}, {&flags.csv, "--csv"}, {&flags.html, "--html"}}) {
+    if (!path->empty()) require_writable_parent(*path, flag);
+  }
   const auto backend = backend_for(flags.device);
   const Crosscoder model = Crosscoder::load(flags.model, backend);
   const CrosscoderConfig& c = model.config();
   DiffReport report;
-  std::optional<LatentScaling> latent_scaling;
   report.model_config = c.to_json();
   report.weights = weight_metrics(model, flags.exclusive_threshold);
   {  // Check --rank-by before the pass over the data, not after it.
@@ -310,6 +315,7 @@ int run_diff_command(DiffFlags& flags) {
           c.sources, c.width, dataset.sources(), dataset.width()));
     }
     if (!flags.labels.empty()) dataset.attach_labels(flags.labels);
+    report.source_names = dataset.source_names();
     const std::int64_t rows =
         flags.rows > 0 ? std::min(flags.rows, dataset.rows()) : dataset.rows();
     const bool with_labels = dataset.has_labels();
@@ -342,9 +348,16 @@ int run_diff_command(DiffFlags& flags) {
     progress.finish();
     report.data = data.result();
     if (with_labels) report.contrast = contrast.result();
-    if (scaling) latent_scaling = scaling->result();
+    if (scaling) report.scaling = scaling->result();
   }
   if (!flags.json.empty()) write_diff_report_json(flags.json, report);
+  if (!flags.csv.empty()) write_diff_report_csv(flags.csv, report);
+  if (!flags.html.empty()) {
+    HtmlReportOptions html;
+    html.title = fmt::format("crosscoder diff: {}", flags.model);
+    html.top = std::max(flags.top, 100);
+    write_diff_report_html(flags.html, report, html);
+  }
 
   std::map<int, std::int64_t> classes;
   for (int latent_class : report.weights.latent_class) ++classes[latent_class];
@@ -360,7 +373,7 @@ int run_diff_command(DiffFlags& flags) {
     for (double fve : report.data->fve) std::printf(" %.4f", fve);
     std::printf("\n");
   }
-  if (latent_scaling) print_latent_scaling(*latent_scaling, c.sources);
+  if (report.scaling) print_latent_scaling(*report.scaling, c.sources);
   const std::string metric = !flags.rank_by.empty() ? flags.rank_by
                              : report.contrast      ? "cohens_d"
                                                : fmt::format("relative_norm_{}", c.sources - 1);
@@ -376,7 +389,9 @@ int run_diff_command(DiffFlags& flags) {
                 latent_class_name(report.weights.latent_class[f]).c_str(), metric.c_str(),
                 values[f]);
   }
-  if (!flags.json.empty()) std::printf("report: %s\n", flags.json.c_str());
+  for (const std::string* path : {&flags.json, &flags.csv, &flags.html}) {
+    if (!path->empty()) std::printf("report: %s\n", path->c_str());
+  }
   return 0;
 }
 
@@ -580,6 +595,9 @@ int main(int argc, char** argv) {
   diff_command->add_option("--rows", diff.rows, "Use only the first N rows (0: all)")
       ->capture_default_str();
   diff_command->add_option("--json", diff.json, "Write the full report as JSON");
+  diff_command->add_option("--csv", diff.csv, "Write every per-latent metric as CSV");
+  diff_command->add_option("--html", diff.html,
+                           "Write a self-contained HTML report (plots and a sortable table)");
   diff_command->add_option(
       "--rank-by", diff.rank_by,
       "Metric to rank by (default: cohens_d with labels, else relative_norm of the last source)");

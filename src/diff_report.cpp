@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cmath>
+#include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <numeric>
@@ -45,6 +47,12 @@ std::vector<std::string> latent_metric_names(const DiffReport& report) {
   if (report.data) names.insert(names.end(), {"frequency", "mean_activation", "max_activation"});
   if (report.contrast)
     names.insert(names.end(), {"cohens_d", "auroc", "firing_positive", "firing_negative"});
+  if (report.scaling) {
+    for (const char* prefix :
+         {"beta_error", "beta_reconstruction", "nu_error", "nu_reconstruction"})
+      for (int m = 0; m < report.weights.sources; ++m)
+        names.push_back(fmt::format("{}_{}", prefix, m));
+  }
   return names;
 }
 
@@ -83,6 +91,25 @@ std::vector<double> latent_metric(const DiffReport& report, std::string_view nam
     if (name == "firing_positive") return report.contrast->firing_positive;
     if (name == "firing_negative") return report.contrast->firing_negative;
   }
+  if (report.scaling) {
+    const LatentScaling& s = report.scaling.value();
+    const auto M = static_cast<std::size_t>(w.sources);
+    for (int m = 0; m < w.sources; ++m) {
+      const std::pair<const char*, const std::vector<double>*> tables[] = {
+          {"beta_error", &s.beta_error},
+          {"beta_reconstruction", &s.beta_reconstruction},
+          {"nu_error", &s.nu_error},
+          {"nu_reconstruction", &s.nu_reconstruction}};
+      for (const auto& [prefix, table] : tables) {
+        if (name != fmt::format("{}_{}", prefix, m)) continue;
+        std::vector<double> out(F, std::numeric_limits<double>::quiet_NaN());
+        for (std::size_t i = 0; i < s.latents.size(); ++i)
+          out[static_cast<std::size_t>(s.latents[i])] =
+              (*table)[i * M + static_cast<std::size_t>(m)];
+        return out;
+      }
+    }
+  }
   std::string known;
   for (const std::string& n : latent_metric_names(report)) known += (known.empty() ? "" : ", ") + n;
   throw Error(
@@ -98,6 +125,8 @@ std::vector<std::int32_t> rank_latents(const DiffReport& report, std::string_vie
       order.push_back(static_cast<std::int32_t>(f));
   }
   std::stable_sort(order.begin(), order.end(), [&](std::int32_t a, std::int32_t b) {
+    if (std::isnan(values[a]) || std::isnan(values[b]))
+      return !std::isnan(values[a]) && std::isnan(values[b]);
     return ascending ? values[a] < values[b] : values[a] > values[b];
   });
   return order;
@@ -109,11 +138,13 @@ std::string diff_report_json(const DiffReport& report) {
   json summary;
   std::map<std::string, std::int64_t> classes;
   for (int c : w.latent_class) ++classes[latent_class_name(c)];
-  summary["latents"] = w.latents;
-  summary["sources"] = w.sources;
   summary["exclusive_threshold"] = w.exclusive_threshold;
   summary["classes"] = classes;
   if (report.data) {
+    summary["fve"] = report.data->fve;
+    summary["l0"] = report.data->l0;
+    summary["dead_fraction"] = static_cast<double>(report.data->dead_latents) /
+                               static_cast<double>(std::max<std::int64_t>(w.latents, 1));
     summary["data"] = {{"rows", report.data->rows},
                        {"fve", report.data->fve},
                        {"mse", report.data->mse},
@@ -124,12 +155,19 @@ std::string diff_report_json(const DiffReport& report) {
     summary["contrast"] = {{"positives", report.contrast->positives},
                            {"negatives", report.contrast->negatives}};
   }
+  std::vector<std::int64_t> scaling_slot(static_cast<std::size_t>(w.latents), -1);
+  if (report.scaling) {
+    summary["latent_scaling"] = {{"latents", report.scaling->latents.size()}};
+    for (std::size_t i = 0; i < report.scaling->latents.size(); ++i)
+      scaling_slot[static_cast<std::size_t>(report.scaling->latents[i])] =
+          static_cast<std::int64_t>(i);
+  }
   json latents = json::array();
   const auto M = static_cast<std::size_t>(w.sources);
   const std::size_t pairs = M * (M - 1) / 2;
   for (std::size_t f = 0; f < static_cast<std::size_t>(w.latents); ++f) {
     json entry;
-    entry["latent"] = f;
+    entry["index"] = f;
     entry["class"] = latent_class_name(w.latent_class[f]);
     entry["decoder_norm"] =
         std::vector<float>(w.decoder_norm.begin() + static_cast<std::ptrdiff_t>(f * M),
@@ -158,11 +196,33 @@ std::string diff_report_json(const DiffReport& report) {
       entry["firing_positive"] = report.contrast->firing_positive[f];
       entry["firing_negative"] = report.contrast->firing_negative[f];
     }
+    if (scaling_slot[f] >= 0) {
+      const LatentScaling& s = report.scaling.value();
+      const auto i = static_cast<std::size_t>(scaling_slot[f]);
+      const auto row = [&](const std::vector<double>& table) {
+        return std::vector<double>(table.begin() + static_cast<std::ptrdiff_t>(i * M),
+                                   table.begin() + static_cast<std::ptrdiff_t>((i + 1) * M));
+      };
+      entry["latent_scaling"] = {{"reference_source", s.reference_source[i]},
+                                 {"active_rows", s.active_rows[i]},
+                                 {"beta_error", row(s.beta_error)},
+                                 {"beta_reconstruction", row(s.beta_reconstruction)},
+                                 {"nu_error", row(s.nu_error)},
+                                 {"nu_reconstruction", row(s.nu_reconstruction)}};
+    }
     latents.push_back(std::move(entry));
   }
   json root;
   root["format"] = "crosscoder-diff-1";
-  root["config"] = json::parse(report.model_config);
+  root["n_sources"] = w.sources;
+  root["n_latents"] = w.latents;
+  const json config = json::parse(report.model_config);
+  root["d"] = config.contains("width") ? config["width"] : json(nullptr);
+  std::vector<std::string> names = report.source_names;
+  for (int m = static_cast<int>(names.size()); m < w.sources; ++m)
+    names.push_back(fmt::format("source{}", m));
+  root["source_names"] = names;
+  root["config"] = config;
   root["summary"] = std::move(summary);
   root["latents"] = std::move(latents);
   return root.dump(1);

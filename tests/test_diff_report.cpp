@@ -3,8 +3,11 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <set>
+#include <sstream>
 
 #include "crosscoder/crosscoder.hpp"
 #include "reference_crosscoder.hpp"
@@ -36,6 +39,9 @@ DiffReport make_report(std::mt19937_64& rng) {
   ContrastAccumulator contrast(c.latents);
   contrast.add(model->encode(x, 64), labels);
   report.contrast = contrast.result();
+  LatentScalingAccumulator scaling(*model, {1, 20});
+  scaling.add(x, 64);
+  report.scaling = scaling.result();
   return report;
 }
 
@@ -47,11 +53,17 @@ TEST(DiffReport, RanksByAnyMetricWithinAClass) {
     ASSERT_EQ(values.size(), 24u) << name;
     const std::vector<std::int32_t> order = rank_latents(report, name);
     ASSERT_EQ(order.size(), 24u);
-    for (std::size_t i = 1; i < order.size(); ++i)
-      ASSERT_GE(values[order[i - 1]], values[order[i]]) << name;
-    const std::vector<std::int32_t> ascending = rank_latents(report, name, true);
-    for (std::size_t i = 1; i < ascending.size(); ++i)
-      ASSERT_LE(values[ascending[i - 1]], values[ascending[i]]) << name;
+    // Sorted, with NaN (latents a metric did not measure) after every number.
+    const auto sorted = [&](const std::vector<std::int32_t>& ranked, bool ascending) {
+      for (std::size_t i = 1; i < ranked.size(); ++i) {
+        const double a = values[ranked[i - 1]], b = values[ranked[i]];
+        if (std::isnan(b)) continue;
+        if (std::isnan(a) || (ascending ? a > b : a < b)) return false;
+      }
+      return true;
+    };
+    EXPECT_TRUE(sorted(order, false)) << name;
+    EXPECT_TRUE(sorted(rank_latents(report, name, true), true)) << name;
   }
   const std::vector<std::int32_t> exclusive = rank_latents(report, "relative_norm_1", false, 1);
   ASSERT_EQ(exclusive.size(), 5u);  // the five latents of source 1's dedicated block
@@ -87,7 +99,7 @@ TEST(DiffReport, JsonCarriesEveryMetricOfEveryLatent) {
   ASSERT_EQ(json["latents"].size(), 24u);
   for (std::size_t f = 0; f < 24; ++f) {
     const auto& entry = json["latents"][f];
-    EXPECT_EQ(entry["latent"], f);
+    EXPECT_EQ(entry["index"], f);
     EXPECT_EQ(entry["class"], latent_class_name(report.weights.latent_class[f]));
     EXPECT_FLOAT_EQ(entry["relative_norm"][1].get<float>(),
                     report.weights.relative_norm[f * 2 + 1]);
@@ -95,6 +107,118 @@ TEST(DiffReport, JsonCarriesEveryMetricOfEveryLatent) {
     EXPECT_DOUBLE_EQ(entry["auroc"].get<double>(), report.contrast->auroc[f]);
     EXPECT_DOUBLE_EQ(entry["frequency"].get<double>(), report.data->frequency[f]);
   }
+}
+
+TEST(DiffReport, LatentScalingMetricsAreNaNForUnmeasuredLatentsAndRankLast) {
+  std::mt19937_64 rng(std::random_device{}());
+  const DiffReport report = make_report(rng);
+  const std::vector<double> nu = latent_metric(report, "nu_error_0");
+  for (std::size_t f = 0; f < nu.size(); ++f) {
+    if (f == 1 || f == 20) {
+      EXPECT_FALSE(std::isnan(nu[f]));
+    } else {
+      EXPECT_TRUE(std::isnan(nu[f])) << f;
+    }
+  }
+  EXPECT_EQ(nu[20], report.scaling->nu_error[1 * 2 + 0]);
+  for (const bool ascending : {false, true}) {
+    const std::vector<std::int32_t> order = rank_latents(report, "beta_error_1", ascending);
+    const std::set<std::int32_t> first(order.begin(), order.begin() + 2);
+    EXPECT_EQ(first, (std::set<std::int32_t>{1, 20})) << "measured latents first, NaN last";
+  }
+  const auto json = nlohmann::json::parse(diff_report_json(report));
+  EXPECT_EQ(json["n_sources"], 2);
+  EXPECT_EQ(json["n_latents"], 24);
+  EXPECT_EQ(json["d"], 5);
+  EXPECT_EQ(json["latents"][20]["latent_scaling"]["nu_error"][0], report.scaling->nu_error[2]);
+  EXPECT_FALSE(json["latents"][0].contains("latent_scaling"));
+}
+
+TEST(DiffReport, CsvHoldsEveryMetricOfEveryLatent) {
+  std::mt19937_64 rng(std::random_device{}());
+  const DiffReport report = make_report(rng);
+  std::istringstream csv(diff_report_csv(report));
+  std::string line;
+  std::getline(csv, line);
+  std::vector<std::string> header;
+  for (std::istringstream fields(line); std::getline(fields, line, ',');) header.push_back(line);
+  const std::vector<std::string> names = latent_metric_names(report);
+  ASSERT_EQ(header.size(), names.size() + 2);
+  EXPECT_EQ(header[0], "index");
+  EXPECT_EQ(header[1], "class");
+  int rows = 0;
+  while (std::getline(csv, line)) {
+    std::vector<std::string> fields;
+    std::size_t start = 0;
+    while (true) {
+      const std::size_t comma = line.find(',', start);
+      fields.push_back(line.substr(start, comma - start));
+      if (comma == std::string::npos) break;
+      start = comma + 1;
+    }
+    ASSERT_EQ(fields.size(), header.size()) << line;
+    const int f = std::stoi(fields[0]);
+    EXPECT_EQ(f, rows);
+    EXPECT_EQ(fields[1], latent_class_name(report.weights.latent_class[f]));
+    for (std::size_t c = 0; c < names.size(); ++c) {
+      const double expected = latent_metric(report, names[c])[f];
+      if (std::isnan(expected)) {
+        EXPECT_TRUE(fields[c + 2].empty());
+      } else {
+        EXPECT_EQ(std::stod(fields[c + 2]), expected) << names[c] << " of latent " << f;
+      }
+    }
+    ++rows;
+  }
+  EXPECT_EQ(rows, report.weights.latents);
+}
+
+// Reads the histogram bars of one plot back from the page: bin → summed data-count.
+std::map<int, std::int64_t> bars(const std::string& html, const std::string& plot) {
+  std::map<int, std::int64_t> counts;
+  const std::string key = "data-plot='" + plot + "'";
+  for (std::size_t at = html.find(key); at != std::string::npos; at = html.find(key, at + 1)) {
+    const std::size_t bin = html.find("data-bin='", at) + 10;
+    const std::size_t count = html.find("data-count='", at) + 12;
+    counts[std::stoi(html.substr(bin))] += std::stoll(html.substr(count));
+  }
+  return counts;
+}
+
+TEST(DiffReport, HtmlHistogramsCountTheLatentsAndThePageIsSelfContained) {
+  std::mt19937_64 rng(std::random_device{}());
+  DiffReport report = make_report(rng);
+  report.source_names = {"base<1>", "tuned & \"friends\""};
+  HtmlReportOptions options;
+  options.title = "report </script><b>";
+  const std::string html = diff_report_html(report, options);
+  // Relative norms of source 1 in 50 bins over [0, 1], counted directly in float64.
+  std::map<int, std::int64_t> expected;
+  for (const double r : latent_metric(report, "relative_norm_1"))
+    ++expected[std::min(49, static_cast<int>(r * 50))];
+  EXPECT_EQ(bars(html, "relative-norm-1"), expected);
+  std::map<int, std::int64_t> cosines;
+  for (const double c : latent_metric(report, "decoder_cosine"))
+    if (c >= -1.0 && c <= 1.0) ++cosines[std::min(39, static_cast<int>((c + 1.0) / 2.0 * 40))];
+  EXPECT_EQ(bars(html, "decoder-cosine"), cosines);
+  // No network resources, names and title escaped, no stray NaN in coordinates.
+  EXPECT_EQ(html.find("src="), std::string::npos);
+  EXPECT_EQ(html.find("http://"), std::string::npos);
+  EXPECT_EQ(html.find("https://"), std::string::npos);
+  EXPECT_NE(html.find("base&lt;1&gt;"), std::string::npos);
+  EXPECT_NE(html.find("tuned &amp; &quot;friends&quot;"), std::string::npos);
+  EXPECT_EQ(html.find("<b>"), std::string::npos);
+  EXPECT_EQ(html.find("nan"), std::string::npos);
+  EXPECT_NE(html.find("id='frequency-vs-norm'"), std::string::npos);
+  EXPECT_NE(html.find("id='cohens-d-vs-norm'"), std::string::npos);
+  // Without data and labels: the weight plots only, still a table.
+  DiffReport weights_only;
+  weights_only.model_config = report.model_config;
+  weights_only.weights = report.weights;
+  const std::string plain = diff_report_html(weights_only);
+  EXPECT_EQ(bars(plain, "relative-norm-1"), expected);
+  EXPECT_EQ(plain.find("frequency-vs-norm"), std::string::npos);
+  EXPECT_NE(plain.find("id='top-latents'"), std::string::npos);
 }
 
 }  // namespace

@@ -21,6 +21,8 @@
 #include "crosscoder/model.hpp"
 #include "crosscoder/prefetch.hpp"
 #include "crosscoder/progress.hpp"
+#include "crosscoder/report_csv.hpp"
+#include "crosscoder/report_html.hpp"
 #include "crosscoder/shuffled_batches.hpp"
 #include "crosscoder/sparse_codes.hpp"
 #include "crosscoder/steering.hpp"

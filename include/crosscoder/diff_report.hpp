@@ -13,6 +13,7 @@
 #include "crosscoder/contrast.hpp"
 #include "crosscoder/data_metrics.hpp"
 #include "crosscoder/latent_metrics.hpp"
+#include "crosscoder/latent_scaling.hpp"
 
 namespace crosscoder {
 
@@ -20,22 +21,27 @@ namespace crosscoder {
 /// contrast between labelled rows when data (and labels) were given.
 struct DiffReport {
   std::string model_config;  ///< CrosscoderConfig JSON
+  /// One name per source (the dataset's when data was given; else "source0", ...).
+  std::vector<std::string> source_names;
   WeightMetrics weights;
   std::optional<DataMetrics> data;
   std::optional<LatentContrast> contrast;
+  std::optional<LatentScaling> scaling;  ///< for the latents it measured
 };
 
 /// Names accepted by rank_latents and latent_metric: decoder_norm_<m>, relative_norm_<m>,
 /// normalised_difference (two sources), decoder_cosine, encoder_cosine (first source pair),
 /// frequency, mean_activation, max_activation (need data), cohens_d, auroc, firing_positive,
-/// firing_negative (need labels).
+/// firing_negative (need labels), beta_error_<m>, beta_reconstruction_<m>, nu_error_<m>,
+/// nu_reconstruction_<m> (Latent Scaling; NaN for latents it did not measure).
 std::vector<std::string> latent_metric_names(const DiffReport& report);
 
 /// The named metric for every latent, [F]. @throws Error naming the metric when it is unknown
 /// or needs data the report lacks.
 std::vector<double> latent_metric(const DiffReport& report, std::string_view name);
 
-/// Latents sorted by the named metric (descending unless `ascending`; ties by index), keeping
+/// Latents sorted by the named metric (descending unless `ascending`; ties by index; NaN last),
+/// keeping
 /// only those of class `only_class` when given (kSharedLatent, kMixedLatent or a source index).
 std::vector<std::int32_t> rank_latents(const DiffReport& report, std::string_view metric,
                                        bool ascending = false,

@@ -1,0 +1,29 @@
+#pragma once
+/// @file report_html.hpp
+/// The diff report as one self-contained HTML page: inline SVG plots and a sortable table, no
+/// network access (docs/diff.md, "HTML report").
+
+#include <filesystem>
+#include <string>
+
+#include "crosscoder/diff_report.hpp"
+
+namespace crosscoder {
+
+struct HtmlReportOptions {
+  std::string title = "crosscoder diff";
+  /// Rows of the table of top latents (ranked by Cohen's d with labels, else by the last
+  /// source's relative norm).
+  int top = 100;
+  /// At most this many points per scatter plot (an evenly spaced subset of latents beyond it).
+  int max_points = 20000;
+};
+
+/// The page. Every histogram bar is an SVG <rect> carrying data-plot, data-class, data-bin and
+/// data-count attributes, so tools (and tests) can read the numbers back.
+std::string diff_report_html(const DiffReport& report, const HtmlReportOptions& options = {});
+/// Writes diff_report_html atomically. @throws Error naming the path.
+void write_diff_report_html(const std::filesystem::path& path, const DiffReport& report,
+                            const HtmlReportOptions& options = {});
+
+}  // namespace crosscoder
