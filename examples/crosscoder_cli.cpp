@@ -395,6 +395,49 @@ int run_diff_command(DiffFlags& flags) {
   return 0;
 }
 
+struct ExportFlags {
+  std::string model;
+  std::vector<int> latents;
+  int source = -1;
+  int layer = 0;
+  std::vector<double> scales;
+  std::string format = "gguf";
+  std::string out;
+  std::string model_hint = "llama";
+};
+
+int run_export_command(const ExportFlags& flags) {
+  if (flags.format != "gguf" && flags.format != "safetensors") {
+    throw Error(fmt::format("--format {}: expected gguf or safetensors", flags.format));
+  }
+  if (!flags.scales.empty() && flags.scales.size() != 1 &&
+      flags.scales.size() != flags.latents.size()) {
+    throw Error(
+        fmt::format("--scale given {} times for {} latents: give one for all, or one per latent",
+                    flags.scales.size(), flags.latents.size()));
+  }
+  require_writable_parent(flags.out, "--out");
+  const Crosscoder model = Crosscoder::load(flags.model, make_backend(BackendKind::cpu));
+  const int source = flags.source >= 0 ? flags.source : model.config().sources - 1;
+  std::vector<SteeringDirection> directions;
+  for (std::size_t i = 0; i < flags.latents.size(); ++i) {
+    const double scale = flags.scales.empty()       ? 1.0
+                         : flags.scales.size() == 1 ? flags.scales[0]
+                                                    : flags.scales[i];
+    directions.push_back({flags.latents[i], source, scale});
+  }
+  if (flags.format == "gguf") {
+    write_control_vector(flags.out, model, directions, {flags.layer, flags.model_hint});
+    std::printf("control vector: %s (direction.%d, width %d, %zu latent%s of source %d)\n",
+                flags.out.c_str(), flags.layer, model.config().width, directions.size(),
+                directions.size() == 1 ? "" : "s", source);
+  } else {
+    write_direction_safetensors(flags.out, model, directions, flags.layer, flags.model);
+    std::printf("directions: %s\n", flags.out.c_str());
+  }
+  return 0;
+}
+
 struct InfoFlags {
   std::vector<std::string> inputs;
   bool check = false;
@@ -616,6 +659,32 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   diff_command->add_option("--device", diff.device, "auto | cpu | cuda")->capture_default_str();
 
+  ExportFlags exporting;
+  CLI::App* export_command = app.add_subcommand("export",
+                                                "Export latents' decoder directions (raw units) as "
+                                                "a llama.cpp control vector or safetensors");
+  export_command->add_option("--model", exporting.model, "Trained crosscoder (safetensors)")
+      ->required()
+      ->check(CLI::ExistingFile);
+  export_command
+      ->add_option("--latent", exporting.latents, "Latent(s) to export; several are summed")
+      ->required();
+  export_command->add_option(
+      "--source", exporting.source,
+      "Which source's decoder direction (default: the last, the fine-tuned model)");
+  export_command
+      ->add_option("--layer", exporting.layer,
+                   "gguf: llama.cpp block N whose output gets the vector (N ≥ 1; Hugging Face "
+                   "hidden_states[L] is N = L − 1); safetensors: recorded in the metadata")
+      ->required();
+  export_command->add_option("--scale", exporting.scales,
+                             "Strength α: one for all latents, or one per latent");
+  export_command->add_option("--format", exporting.format, "gguf | safetensors")
+      ->capture_default_str();
+  export_command->add_option("--out", exporting.out, "Output file")->required();
+  export_command->add_option("--model-hint", exporting.model_hint, "gguf: controlvector.model_hint")
+      ->capture_default_str();
+
   InfoFlags info;
   CLI::App* info_command = app.add_subcommand(
       "info", "Print what a dataset, manifest, .npy or safetensors file holds and check it");
@@ -634,6 +703,7 @@ int main(int argc, char** argv) {
     if (app.got_subcommand("train")) return run_train_command(train);
     if (app.got_subcommand("diff")) return run_diff_command(diff);
     if (app.got_subcommand("info")) return run_info_command(info);
+    if (app.got_subcommand("export")) return run_export_command(exporting);
   } catch (const Error& error) {
     std::fprintf(stderr, "crosscoder: error: %s\n", error.what());
     return 1;

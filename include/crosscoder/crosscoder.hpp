@@ -26,6 +26,7 @@
 #include "crosscoder/shuffled_batches.hpp"
 #include "crosscoder/sparse_codes.hpp"
 #include "crosscoder/steering.hpp"
+#include "crosscoder/steering_export.hpp"
 #include "crosscoder/synthetic.hpp"
 #include "crosscoder/train_loop.hpp"
 #include "crosscoder/trainer.hpp"
