@@ -347,7 +347,14 @@ int run_diff_command(DiffFlags& flags) {
     }
     progress.finish();
     report.data = data.result();
-    if (with_labels) report.contrast = contrast.result();
+    if (with_labels) {
+      // Too few positives or negatives: say so, and still report everything else.
+      try {
+        report.contrast = contrast.result();
+      } catch (const Error& error) {
+        std::fprintf(stderr, "crosscoder: warning: no contrast ranking: %s\n", error.what());
+      }
+    }
     if (scaling) report.scaling = scaling->result();
   }
   if (!flags.json.empty()) write_diff_report_json(flags.json, report);

@@ -178,6 +178,7 @@ std::string diff_report_json(const DiffReport& report) {
     if (!w.normalised_difference.empty())
       entry["normalised_difference"] = w.normalised_difference[f];
     if (pairs > 0) {
+      entry["cosine"] = w.decoder_cosine[f * pairs];  // sources 0 and 1: the usual pair
       entry["decoder_cosine"] = std::vector<float>(
           w.decoder_cosine.begin() + static_cast<std::ptrdiff_t>(f * pairs),
           w.decoder_cosine.begin() + static_cast<std::ptrdiff_t>((f + 1) * pairs));
