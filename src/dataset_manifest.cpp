@@ -192,11 +192,15 @@ Json column_to_json(const ManifestColumn& column, const std::filesystem::path& d
   for (const ManifestShard& shard : column.shards) {
     Json entry = Json::object();
     // Relative to the manifest's directory when both are relative or both absolute, so that
-    // parse_manifest resolves it back to the same path.
+    // parse_manifest resolves it back to the same path. An absolute path is made relative only
+    // when it lies inside the directory: "../" out of it could lead elsewhere through a
+    // symbolic link, and parses back as a different path.
     std::filesystem::path path = shard.path;
     if (!directory.empty() && path.is_absolute() == directory.is_absolute()) {
       const std::filesystem::path relative = path.lexically_relative(directory);
-      if (!relative.empty()) path = relative;
+      if (!relative.empty() && (path.is_relative() || directory / relative == path)) {
+        path = relative;
+      }
     }
     entry["path"] = path.string();
     if (!shard.tensor.empty()) entry["tensor"] = shard.tensor;

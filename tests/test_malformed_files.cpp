@@ -1,11 +1,13 @@
-// The checked-in corpus of hand-made malformed files (tests/data/malformed, made by
-// tests/fuzz/make_corpus.py): each must be refused with a crosscoder::Error whose message names
-// the file and says what is wrong (EXPECTED.tsv).
+// The checked-in corpus of hand-made malformed files (tests/data/malformed, made by its
+// make_malformed.py): each must be refused with a crosscoder::Error whose message names the file
+// and says what is wrong (EXPECTED.tsv: file, parser, expected substring of the message).
 #include <gtest/gtest.h>
 
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
+#include <string>
 
 #include "crosscoder/dataset.hpp"
 #include "crosscoder/dataset_manifest.hpp"
@@ -27,7 +29,7 @@ std::string error_opening(const std::string& parser, const std::filesystem::path
     } else if (parser == "manifest") {
       (void)read_manifest(path);
     } else if (parser == "dataset") {
-      (void)ActivationDataset::open({path});
+      (void)ActivationDataset::open_manifest(path);
     } else {
       return "unknown parser " + parser;
     }
@@ -37,10 +39,18 @@ std::string error_opening(const std::string& parser, const std::filesystem::path
   return "no error";
 }
 
+// The message without the file's own path, so that the expected text cannot match the name.
+std::string without(std::string message, const std::string& path) {
+  for (auto at = message.find(path); at != std::string::npos; at = message.find(path, at))
+    message.erase(at, path.size());
+  return message;
+}
+
 TEST(MalformedFiles, EachIsRefusedWithAnErrorNamingTheFileAndTheProblem) {
   std::ifstream table(kDirectory / "EXPECTED.tsv");
   ASSERT_TRUE(table) << "missing " << (kDirectory / "EXPECTED.tsv");
   std::string line;
+  std::set<std::string> parsers;
   int cases = 0;
   while (std::getline(table, line)) {
     if (line.empty() || line[0] == '#') continue;
@@ -49,13 +59,19 @@ TEST(MalformedFiles, EachIsRefusedWithAnErrorNamingTheFileAndTheProblem) {
     std::getline(fields, file, '\t');
     std::getline(fields, parser, '\t');
     std::getline(fields, expected);
-    const std::string message = error_opening(parser, kDirectory / file);
-    EXPECT_NE(message.find(file), std::string::npos) << file << ": " << message;
-    EXPECT_NE(message.find(expected), std::string::npos)
-        << file << ": expected \"" << expected << "\" in: " << message;
+    ASSERT_FALSE(expected.empty()) << "EXPECTED.tsv: bad line: " << line;
+    SCOPED_TRACE(file);
+    const std::filesystem::path path = kDirectory / file;
+    ASSERT_TRUE(std::filesystem::is_regular_file(path)) << path;
+    const std::string message = error_opening(parser, path);
+    EXPECT_NE(message.find(path.string()), std::string::npos) << message;
+    EXPECT_NE(without(message, path.string()).find(expected), std::string::npos)
+        << "expected \"" << expected << "\" in: " << message;
+    parsers.insert(parser);
     ++cases;
   }
-  EXPECT_GE(cases, 25);
+  EXPECT_GE(cases, 50);
+  EXPECT_EQ(parsers, (std::set<std::string>{"dataset", "manifest", "npy", "safetensors"}));
 }
 
 }  // namespace

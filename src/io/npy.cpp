@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <bit>
 #include <cctype>
+#include <cstdint>
 #include <cstring>
 #include <optional>
 #include <set>
@@ -281,12 +282,18 @@ NpyFile NpyFile::open(const std::filesystem::path& path) {
   std::tie(result.descr_, result.item_size_) = normalise_descr(*header.descr, file);
   result.shape_ = *header.shape;
 
+  // As NumPy does, the non-zero extents times the item size must fit in a signed size even
+  // when another extent is 0, so that rows(), row_width() and any product of extents fit too.
   std::size_t needed = result.item_size_;
+  bool empty = false;
   for (std::size_t extent : result.shape_) {
-    if (__builtin_mul_overflow(needed, extent, &needed)) {
+    if (extent == 0) {
+      empty = true;
+    } else if (__builtin_mul_overflow(needed, extent, &needed) || needed > PTRDIFF_MAX) {
       throw Error(fmt::format("{}: .npy field 'shape' is too large", file));
     }
   }
+  if (empty) needed = 0;
   const std::size_t available = bytes.size() - header_start - header_length;
   if (needed > available) {
     throw Error(fmt::format(

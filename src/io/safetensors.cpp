@@ -58,15 +58,21 @@ std::string shape_text(const std::vector<std::int64_t>& shape) {
   return fmt::format("[{}]", fmt::join(shape, ", "));
 }
 
-// product(shape) × element_size, or nullopt on overflow of 64 bits.
+// product(shape) × element_size, or nullopt when the non-zero extents times the element size
+// exceed int64 (even when another extent is 0, as NumPy refuses such shapes), so that
+// TensorInfo::elements() and every partial product of the shape fit in int64.
 std::optional<std::uint64_t> byte_size(DType dtype, const std::vector<std::int64_t>& shape) {
   std::uint64_t bytes = element_size(dtype);
+  bool empty = false;
   for (std::int64_t extent : shape) {
-    if (__builtin_mul_overflow(bytes, static_cast<std::uint64_t>(extent), &bytes)) {
+    if (extent == 0) {
+      empty = true;
+    } else if (__builtin_mul_overflow(bytes, static_cast<std::uint64_t>(extent), &bytes) ||
+               bytes > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) {
       return std::nullopt;
     }
   }
-  return bytes;
+  return empty ? 0 : bytes;
 }
 
 // Parses the header JSON, rejecting a key that appears twice in any object: nlohmann keeps the

@@ -1,6 +1,12 @@
 // libFuzzer target: the dataset manifest parser, plus a round-trip property: a manifest that
-// parses must survive manifest_to_json and parse back equal.
+// parses must survive manifest_to_json and parse back equal (for a manifest in a relative and
+// in an absolute directory). A crosscoder::Error from the first parse is the expected answer to
+// bad text; a crash, a sanitizer report, another exception type, a hang or a failed round trip
+// is a finding.
+#include <cstddef>
 #include <cstdint>
+#include <filesystem>
+#include <string>
 #include <string_view>
 
 #include "crosscoder/dataset_manifest.hpp"
@@ -18,25 +24,41 @@ bool same_column(const crosscoder::ManifestColumn& a, const crosscoder::Manifest
   return true;
 }
 
+bool same_manifest(const crosscoder::DatasetManifest& a, const crosscoder::DatasetManifest& b) {
+  if (a.width != b.width || a.rows() != b.rows() || a.sources.size() != b.sources.size() ||
+      a.labels.has_value() != b.labels.has_value() ||
+      a.token_ids.has_value() != b.token_ids.has_value())
+    return false;
+  for (std::size_t m = 0; m < a.sources.size(); ++m)
+    if (!same_column(a.sources[m], b.sources[m])) return false;
+  if (a.labels && !same_column(*a.labels, *b.labels)) return false;
+  if (a.token_ids && !same_column(*a.token_ids, *b.token_ids)) return false;
+  return true;
+}
+
+void round_trip(std::string_view text, const std::filesystem::path& manifest_path) {
+  crosscoder::DatasetManifest manifest;
+  try {
+    manifest = crosscoder::parse_manifest(text, manifest_path);
+  } catch (const crosscoder::Error&) {
+    return;
+  }
+  std::string json;
+  crosscoder::DatasetManifest again;
+  try {
+    json = crosscoder::manifest_to_json(manifest, manifest_path.parent_path());
+    again = crosscoder::parse_manifest(json, manifest_path);
+  } catch (const crosscoder::Error&) {
+    __builtin_trap();  // what the library writes, it must read back
+  }
+  if (!same_manifest(manifest, again)) __builtin_trap();
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   const std::string_view text(reinterpret_cast<const char*>(data), size);
-  crosscoder::DatasetManifest manifest;
-  try {
-    manifest = crosscoder::parse_manifest(text, "fuzz/manifest.json");
-  } catch (const crosscoder::Error&) {
-    return 0;
-  }
-  const crosscoder::DatasetManifest again = crosscoder::parse_manifest(
-      crosscoder::manifest_to_json(manifest, "fuzz"), "fuzz/manifest.json");
-  bool equal = again.width == manifest.width && again.sources.size() == manifest.sources.size() &&
-               again.labels.has_value() == manifest.labels.has_value() &&
-               again.token_ids.has_value() == manifest.token_ids.has_value();
-  for (std::size_t m = 0; equal && m < manifest.sources.size(); ++m)
-    equal = same_column(manifest.sources[m], again.sources[m]);
-  if (equal && manifest.labels) equal = same_column(*manifest.labels, *again.labels);
-  if (equal && manifest.token_ids) equal = same_column(*manifest.token_ids, *again.token_ids);
-  if (!equal) __builtin_trap();
+  round_trip(text, "fuzz/manifest.json");
+  round_trip(text, "/data/fuzz/manifest.json");
   return 0;
 }
