@@ -58,6 +58,20 @@ std::string shape_text(const std::vector<std::int64_t>& shape) {
   return fmt::format("[{}]", fmt::join(shape, ", "));
 }
 
+// A header value for an error message: its JSON text when it is a scalar or a short flat array
+// or object, else a description. (dump() recurses once per level of nesting: a deeply nested
+// value, a few hundred kilobytes of '[', would overflow the stack instead of being refused.)
+std::string describe(const Json& value) {
+  if (value.is_structured()) {
+    for (const Json& element : value) {
+      if (element.is_structured()) return fmt::format("(a nested {})", value.type_name());
+    }
+    if (value.size() > 16)
+      return fmt::format("(an {} of {} values)", value.type_name(), value.size());
+  }
+  return value.dump();
+}
+
 // product(shape) × element_size, or nullopt when the non-zero extents times the element size
 // exceed int64 (even when another extent is 0, as NumPy refuses such shapes), so that
 // TensorInfo::elements() and every partial product of the shape fit in int64.
@@ -135,20 +149,20 @@ ParsedTensor parse_tensor(const std::string& name, const Json& entry,
   tensor.info.dtype = *dtype;
   for (const auto& extent : *shape_field) {
     if (!extent.is_number_unsigned()) {
-      throw bad(fmt::format("shape {} must hold non-negative integers", shape_field->dump()));
+      throw bad(fmt::format("shape {} must hold non-negative integers", describe(*shape_field)));
     }
     const auto value = extent.get<std::uint64_t>();
     if (value > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) {
-      throw bad(fmt::format("shape {} is too large", shape_field->dump()));
+      throw bad(fmt::format("shape {} is too large", describe(*shape_field)));
     }
     tensor.info.shape.push_back(static_cast<std::int64_t>(value));
   }
   const std::optional<std::uint64_t> needed = byte_size(*dtype, tensor.info.shape);
-  if (!needed) throw bad(fmt::format("shape {} is too large", shape_field->dump()));
+  if (!needed) throw bad(fmt::format("shape {} is too large", describe(*shape_field)));
 
   const auto& offsets = *offsets_field;
   if (!offsets[0].is_number_unsigned() || !offsets[1].is_number_unsigned()) {
-    throw bad(fmt::format("data_offsets {} must be non-negative integers", offsets.dump()));
+    throw bad(fmt::format("data_offsets {} must be non-negative integers", describe(offsets)));
   }
   tensor.begin = offsets[0].get<std::uint64_t>();
   tensor.end = offsets[1].get<std::uint64_t>();
@@ -228,7 +242,7 @@ SafetensorsFile SafetensorsFile::open(const std::filesystem::path& path) {
     for (const auto& [key, value] : entry.items()) {
       if (!value.is_string()) {
         throw fail(
-            fmt::format("__metadata__ value of '{}' is not a string: {}", key, value.dump()));
+            fmt::format("__metadata__ value of '{}' is not a string: {}", key, describe(value)));
       }
       result.metadata_[key] = value.get<std::string>();
     }
