@@ -17,7 +17,7 @@ fi
 shift || true
 
 packages=(cmake make g++ pkg-config libeigen3-dev libfmt-dev nlohmann-json3-dev libcli11-dev
-          libgtest-dev libgmock-dev libbenchmark-dev)
+          libgtest-dev libgmock-dev libbenchmark-dev libopenblas-openmp-dev)
 
 install_missing_packages() {
   local missing=()

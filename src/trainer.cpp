@@ -461,11 +461,13 @@ void Trainer::apply_update(StepReport& report) {
   }
   report.learning_rate = adam.learning_rate;
   for (std::size_t i = 0; i < parameter_slots.size(); ++i) {
+    // TopK/BatchTopK decoder rows return to unit norm in the same pass as their update.
+    const bool decoder = parameter_slots[i].parameter == &p.decoder_weight;
+    adam.unit_norm_rows = unit_decoder && decoder ? D : 0;
     be.adam_update(parameter_slots[i].parameter->data(), parameter_slots[i].gradient->data(),
                    moments_[i].m.data(), moments_[i].v.data(),
                    static_cast<std::int64_t>(parameter_slots[i].parameter->size()), adam);
   }
-  if (unit_decoder) be.constrain_decoder(p.decoder_weight.data(), nullptr, F, D);
   if (!p.threshold.empty()) be.clamp_min(p.threshold.data(), F, 0.0f);
 
   // BatchTopK's inference threshold: EMA of the smallest selected weighted activation.

@@ -33,13 +33,19 @@ Entries entries_of(const SparseCodes& codes) {
   return rows;
 }
 
-class Selections : public ::testing::TestWithParam<BackendKind> {};
+// Continuous pre-activations (ties only by chance), half of them negative.
+std::vector<float> normal_preactivations(std::int64_t rows, std::int64_t latents,
+                                         std::mt19937_64& rng) {
+  std::normal_distribution<float> normal;
+  std::vector<float> pre(static_cast<std::size_t>(rows * latents));
+  for (float& v : pre) v = normal(rng);
+  return pre;
+}
 
-TEST_P(Selections, PerRowTopKTakesTheKLargestWithLowerIndexOnTies) {
-  auto backend = make_backend(GetParam());
-  std::mt19937_64 rng(std::random_device{}());
-  const std::int64_t rows = 37, latents = 301, k = 17;
-  const std::vector<float> host = tied_preactivations(rows, latents, rng);
+// Per-row TopK of `host` against a stable sort of each row, with and without a random mask.
+void check_per_row_top_k(const std::shared_ptr<Backend>& backend, const std::vector<float>& host,
+                         std::int64_t rows, std::int64_t latents, std::int64_t k,
+                         std::mt19937_64& rng) {
   std::vector<std::uint8_t> mask(latents);
   for (auto& m : mask) m = static_cast<std::uint8_t>(rng() % 3 != 0);
   DeviceArray<float> pre(backend, std::span<const float>(host));
@@ -57,20 +63,20 @@ TEST_P(Selections, PerRowTopKTakesTheKLargestWithLowerIndexOnTies) {
           order.push_back({std::max(host[b * latents + f], 0.0f), static_cast<std::int32_t>(f)});
       std::stable_sort(order.begin(), order.end(),
                        [](auto& a, auto& c) { return a.first > c.first; });
-      ASSERT_EQ(got[b].size(), static_cast<std::size_t>(k));
-      for (std::int64_t i = 0; i < k; ++i) {
-        ASSERT_EQ(got[b][i].first, order[i].second) << "row " << b << " rank " << i;
+      ASSERT_EQ(got[b].size(), static_cast<std::size_t>(std::min<std::int64_t>(k, order.size())));
+      for (std::size_t i = 0; i < got[b].size(); ++i) {
+        ASSERT_EQ(got[b][i].first, order[i].second)
+            << "row " << b << " rank " << i << (masked ? " (masked)" : "");
         ASSERT_EQ(got[b][i].second, order[i].first);
       }
     }
   }
 }
 
-TEST_P(Selections, PerBatchTopKTakesExactlyRowsTimesKOfTheWeightedScores) {
-  auto backend = make_backend(GetParam());
-  std::mt19937_64 rng(std::random_device{}());
-  const std::int64_t rows = 23, latents = 157, k = 9;
-  const std::vector<float> host = tied_preactivations(rows, latents, rng);
+// BatchTopK of `host` with random score weights against a stable sort of the whole batch.
+void check_per_batch_top_k(const std::shared_ptr<Backend>& backend, const std::vector<float>& host,
+                           std::int64_t rows, std::int64_t latents, std::int64_t k,
+                           std::mt19937_64& rng) {
   std::vector<float> weights(latents);
   std::uniform_int_distribution<int> w(1, 3);
   for (float& x : weights) x = 0.5f * static_cast<float>(w(rng));
@@ -109,6 +115,46 @@ TEST_P(Selections, PerBatchTopKTakesExactlyRowsTimesKOfTheWeightedScores) {
   }
   EXPECT_EQ(total, rows * k);
   EXPECT_EQ(smallest, want_smallest);
+}
+
+class Selections : public ::testing::TestWithParam<BackendKind> {};
+
+// Small shapes, a width that is not a multiple of 16, and a batch large enough (≥ 2^19
+// entries) for the CPU backend's sampled BatchTopK threshold and block-skipping TopK.
+constexpr std::int64_t kShapes[][3] = {
+    {37, 301, 17}, {23, 157, 9}, {160, 4099, 24}, {130, 8192, 3}};
+
+TEST_P(Selections, PerRowTopKTakesTheKLargestWithLowerIndexOnTies) {
+  auto backend = make_backend(GetParam());
+  std::mt19937_64 rng(std::random_device{}());
+  for (const auto& [rows, latents, k] : kShapes) {
+    SCOPED_TRACE(::testing::Message() << rows << " x " << latents << ", k " << k);
+    check_per_row_top_k(backend, tied_preactivations(rows, latents, rng), rows, latents, k, rng);
+    check_per_row_top_k(backend, normal_preactivations(rows, latents, rng), rows, latents, k, rng);
+  }
+}
+
+TEST_P(Selections, PerBatchTopKTakesExactlyRowsTimesKOfTheWeightedScores) {
+  auto backend = make_backend(GetParam());
+  std::mt19937_64 rng(std::random_device{}());
+  for (const auto& [rows, latents, k] : kShapes) {
+    SCOPED_TRACE(::testing::Message() << rows << " x " << latents << ", k " << k);
+    check_per_batch_top_k(backend, tied_preactivations(rows, latents, rng), rows, latents, k, rng);
+    check_per_batch_top_k(backend, normal_preactivations(rows, latents, rng), rows, latents, k,
+                          rng);
+  }
+}
+
+TEST_P(Selections, PerBatchTopKWhenFewScoresArePositive) {
+  // Most entries negative: the k·rows best include zeros, so no positive threshold exists and
+  // the ties at zero are taken in row-major order.
+  auto backend = make_backend(GetParam());
+  std::mt19937_64 rng(std::random_device{}());
+  const std::int64_t rows = 128, latents = 8192, k = 40;
+  std::vector<float> host = normal_preactivations(rows, latents, rng);
+  std::uniform_real_distribution<float> unit;
+  for (float& v : host) v = unit(rng) < 0.995f ? -std::abs(v) : std::abs(v);
+  check_per_batch_top_k(backend, host, rows, latents, k, rng);
 }
 
 TEST_P(Selections, ThresholdSelectionsKeepWhatTheyShould) {

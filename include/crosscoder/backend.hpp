@@ -68,6 +68,10 @@ struct AdamStep {
   float epsilon = 1e-8f;
   std::int64_t step = 1;        ///< 1-based step number, for bias correction
   float gradient_scale = 1.0f;  ///< multiplies the gradient first (gradient-norm clipping)
+  /// When positive, the parameter is a [n / unit_norm_rows, unit_norm_rows] matrix and each
+  /// non-zero row is rescaled to unit L2 norm right after its update, in the same pass (the
+  /// TopK/BatchTopK decoder constraint, as constrain_decoder without a gradient).
+  std::int64_t unit_norm_rows = 0;
 };
 
 /// Abstract compute backend. Not thread-safe: use one backend per thread of work.
@@ -156,7 +160,9 @@ class Backend {
   virtual void clamp_min(float* x, std::int64_t n, float lower) = 0;
   /// Sum of squares of n numbers, in double precision.
   virtual double sum_of_squares(const float* x, std::int64_t n) = 0;
-  /// One fused Adam update of n parameters (m and v are the moment estimates).
+  /// One fused Adam update of n parameters (m and v are the moment estimates), with the moments
+  /// flushed to zero below 1e-30 and, if step.unit_norm_rows > 0, rows renormalised.
+  /// @throws Error when step.unit_norm_rows does not divide n.
   virtual void adam_update(float* parameter, const float* gradient, float* m, float* v,
                            std::int64_t n, const AdamStep& step) = 0;
 };

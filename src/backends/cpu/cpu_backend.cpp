@@ -4,6 +4,9 @@
 
 #include <fmt/format.h>
 #include <Eigen/Core>
+#if CROSSCODER_WITH_OPENBLAS
+#include <cblas.h>
+#endif
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -19,8 +22,13 @@ constexpr std::size_t kAlignment = 64;  // a cache line; also enough for AVX-512
 CpuBackend::CpuBackend() = default;
 
 std::string CpuBackend::describe() const {
-  return fmt::format("CPU ({} threads, Eigen {}.{}.{})", omp_get_max_threads(), EIGEN_WORLD_VERSION,
-                     EIGEN_MAJOR_VERSION, EIGEN_MINOR_VERSION);
+#if CROSSCODER_WITH_OPENBLAS
+  const std::string gemm = fmt::format("OpenBLAS {} GEMM, ", openblas_get_corename());
+#else
+  const std::string gemm;
+#endif
+  return fmt::format("CPU ({} threads, {}Eigen {}.{}.{})", omp_get_max_threads(), gemm,
+                     EIGEN_WORLD_VERSION, EIGEN_MAJOR_VERSION, EIGEN_MINOR_VERSION);
 }
 
 void* CpuBackend::allocate(std::size_t bytes) {

@@ -1,13 +1,21 @@
 // The CPU backend's crosscoder operations: Eigen for the dense GEMM, OpenMP loops elsewhere.
 // Every reduction has a fixed order independent of the thread count's scheduling, so a run
 // is deterministic for a given seed and thread count.
+#include <fmt/format.h>
+
 #include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
+
+#if CROSSCODER_WITH_OPENBLAS
+#include <cblas.h>
+#endif
 
 #include "backends/cpu/cpu_backend.hpp"
 #include "backends/cpu/cpu_selection.hpp"
+#include "crosscoder/error.hpp"
 #include "crosscoder/sparse_codes.hpp"
 
 namespace crosscoder::detail {
@@ -90,10 +98,20 @@ void CpuBackend::denormalise(const float* xn, std::int64_t rows, int sources, in
 
 void CpuBackend::encode(const float* xn, std::int64_t rows, std::int64_t input_width,
                         const float* encoder, const float* bias, std::int64_t latents, float* pre) {
-  ConstRowMap x(xn, rows, input_width);
-  ConstRowMap w(encoder, latents, input_width);
   RowMap out(pre, rows, latents);
-  out.noalias() = x * w.transpose();
+#if CROSSCODER_WITH_OPENBLAS
+  constexpr auto kLargest = static_cast<std::int64_t>(std::numeric_limits<blasint>::max());
+  if (rows <= kLargest && latents <= kLargest && input_width <= kLargest) {
+    const auto r = static_cast<blasint>(rows), f = static_cast<blasint>(latents),
+               w = static_cast<blasint>(input_width);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, r, f, w, 1.0f, xn, w, encoder, w, 0.0f,
+                pre, f);
+  } else
+#endif
+  {
+    out.noalias() = ConstRowMap(xn, rows, input_width) *
+                    ConstRowMap(encoder, latents, input_width).transpose();
+  }
   const Eigen::Map<const Eigen::RowVectorXf> b(bias, latents);
   out.rowwise() += b;
 }
@@ -269,23 +287,62 @@ namespace {
 constexpr float kFlushBelow = 1e-30f;
 }  // namespace
 
+namespace {
+
+// Adam over parameter[begin, end): the moments of parameters that stop receiving gradient
+// decay geometrically into subnormal floats, which are ~100× slower on x86, so they are
+// flushed to zero first (far below any step).
+struct AdamKernel {
+  const AdamStep& step;
+  float step_size, root_correction2;
+
+  explicit AdamKernel(const AdamStep& s)
+      : step(s),
+        step_size(s.learning_rate /
+                  static_cast<float>(1.0 - std::pow(static_cast<double>(s.beta1),
+                                                    static_cast<double>(s.step)))),
+        root_correction2(std::sqrt(static_cast<float>(
+            1.0 - std::pow(static_cast<double>(s.beta2), static_cast<double>(s.step))))) {}
+
+  void operator()(float* parameter, const float* gradient, float* m, float* v, std::int64_t begin,
+                  std::int64_t end) const {
+    const float beta1 = step.beta1, beta2 = step.beta2, epsilon = step.epsilon;
+    const float scale = step.gradient_scale, size = step_size, root = root_correction2;
+#pragma omp simd
+    for (std::int64_t i = begin; i < end; ++i) {
+      const float g = gradient[i] * scale;
+      const float m_next = beta1 * m[i] + (1.0f - beta1) * g;
+      const float v_next = beta2 * v[i] + (1.0f - beta2) * g * g;
+      m[i] = std::abs(m_next) < kFlushBelow ? 0.0f : m_next;
+      v[i] = v_next < kFlushBelow ? 0.0f : v_next;
+      parameter[i] -= size * m[i] / (std::sqrt(v[i]) / root + epsilon);
+    }
+  }
+};
+
+}  // namespace
+
 void CpuBackend::adam_update(float* parameter, const float* gradient, float* m, float* v,
                              std::int64_t n, const AdamStep& step) {
-  const double t = static_cast<double>(step.step);
-  const float correction1 = static_cast<float>(1.0 - std::pow(static_cast<double>(step.beta1), t));
-  const float correction2 = static_cast<float>(1.0 - std::pow(static_cast<double>(step.beta2), t));
-  const float step_size = step.learning_rate / correction1;
-  const float root_correction2 = std::sqrt(correction2);
-#pragma omp parallel for simd schedule(static)
-  for (std::int64_t i = 0; i < n; ++i) {
-    const float g = gradient[i] * step.gradient_scale;
-    // Moments of parameters that stop receiving gradient decay geometrically into subnormal
-    // floats, which are ~100× slower on x86; flush them to zero first (far below any step).
-    const float m_next = step.beta1 * m[i] + (1.0f - step.beta1) * g;
-    const float v_next = step.beta2 * v[i] + (1.0f - step.beta2) * g * g;
-    m[i] = std::abs(m_next) < kFlushBelow ? 0.0f : m_next;
-    v[i] = v_next < kFlushBelow ? 0.0f : v_next;
-    parameter[i] -= step_size * m[i] / (std::sqrt(v[i]) / root_correction2 + step.epsilon);
+  const AdamKernel adam(step);
+  const std::int64_t width = step.unit_norm_rows;
+  if (width <= 0) {
+    constexpr std::int64_t kChunk = 1 << 14;
+#pragma omp parallel for schedule(static)
+    for (std::int64_t begin = 0; begin < n; begin += kChunk) {
+      adam(parameter, gradient, m, v, begin, std::min(n, begin + kChunk));
+    }
+    return;
+  }
+  if (n % width != 0)
+    throw Error(fmt::format("adam_update: unit_norm_rows {} does not divide {} parameters", width, n));
+  // Each row is renormalised while it is still in cache from its update.
+#pragma omp parallel for schedule(static)
+  for (std::int64_t row = 0; row < n / width; ++row) {
+    adam(parameter, gradient, m, v, row * width, (row + 1) * width);
+    VectorMap updated(parameter + row * width, width);
+    const float squared_norm = updated.squaredNorm();
+    if (squared_norm != 0.0f) updated /= std::sqrt(squared_norm);
   }
 }
 

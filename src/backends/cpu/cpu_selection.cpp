@@ -118,8 +118,8 @@ SparseCodes select_per_row_top_k(const std::shared_ptr<Backend>& backend, const 
     for (std::int64_t b = 0; b < rows; ++b) {
       heap.clear();
       const float* row = pre + b * latents;
-      for (std::int64_t f = 0; f < latents; ++f) {
-        if (!allowed(request, f)) continue;
+      const auto consider = [&](std::int64_t f) {
+        if (!allowed(request, f)) return;
         const float value = positive_part(row[f]);
         const Candidate candidate{value, static_cast<std::int32_t>(f), value};
         if (static_cast<std::int64_t>(heap.size()) < k) {
@@ -130,82 +130,34 @@ SparseCodes select_per_row_top_k(const std::shared_ptr<Backend>& backend, const 
           heap.back() = candidate;
           std::push_heap(heap.begin(), heap.end(), worse_on_top);
         }
+      };
+      // Once the heap is full, a block of 16 whose largest value does not beat the worst kept
+      // score cannot enter (later latents lose ties), so one vectorised comparison skips the block.
+      constexpr std::int64_t kBlock = 16;
+      std::int64_t f = 0;
+      for (; f + kBlock <= latents; f += kBlock) {
+        if (static_cast<std::int64_t>(heap.size()) == k) {
+          const float worst = heap.front().score;
+          bool any = false;
+          for (std::int64_t j = 0; j < kBlock; ++j) any |= row[f + j] > worst;
+          if (!any) continue;
+        }
+        for (std::int64_t j = 0; j < kBlock; ++j) consider(f + j);
       }
+      for (; f < latents; ++f) consider(f);
       write_sorted_row(heap, codes.row_ptr.data()[b], codes);
     }
   }
   return codes;
 }
 
-// BatchTopK: the exact rows·k-th largest score of the whole batch. Pass one builds a histogram
-// of the scores' top 16 bits; pass two keeps every entry above the threshold bucket and
-// collects the few inside it, among which the exact threshold (and its ties, taken in
-// row-major order) is resolved.
-SparseCodes select_per_batch_top_k(const std::shared_ptr<Backend>& backend, const float* pre,
-                                   std::int64_t rows, std::int64_t latents,
-                                   const SelectionRequest& request, float* min_selected_score) {
-  const std::int64_t wanted = std::min(request.k * rows, rows * latents);
-  const float* weight = request.weight;
-  const auto row_scores = [&](std::int64_t b, auto&& visit) {
-    const float* row = pre + b * latents;
-    for (std::int64_t f = 0; f < latents; ++f) {
-      const float positive = positive_part(row[f]);
-      visit(f, weight ? positive * weight[f] : positive, positive);
-    }
-  };
-
-  constexpr std::size_t kBuckets = 1 << 16;
-  std::vector<std::int64_t> histogram(kBuckets, 0);
-#pragma omp parallel
-  {
-    std::vector<std::int64_t> local(kBuckets, 0);
-#pragma omp for schedule(static)
-    for (std::int64_t b = 0; b < rows; ++b) {
-      row_scores(b, [&](std::int64_t, float score, float) { ++local[key_of(score) >> 16]; });
-    }
-#pragma omp critical
-    for (std::size_t j = 0; j < kBuckets; ++j) histogram[j] += local[j];
-  }
-  std::uint32_t bucket = 0;
-  std::int64_t rank = wanted;  // rank of the threshold inside `bucket`, 1-based
-  for (std::size_t j = kBuckets; j-- > 0;) {
-    if (histogram[j] >= rank) {
-      bucket = static_cast<std::uint32_t>(j);
-      break;
-    }
-    rank -= histogram[j];
-  }
-
-  std::vector<std::vector<Candidate>> picked(static_cast<std::size_t>(rows));
-  std::vector<std::vector<Candidate>> borderline(static_cast<std::size_t>(rows));
-#pragma omp parallel for schedule(static)
-  for (std::int64_t b = 0; b < rows; ++b) {
-    row_scores(b, [&](std::int64_t f, float score, float value) {
-      const std::uint32_t high = key_of(score) >> 16;
-      if (high > bucket) {
-        picked[b].push_back({score, static_cast<std::int32_t>(f), value});
-      } else if (high == bucket) {
-        borderline[b].push_back({score, static_cast<std::int32_t>(f), value});
-      }
-    });
-  }
-  std::vector<std::uint32_t> keys;
-  for (const auto& row : borderline) {
-    for (const Candidate& c : row) keys.push_back(key_of(c.score));
-  }
-  std::nth_element(keys.begin(), keys.begin() + (rank - 1), keys.end(), std::greater<>());
-  const std::uint32_t threshold_key = keys[static_cast<std::size_t>(rank - 1)];
-  std::int64_t ties_left = rank;
-  for (std::uint32_t key : keys) ties_left -= key > threshold_key ? 1 : 0;
-
+// Writes the selected candidates (each row's in row order) as CSR codes, each row sorted by
+// rank, and the smallest positive selected score.
+SparseCodes write_batch_selection(const std::shared_ptr<Backend>& backend, std::int64_t rows,
+                                  std::vector<std::vector<Candidate>>& picked,
+                                  float* min_selected_score) {
   std::vector<std::int64_t> counts(static_cast<std::size_t>(rows));
-  for (std::int64_t b = 0; b < rows; ++b) {
-    for (const Candidate& c : borderline[b]) {
-      const std::uint32_t key = key_of(c.score);
-      if (key > threshold_key || (key == threshold_key && ties_left-- > 0)) picked[b].push_back(c);
-    }
-    counts[b] = static_cast<std::int64_t>(picked[b].size());
-  }
+  for (std::int64_t b = 0; b < rows; ++b) counts[b] = static_cast<std::int64_t>(picked[b].size());
   SparseCodes codes = allocate_codes(backend, rows, counts);
   float smallest = std::numeric_limits<float>::infinity();
 #pragma omp parallel for schedule(static) reduction(min : smallest)
@@ -217,6 +169,162 @@ SparseCodes select_per_batch_top_k(const std::shared_ptr<Backend>& backend, cons
   }
   if (min_selected_score) *min_selected_score = std::isinf(smallest) ? -1.0f : smallest;
   return codes;
+}
+
+// Keeps, of the candidates (every entry whose score could rank among the `wanted` best, in
+// row-major order), exactly the `wanted` best: the wanted-th largest key is found by
+// nth_element, and its ties are taken in row-major order.
+void keep_best(std::vector<std::vector<Candidate>>& candidates, std::int64_t wanted) {
+  std::vector<std::uint32_t> keys;
+  for (const auto& row : candidates) {
+    for (const Candidate& c : row) keys.push_back(key_of(c.score));
+  }
+  std::nth_element(keys.begin(), keys.begin() + (wanted - 1), keys.end(), std::greater<>());
+  const std::uint32_t threshold_key = keys[static_cast<std::size_t>(wanted - 1)];
+  std::int64_t ties_left = wanted;
+  for (std::uint32_t key : keys) ties_left -= key > threshold_key ? 1 : 0;
+  for (auto& row : candidates) {
+    std::size_t kept = 0;
+    for (const Candidate& c : row) {
+      const std::uint32_t key = key_of(c.score);
+      if (key > threshold_key || (key == threshold_key && ties_left-- > 0)) row[kept++] = c;
+    }
+    row.resize(kept);
+  }
+}
+
+// Visits (latent, score, value) of every entry of row b with score = max(pre, 0)·weight[f].
+template <typename Visit>
+void visit_row_scores(const float* pre, const float* weight, std::int64_t latents, std::int64_t b,
+                      Visit&& visit) {
+  const float* row = pre + b * latents;
+  for (std::int64_t f = 0; f < latents; ++f) {
+    const float positive = positive_part(row[f]);
+    visit(f, weight ? positive * weight[f] : positive, positive);
+  }
+}
+
+// The exact path for any input: pass one builds a histogram of the scores' top 16 bits; pass
+// two keeps every entry above the threshold bucket and the few inside it, among which the
+// exact threshold is resolved.
+std::vector<std::vector<Candidate>> batch_candidates_by_histogram(const float* pre,
+                                                                  const float* weight,
+                                                                  std::int64_t rows,
+                                                                  std::int64_t latents,
+                                                                  std::int64_t wanted) {
+  constexpr std::size_t kBuckets = 1 << 16;
+  std::vector<std::int64_t> histogram(kBuckets, 0);
+#pragma omp parallel
+  {
+    std::vector<std::int64_t> local(kBuckets, 0);
+#pragma omp for schedule(static)
+    for (std::int64_t b = 0; b < rows; ++b) {
+      visit_row_scores(pre, weight, latents, b,
+                       [&](std::int64_t, float score, float) { ++local[key_of(score) >> 16]; });
+    }
+#pragma omp critical
+    for (std::size_t j = 0; j < kBuckets; ++j) histogram[j] += local[j];
+  }
+  std::uint32_t bucket = 0;
+  std::int64_t rank = wanted;
+  for (std::size_t j = kBuckets; j-- > 0;) {
+    if (histogram[j] >= rank) {
+      bucket = static_cast<std::uint32_t>(j);
+      break;
+    }
+    rank -= histogram[j];
+  }
+  std::vector<std::vector<Candidate>> candidates(static_cast<std::size_t>(rows));
+#pragma omp parallel for schedule(static)
+  for (std::int64_t b = 0; b < rows; ++b) {
+    visit_row_scores(pre, weight, latents, b, [&](std::int64_t f, float score, float value) {
+      if ((key_of(score) >> 16) >= bucket)
+        candidates[b].push_back({score, static_cast<std::int32_t>(f), value});
+    });
+  }
+  return candidates;
+}
+
+// A score that at least `wanted` entries reach, estimated from a strided sample, with a margin
+// so that it is rarely too high; 0 when the sample cannot tell (then use the exact path).
+float sampled_candidate_threshold(const float* pre, const float* weight, std::int64_t rows,
+                                  std::int64_t latents, std::int64_t wanted) {
+  constexpr std::int64_t kSample = 1 << 16;
+  const std::int64_t n = rows * latents;
+  if (n < 8 * kSample) return 0.0f;
+  // An odd stride visits every latent across rows when F is a power of two.
+  const std::int64_t stride = (n / kSample) | 1;
+  std::vector<float> sample;
+  sample.reserve(static_cast<std::size_t>(n / stride + 1));
+  for (std::int64_t i = 0; i < n; i += stride) {
+    const float positive = positive_part(pre[i]);
+    sample.push_back(weight ? positive * weight[i % latents] : positive);
+  }
+  const auto size = static_cast<double>(sample.size());
+  const double expected = static_cast<double>(wanted) / static_cast<double>(n) * size;
+  // 25% and five binomial standard deviations above the expected count of sampled entries.
+  const auto position = static_cast<std::int64_t>(1.25 * expected + 5.0 * std::sqrt(expected) + 8);
+  if (position >= static_cast<std::int64_t>(sample.size())) return 0.0f;
+  std::nth_element(sample.begin(), sample.begin() + position, sample.end(), std::greater<>());
+  return sample[static_cast<std::size_t>(position)];
+}
+
+// Every entry whose score is at least `threshold` (> 0), by rows in parallel. The test runs
+// over blocks of 16 scores first, so that the loop vectorises and most blocks are skipped.
+std::vector<std::vector<Candidate>> batch_candidates_above(const float* pre, const float* weight,
+                                                           std::int64_t rows, std::int64_t latents,
+                                                           float threshold) {
+  constexpr std::int64_t kBlock = 16;
+  std::vector<std::vector<Candidate>> candidates(static_cast<std::size_t>(rows));
+#pragma omp parallel for schedule(static)
+  for (std::int64_t b = 0; b < rows; ++b) {
+    const float* row = pre + b * latents;
+    std::vector<Candidate>& out = candidates[b];
+    const auto consider = [&](std::int64_t f) {
+      const float positive = positive_part(row[f]);
+      const float score = weight ? positive * weight[f] : positive;
+      if (score >= threshold) out.push_back({score, static_cast<std::int32_t>(f), positive});
+    };
+    std::int64_t f = 0;
+    for (; f + kBlock <= latents; f += kBlock) {
+      bool any = false;
+      for (std::int64_t j = 0; j < kBlock; ++j) {
+        const float score = weight ? row[f + j] * weight[f + j] : row[f + j];
+        any |= score >= threshold;
+      }
+      if (!any) continue;
+      for (std::int64_t j = 0; j < kBlock; ++j) consider(f + j);
+    }
+    for (; f < latents; ++f) consider(f);
+  }
+  return candidates;
+}
+
+// BatchTopK: the exact rows·k largest scores of the whole batch, ties in row-major order.
+// Candidates come from a threshold estimated on a sample when that is possible (one
+// vectorised pass), else, or when the estimate proves too high, from the histogram path.
+SparseCodes select_per_batch_top_k(const std::shared_ptr<Backend>& backend, const float* pre,
+                                   std::int64_t rows, std::int64_t latents,
+                                   const SelectionRequest& request, float* min_selected_score) {
+  const std::int64_t wanted = std::min(request.k * rows, rows * latents);
+  const float* weight = request.weight;
+  std::vector<std::vector<Candidate>> candidates;
+  // Negative weights would break "score ≥ threshold > 0 only if pre > 0" in the block test.
+  const bool weights_non_negative =
+      !weight || std::all_of(weight, weight + latents, [](float w) { return w >= 0.0f; });
+  const float threshold =
+      weights_non_negative ? sampled_candidate_threshold(pre, weight, rows, latents, wanted) : 0.0f;
+  if (threshold > 0.0f) {
+    candidates = batch_candidates_above(pre, weight, rows, latents, threshold);
+    std::int64_t found = 0;
+    for (const auto& row : candidates) found += static_cast<std::int64_t>(row.size());
+    if (found < wanted) candidates.clear();
+  }
+  if (candidates.empty()) {
+    candidates = batch_candidates_by_histogram(pre, weight, rows, latents, wanted);
+  }
+  keep_best(candidates, wanted);
+  return write_batch_selection(backend, rows, candidates, min_selected_score);
 }
 
 }  // namespace
