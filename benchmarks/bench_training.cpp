@@ -95,6 +95,39 @@ void BM_Select(benchmark::State& state) {
   set_counters(state, rows);
 }
 
+// The optimiser's dense passes over the encoder and decoder weights (2·F·D parameters), which
+// are bound by memory bandwidth: Adam (p, g, m, v read; p, m, v written: 28 bytes a parameter,
+// the decoder renormalised in the same pass) and the gradient norm (4 bytes a parameter).
+void BM_ParameterUpdate(benchmark::State& state) {
+  const CrosscoderConfig config = config_from(state);
+  const std::int64_t D = config.input_width(), F = config.latents, n = F * D;
+  auto backend = make_backend(BackendKind::cpu);
+  const std::vector<float> host = random_batch(F, D, 5);
+  std::vector<DeviceArray<float>> arrays;
+  for (int i = 0; i < 8; ++i) arrays.emplace_back(backend, std::span<const float>(host));
+  for (auto& a : {2, 3, 6, 7}) backend->clamp_min(arrays[a].data(), n, 0.0f);  // v ≥ 0
+  AdamStep step;
+  const bool gradient_norm_only = state.range(4) == 0;
+  for (auto _ : state) {
+    if (gradient_norm_only) {
+      benchmark::DoNotOptimize(backend->sum_of_squares(arrays[1].data(), n) +
+                               backend->sum_of_squares(arrays[5].data(), n));
+      continue;
+    }
+    ++step.step;
+    step.unit_norm_rows = 0;
+    backend->adam_update(arrays[0].data(), arrays[1].data(), arrays[2].data(), arrays[3].data(), n,
+                         step);
+    step.unit_norm_rows = D;
+    backend->adam_update(arrays[4].data(), arrays[5].data(), arrays[6].data(), arrays[7].data(), n,
+                         step);
+  }
+  const double bytes = (gradient_norm_only ? 4.0 : 28.0) * 2.0 * static_cast<double>(n);
+  state.counters["GB/s"] =
+      benchmark::Counter(bytes / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+  state.SetLabel(gradient_norm_only ? "gradient norm" : "adam (encoder, decoder with unit rows)");
+}
+
 void shapes(benchmark::internal::Benchmark* b, bool large) {
   b->Unit(benchmark::kMillisecond)->UseRealTime();
   for (int activation : {1, 2}) b->Args({512, 16384, 64, 1024, activation});
@@ -104,6 +137,11 @@ void shapes(benchmark::internal::Benchmark* b, bool large) {
 BENCHMARK(BM_TrainingStep)->Apply([](auto* b) { shapes(b, true); }) -> MinTime(2.0);
 BENCHMARK(BM_EncoderGemm)->Apply([](auto* b) { shapes(b, true); });
 BENCHMARK(BM_Select)->Apply([](auto* b) { shapes(b, false); });
+BENCHMARK(BM_ParameterUpdate)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->Args({512, 16384, 64, 1024, 1})
+    ->Args({512, 16384, 64, 1024, 0});
 
 }  // namespace
 

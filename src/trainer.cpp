@@ -380,6 +380,7 @@ void Trainer::auxk_terms(const Batch& batch, StepReport& report) {
   aux.selection = Selection::per_row_top_k;
   aux.k = config_.aux_k > 0 ? config_.aux_k : std::max<std::int64_t>(1, D / 2);
   aux.allowed = dead_mask.data();
+  aux.positive_only = true;  // zero activations add nothing to the AuxK loss or its gradient
   const SparseCodes aux_codes = be.select(batch.pre.data(), B, F, aux, nullptr);
 
   DeviceArray<float>& residual = scratch("residual", B * D);  // e = x − x̂ (detached)

@@ -50,11 +50,13 @@ void check_per_row_top_k(const std::shared_ptr<Backend>& backend, const std::vec
   for (auto& m : mask) m = static_cast<std::uint8_t>(rng() % 3 != 0);
   DeviceArray<float> pre(backend, std::span<const float>(host));
   DeviceArray<std::uint8_t> allowed(backend, std::span<const std::uint8_t>(mask));
-  for (bool masked : {false, true}) {
+  for (const auto& [masked, positive_only] : {std::pair{false, false}, std::pair{true, false},
+                                              std::pair{false, true}, std::pair{true, true}}) {
     SelectionRequest request;
     request.selection = Selection::per_row_top_k;
     request.k = k;
     request.allowed = masked ? allowed.data() : nullptr;
+    request.positive_only = positive_only;
     const Entries got = entries_of(backend->select(pre.data(), rows, latents, request, nullptr));
     for (std::int64_t b = 0; b < rows; ++b) {
       std::vector<std::pair<float, std::int32_t>> order;
@@ -63,10 +65,18 @@ void check_per_row_top_k(const std::shared_ptr<Backend>& backend, const std::vec
           order.push_back({std::max(host[b * latents + f], 0.0f), static_cast<std::int32_t>(f)});
       std::stable_sort(order.begin(), order.end(),
                        [](auto& a, auto& c) { return a.first > c.first; });
-      ASSERT_EQ(got[b].size(), static_cast<std::size_t>(std::min<std::int64_t>(k, order.size())));
+      std::int64_t expected = std::min<std::int64_t>(k, static_cast<std::int64_t>(order.size()));
+      if (positive_only) {
+        expected = std::min<std::int64_t>(
+            expected,
+            std::count_if(order.begin(), order.end(), [](auto& e) { return e.first > 0; }));
+      }
+      ASSERT_EQ(got[b].size(), static_cast<std::size_t>(expected))
+          << "row " << b << (masked ? " (masked)" : "") << (positive_only ? " (positive)" : "");
       for (std::size_t i = 0; i < got[b].size(); ++i) {
         ASSERT_EQ(got[b][i].first, order[i].second)
-            << "row " << b << " rank " << i << (masked ? " (masked)" : "");
+            << "row " << b << " rank " << i << (masked ? " (masked)" : "")
+            << (positive_only ? " (positive)" : "");
         ASSERT_EQ(got[b][i].second, order[i].first);
       }
     }

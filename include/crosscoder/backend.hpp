@@ -58,6 +58,9 @@ struct SelectionRequest {
   float bandwidth = 0.0f;            ///< near_threshold
   const std::uint8_t* allowed = nullptr;  ///< [F] mask in backend memory: only latents with a
                                           ///< non-zero entry compete (AuxK); null = all
+  /// per_row_top_k: leave out the selected entries whose value is 0, so that a row may hold
+  /// fewer than k (AuxK, where such entries add nothing to the loss or its gradient).
+  bool positive_only = false;
 };
 
 /// One Adam step's scalars (Kingma & Ba, with bias correction).

@@ -109,8 +109,8 @@ void CpuBackend::encode(const float* xn, std::int64_t rows, std::int64_t input_w
   } else
 #endif
   {
-    out.noalias() = ConstRowMap(xn, rows, input_width) *
-                    ConstRowMap(encoder, latents, input_width).transpose();
+    out.noalias() =
+        ConstRowMap(xn, rows, input_width) * ConstRowMap(encoder, latents, input_width).transpose();
   }
   const Eigen::Map<const Eigen::RowVectorXf> b(bias, latents);
   out.rowwise() += b;
@@ -167,27 +167,22 @@ void CpuBackend::squared_error(const float* recon, const float* target, std::int
 void CpuBackend::decoder_backward(const SparseCodes& codes, const float* grad_out,
                                   const float* decoder, std::int64_t output_width, float* d_value,
                                   float* d_decoder) {
-  const std::int64_t* row_ptr = codes.row_ptr.data();
-  const std::int32_t* latent = codes.latent.data();
-#pragma omp parallel for schedule(static)
-  for (std::int64_t b = 0; b < codes.rows; ++b) {
-    const ConstVectorMap g(grad_out + b * output_width, output_width);
-    for (std::int64_t e = row_ptr[b]; e < row_ptr[b + 1]; ++e) {
-      d_value[e] = ConstVectorMap(decoder + latent[e] * output_width, output_width).dot(g);
-    }
-  }
-  if (!d_decoder) return;
+  // Entries grouped by latent, so that each decoder row is read once (not once per entry) and
+  // each gradient row is written by one thread; the upstream rows [B, D] stay in cache.
   const std::int64_t latents = max_latent_plus_one(codes);
   const EntriesByLatent grouped = group_by_latent(codes, latents);
   const float* value = codes.value.data();
 #pragma omp parallel for schedule(dynamic, 16)
   for (std::int64_t f = 0; f < latents; ++f) {
     if (grouped.begin[f] == grouped.begin[f + 1]) continue;
-    VectorMap gradient_row(d_decoder + f * output_width, output_width);
+    const ConstVectorMap decoder_row(decoder + f * output_width, output_width);
     for (std::int64_t s = grouped.begin[f]; s < grouped.begin[f + 1]; ++s) {
-      gradient_row.noalias() +=
-          value[grouped.entry[s]] *
-          ConstVectorMap(grad_out + grouped.row[s] * output_width, output_width);
+      const ConstVectorMap upstream(grad_out + grouped.row[s] * output_width, output_width);
+      d_value[grouped.entry[s]] = decoder_row.dot(upstream);
+      if (d_decoder) {
+        VectorMap(d_decoder + f * output_width, output_width).noalias() +=
+            value[grouped.entry[s]] * upstream;
+      }
     }
   }
 }
@@ -253,11 +248,26 @@ void CpuBackend::constrain_decoder(float* decoder, float* gradient, std::int64_t
 }
 
 void CpuBackend::column_sums(const float* x, std::int64_t rows, std::int64_t width, double* sums) {
+  // Partial sums over fixed blocks of rows (vectorised along the row), added in block order:
+  // the result does not depend on the thread count.
+  constexpr std::int64_t kRowsPerBlock = 64;
+  const std::int64_t blocks = (rows + kRowsPerBlock - 1) / kRowsPerBlock;
+  std::vector<double> partial(static_cast<std::size_t>(blocks * width), 0.0);
 #pragma omp parallel for schedule(static)
-  for (std::int64_t j = 0; j < width; ++j) {
-    double total = 0.0;
-    for (std::int64_t b = 0; b < rows; ++b) total += x[b * width + j];
-    sums[j] = total;
+  for (std::int64_t block = 0; block < blocks; ++block) {
+    double* total = partial.data() + block * width;
+    const std::int64_t end = std::min(rows, (block + 1) * kRowsPerBlock);
+    for (std::int64_t b = block * kRowsPerBlock; b < end; ++b) {
+      const float* row = x + b * width;
+#pragma omp simd
+      for (std::int64_t j = 0; j < width; ++j) total[j] += row[j];
+    }
+  }
+  std::fill(sums, sums + width, 0.0);
+  for (std::int64_t block = 0; block < blocks; ++block) {
+    const double* total = partial.data() + block * width;
+#pragma omp simd
+    for (std::int64_t j = 0; j < width; ++j) sums[j] += total[j];
   }
 }
 
@@ -267,15 +277,28 @@ void CpuBackend::clamp_min(float* x, std::int64_t n, float lower) {
 }
 
 double CpuBackend::sum_of_squares(const float* x, std::int64_t n) {
-  // Fixed-size chunks summed in order: the result does not depend on the thread count.
+  // Fixed-size chunks, each summed in kLanes interleaved partial sums (so that the loop
+  // vectorises), then lanes and chunks added in order: the result does not depend on the
+  // thread count.
   constexpr std::int64_t kChunk = 1 << 15;
+  constexpr std::int64_t kLanes = 16;
   const std::int64_t chunks = (n + kChunk - 1) / kChunk;
   std::vector<double> partial(static_cast<std::size_t>(chunks), 0.0);
 #pragma omp parallel for schedule(static)
   for (std::int64_t c = 0; c < chunks; ++c) {
+    double lanes[kLanes] = {};
+    const std::int64_t begin = c * kChunk, end = std::min(n, begin + kChunk);
+    std::int64_t i = begin;
+    for (; i + kLanes <= end; i += kLanes) {
+#pragma omp simd
+      for (std::int64_t j = 0; j < kLanes; ++j) {
+        const auto value = static_cast<double>(x[i + j]);
+        lanes[j] += value * value;
+      }
+    }
     double total = 0.0;
-    const std::int64_t end = std::min(n, (c + 1) * kChunk);
-    for (std::int64_t i = c * kChunk; i < end; ++i) total += static_cast<double>(x[i]) * x[i];
+    for (double lane : lanes) total += lane;
+    for (; i < end; ++i) total += static_cast<double>(x[i]) * x[i];
     partial[c] = total;
   }
   double total = 0.0;
@@ -299,8 +322,8 @@ struct AdamKernel {
   explicit AdamKernel(const AdamStep& s)
       : step(s),
         step_size(s.learning_rate /
-                  static_cast<float>(1.0 - std::pow(static_cast<double>(s.beta1),
-                                                    static_cast<double>(s.step)))),
+                  static_cast<float>(
+                      1.0 - std::pow(static_cast<double>(s.beta1), static_cast<double>(s.step)))),
         root_correction2(std::sqrt(static_cast<float>(
             1.0 - std::pow(static_cast<double>(s.beta2), static_cast<double>(s.step))))) {}
 
@@ -335,8 +358,9 @@ void CpuBackend::adam_update(float* parameter, const float* gradient, float* m, 
     return;
   }
   if (n % width != 0)
-    throw Error(fmt::format("adam_update: unit_norm_rows {} does not divide {} parameters", width, n));
-  // Each row is renormalised while it is still in cache from its update.
+    throw Error(
+        fmt::format("adam_update: unit_norm_rows {} does not divide {} parameters", width, n));
+    // Each row is renormalised while it is still in cache from its update.
 #pragma omp parallel for schedule(static)
   for (std::int64_t row = 0; row < n / width; ++row) {
     adam(parameter, gradient, m, v, row * width, (row + 1) * width);

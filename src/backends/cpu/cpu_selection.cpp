@@ -93,6 +93,26 @@ void write_sorted_row(std::vector<Candidate>& picked, std::int64_t begin, Sparse
   }
 }
 
+// Writes the selected candidates of each row as CSR codes, each row sorted by rank, and the
+// smallest positive selected score when asked.
+SparseCodes write_selection(const std::shared_ptr<Backend>& backend, std::int64_t rows,
+                            std::vector<std::vector<Candidate>>& picked,
+                            float* min_selected_score) {
+  std::vector<std::int64_t> counts(static_cast<std::size_t>(rows));
+  for (std::int64_t b = 0; b < rows; ++b) counts[b] = static_cast<std::int64_t>(picked[b].size());
+  SparseCodes codes = allocate_codes(backend, rows, counts);
+  float smallest = std::numeric_limits<float>::infinity();
+#pragma omp parallel for schedule(static) reduction(min : smallest)
+  for (std::int64_t b = 0; b < rows; ++b) {
+    for (const Candidate& c : picked[b]) {
+      if (c.score > 0.0f) smallest = std::min(smallest, c.score);
+    }
+    write_sorted_row(picked[b], codes.row_ptr.data()[b], codes);
+  }
+  if (min_selected_score) *min_selected_score = std::isinf(smallest) ? -1.0f : smallest;
+  return codes;
+}
+
 SparseCodes select_per_row_top_k(const std::shared_ptr<Backend>& backend, const float* pre,
                                  std::int64_t rows, std::int64_t latents,
                                  const SelectionRequest& request) {
@@ -102,9 +122,8 @@ SparseCodes select_per_row_top_k(const std::shared_ptr<Backend>& backend, const 
     for (std::int64_t f = 0; f < latents; ++f) competitors += request.allowed[f] ? 1 : 0;
   }
   const std::int64_t k = std::min(request.k, competitors);
-  std::vector<std::int64_t> counts(static_cast<std::size_t>(rows), k);
-  SparseCodes codes = allocate_codes(backend, rows, counts);
-  if (k == 0) return codes;
+  std::vector<std::vector<Candidate>> picked(static_cast<std::size_t>(rows));
+  if (k == 0) return write_selection(backend, rows, picked, nullptr);
 
 #pragma omp parallel
   {
@@ -121,6 +140,7 @@ SparseCodes select_per_row_top_k(const std::shared_ptr<Backend>& backend, const 
       const auto consider = [&](std::int64_t f) {
         if (!allowed(request, f)) return;
         const float value = positive_part(row[f]);
+        if (request.positive_only && !(value > 0.0f)) return;
         const Candidate candidate{value, static_cast<std::int32_t>(f), value};
         if (static_cast<std::int64_t>(heap.size()) < k) {
           heap.push_back(candidate);
@@ -131,13 +151,16 @@ SparseCodes select_per_row_top_k(const std::shared_ptr<Backend>& backend, const 
           std::push_heap(heap.begin(), heap.end(), worse_on_top);
         }
       };
-      // Once the heap is full, a block of 16 whose largest value does not beat the worst kept
-      // score cannot enter (later latents lose ties), so one vectorised comparison skips the block.
+      // Once the heap is full, a block of 16 none of whose values beats the worst kept score
+      // cannot enter (later latents lose ties), nor, for positive_only, a block with no positive
+      // value: one vectorised comparison skips such a block.
       constexpr std::int64_t kBlock = 16;
       std::int64_t f = 0;
       for (; f + kBlock <= latents; f += kBlock) {
-        if (static_cast<std::int64_t>(heap.size()) == k) {
-          const float worst = heap.front().score;
+        const bool full = static_cast<std::int64_t>(heap.size()) == k;
+        if (full || request.positive_only) {
+          // Masked-out latents only make the test looser, never wrong.
+          const float worst = full ? heap.front().score : 0.0f;
           bool any = false;
           for (std::int64_t j = 0; j < kBlock; ++j) any |= row[f + j] > worst;
           if (!any) continue;
@@ -145,30 +168,10 @@ SparseCodes select_per_row_top_k(const std::shared_ptr<Backend>& backend, const 
         for (std::int64_t j = 0; j < kBlock; ++j) consider(f + j);
       }
       for (; f < latents; ++f) consider(f);
-      write_sorted_row(heap, codes.row_ptr.data()[b], codes);
+      picked[b] = heap;
     }
   }
-  return codes;
-}
-
-// Writes the selected candidates (each row's in row order) as CSR codes, each row sorted by
-// rank, and the smallest positive selected score.
-SparseCodes write_batch_selection(const std::shared_ptr<Backend>& backend, std::int64_t rows,
-                                  std::vector<std::vector<Candidate>>& picked,
-                                  float* min_selected_score) {
-  std::vector<std::int64_t> counts(static_cast<std::size_t>(rows));
-  for (std::int64_t b = 0; b < rows; ++b) counts[b] = static_cast<std::int64_t>(picked[b].size());
-  SparseCodes codes = allocate_codes(backend, rows, counts);
-  float smallest = std::numeric_limits<float>::infinity();
-#pragma omp parallel for schedule(static) reduction(min : smallest)
-  for (std::int64_t b = 0; b < rows; ++b) {
-    for (const Candidate& c : picked[b]) {
-      if (c.score > 0.0f) smallest = std::min(smallest, c.score);
-    }
-    write_sorted_row(picked[b], codes.row_ptr.data()[b], codes);
-  }
-  if (min_selected_score) *min_selected_score = std::isinf(smallest) ? -1.0f : smallest;
-  return codes;
+  return write_selection(backend, rows, picked, nullptr);
 }
 
 // Keeps, of the candidates (every entry whose score could rank among the `wanted` best, in
@@ -324,7 +327,7 @@ SparseCodes select_per_batch_top_k(const std::shared_ptr<Backend>& backend, cons
     candidates = batch_candidates_by_histogram(pre, weight, rows, latents, wanted);
   }
   keep_best(candidates, wanted);
-  return write_batch_selection(backend, rows, candidates, min_selected_score);
+  return write_selection(backend, rows, candidates, min_selected_score);
 }
 
 }  // namespace
