@@ -381,20 +381,28 @@ int run_diff_command(DiffFlags& flags) {
     std::printf("\n");
   }
   if (report.scaling) print_latent_scaling(*report.scaling, c.sources);
-  const std::string metric = !flags.rank_by.empty() ? flags.rank_by
-                             : report.contrast      ? "cohens_d"
-                                               : fmt::format("relative_norm_{}", c.sources - 1);
+  // The summary ranks by the relative norm of the last source and, with labels, by Cohen's d;
+  // --rank-by asks for one metric instead.
+  std::vector<std::string> metrics;
+  if (!flags.rank_by.empty()) {
+    metrics.push_back(flags.rank_by);
+  } else {
+    metrics.push_back(fmt::format("relative_norm_{}", c.sources - 1));
+    if (report.contrast) metrics.push_back("cohens_d");
+  }
   std::optional<int> only;
   if (!flags.only_class.empty()) only = parse_latent_class(flags.only_class);
-  const std::vector<std::int32_t> ranking = rank_latents(report, metric, false, only);
-  const std::vector<double> values = latent_metric(report, metric);
-  std::printf("top latents by %s%s:\n", metric.c_str(),
-              only ? (" among " + flags.only_class).c_str() : "");
-  for (std::size_t i = 0; i < ranking.size() && i < static_cast<std::size_t>(flags.top); ++i) {
-    const std::int32_t f = ranking[i];
-    std::printf("  %3zu. latent %6d  %-12s %s %.4f\n", i + 1, f,
-                latent_class_name(report.weights.latent_class[f]).c_str(), metric.c_str(),
-                values[f]);
+  for (const std::string& metric : metrics) {
+    const std::vector<std::int32_t> ranking = rank_latents(report, metric, false, only);
+    const std::vector<double> values = latent_metric(report, metric);
+    std::printf("top latents by %s%s:\n", metric.c_str(),
+                only ? (" among " + flags.only_class).c_str() : "");
+    for (std::size_t i = 0; i < ranking.size() && i < static_cast<std::size_t>(flags.top); ++i) {
+      const std::int32_t f = ranking[i];
+      std::printf("  %3zu. latent %6d  %-12s %s %.4f\n", i + 1, f,
+                  latent_class_name(report.weights.latent_class[f]).c_str(), metric.c_str(),
+                  values[f]);
+    }
   }
   for (const std::string* path : {&flags.json, &flags.csv, &flags.html}) {
     if (!path->empty()) std::printf("report: %s\n", path->c_str());
@@ -630,7 +638,9 @@ int main(int argc, char** argv) {
       "Per-latent model-diffing metrics of a trained crosscoder: decoder norms, relative norms, "
       "cosines, classes; with --data, activation statistics and FVE; with --labels, Cohen's d and "
       "AUROC");
-  diff_command->add_option("--model", diff.model, "Trained crosscoder (safetensors)")
+  diff_command
+      ->add_option("model,--model", diff.model,
+                   "Trained crosscoder (safetensors), as the first argument or after --model")
       ->required()
       ->check(CLI::ExistingFile);
   diff_command
@@ -670,7 +680,9 @@ int main(int argc, char** argv) {
   CLI::App* export_command = app.add_subcommand("export",
                                                 "Export latents' decoder directions (raw units) as "
                                                 "a llama.cpp control vector or safetensors");
-  export_command->add_option("--model", exporting.model, "Trained crosscoder (safetensors)")
+  export_command
+      ->add_option("model,--model", exporting.model,
+                   "Trained crosscoder (safetensors), as the first argument or after --model")
       ->required()
       ->check(CLI::ExistingFile);
   export_command

@@ -88,6 +88,11 @@ DemoResult run_demo(const DemoOptions& options, const std::shared_ptr<Backend>& 
     for (std::size_t i = 0; i < ranking.size(); ++i) {
       if (ranking[i] == result.tool_latent) result.tool_rank = static_cast<std::int64_t>(i) + 1;
     }
+    const std::vector<std::int32_t> overall = statistics.ranking(nullptr);
+    for (std::size_t i = 0; i < overall.size(); ++i) {
+      if (overall[i] == result.tool_latent)
+        result.tool_overall_rank = static_cast<std::int64_t>(i) + 1;
+    }
   }
   return result;
 }
@@ -108,10 +113,10 @@ std::string format_demo_result(const DemoResult& r, const DemoOptions& options) 
   if (r.tool_latent >= 0) {
     text += fmt::format(
         "planted tool feature → latent {} (cosine {:.3f}, Cohen's d {:.2f}, AUROC {:.3f}): rank {} "
-        "of {} latents exclusive to source {}\n",
+        "of {} latents exclusive to source {}, rank {} of all {} latents\n",
         r.tool_latent, r.recovery.tool_best_cosine, r.tool_cohens_d, r.tool_auroc,
         r.tool_rank > 0 ? std::to_string(r.tool_rank) : std::string("— (not classified exclusive)"),
-        r.exclusive_latents, options.data.sources - 1);
+        r.exclusive_latents, options.data.sources - 1, r.tool_overall_rank, options.model.latents);
   }
   return text;
 }

@@ -46,7 +46,7 @@ std::vector<std::string> latent_metric_names(const DiffReport& report) {
   }
   if (report.data) names.insert(names.end(), {"frequency", "mean_activation", "max_activation"});
   if (report.contrast)
-    names.insert(names.end(), {"cohens_d", "auroc", "firing_positive", "firing_negative"});
+    names.insert(names.end(), {"cohens_d", "auroc", "freq_pos", "freq_neg"});
   if (report.scaling) {
     for (const char* prefix :
          {"beta_error", "beta_reconstruction", "nu_error", "nu_reconstruction"})
@@ -88,8 +88,8 @@ std::vector<double> latent_metric(const DiffReport& report, std::string_view nam
   if (report.contrast) {
     if (name == "cohens_d") return report.contrast->cohens_d;
     if (name == "auroc") return report.contrast->auroc;
-    if (name == "firing_positive") return report.contrast->firing_positive;
-    if (name == "firing_negative") return report.contrast->firing_negative;
+    if (name == "freq_pos") return report.contrast->firing_positive;
+    if (name == "freq_neg") return report.contrast->firing_negative;
   }
   if (report.scaling) {
     const LatentScaling& s = report.scaling.value();
@@ -194,8 +194,8 @@ std::string diff_report_json(const DiffReport& report) {
     if (report.contrast) {
       entry["cohens_d"] = report.contrast->cohens_d[f];
       entry["auroc"] = report.contrast->auroc[f];
-      entry["firing_positive"] = report.contrast->firing_positive[f];
-      entry["firing_negative"] = report.contrast->firing_negative[f];
+      entry["freq_pos"] = report.contrast->firing_positive[f];
+      entry["freq_neg"] = report.contrast->firing_negative[f];
     }
     if (scaling_slot[f] >= 0) {
       const LatentScaling& s = report.scaling.value();

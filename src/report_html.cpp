@@ -346,7 +346,7 @@ std::string diff_report_html(const DiffReport& report, const HtmlReportOptions& 
   if (report.data)
     metrics.insert(metrics.end(), {"frequency", "mean_activation", "max_activation"});
   if (report.contrast)
-    metrics.insert(metrics.end(), {"cohens_d", "auroc", "firing_positive", "firing_negative"});
+    metrics.insert(metrics.end(), {"cohens_d", "auroc", "freq_pos", "freq_neg"});
   if (report.scaling && M >= 2) {
     for (int m = 0; m < M; ++m) metrics.push_back(fmt::format("nu_error_{}", m));
   }

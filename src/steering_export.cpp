@@ -107,9 +107,11 @@ void write_control_vector(const std::filesystem::path& path, const Crosscoder& m
     gguf.scalar<std::uint32_t>(kString);
     gguf.string(value);
   }
+  // The number of direction tensors, as llama.cpp's cvector-generator and repeng write it
+  // (llama.cpp's loader reads the tensors by name and does not use this key).
   gguf.string("controlvector.layer_count");
   gguf.scalar<std::uint32_t>(kUint32);
-  gguf.scalar<std::uint32_t>(static_cast<std::uint32_t>(options.layer));
+  gguf.scalar<std::uint32_t>(1);
   gguf.string(fmt::format("direction.{}", options.layer));
   gguf.scalar<std::uint32_t>(1);  // dimensions
   gguf.scalar<std::uint64_t>(direction.size());

@@ -52,6 +52,12 @@ TEST(Contrast, CohensDAndAurocMatchFloat64References) {
         std::sqrt(((n[1] - 1) * var[1] + (n[0] - 1) * var[0]) / (n[0] + n[1] - 2));
     EXPECT_NEAR(got.cohens_d[f], (mean[1] - mean[0]) / pooled, 1e-9) << "latent " << f;
     EXPECT_NEAR(got.mean_positive[f], mean[1], 1e-12);
+    EXPECT_NEAR(got.mean_negative[f], mean[0], 1e-12);
+    double fired[2] = {0, 0};
+    for (int b = 0; b < rows; ++b)
+      if ((labels[b] == 0 || labels[b] == 1) && dense[b][f] > 0.0) fired[labels[b]] += 1;
+    EXPECT_NEAR(got.firing_positive[f], fired[1] / n[1], 1e-12) << "latent " << f;
+    EXPECT_NEAR(got.firing_negative[f], fired[0] / n[0], 1e-12) << "latent " << f;
     // AUROC by brute force over every (positive, negative) pair, ties counting one half.
     double wins = 0.0, pairs = 0.0;
     for (int i = 0; i < rows; ++i) {

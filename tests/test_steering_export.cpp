@@ -142,7 +142,8 @@ TEST_F(SteeringExport, ControlVectorIsValidGgufWithTheSummedDirection) {
   EXPECT_EQ(file.version, 3u);
   EXPECT_EQ(std::get<std::string>(file.metadata.at("general.architecture")), "controlvector");
   EXPECT_EQ(std::get<std::string>(file.metadata.at("controlvector.model_hint")), "qwen2");
-  EXPECT_EQ(std::get<std::uint32_t>(file.metadata.at("controlvector.layer_count")), 13u);
+  // the number of direction tensors, as llama.cpp's cvector-generator writes it
+  EXPECT_EQ(std::get<std::uint32_t>(file.metadata.at("controlvector.layer_count")), 1u);
   EXPECT_EQ(std::get<std::string>(file.metadata.at("crosscoder.latents")), "[7,12]");
   ASSERT_EQ(file.tensors.size(), 1u);
   const auto& tensor = file.tensors.at("direction.13");

@@ -31,8 +31,8 @@ struct DiffReport {
 
 /// Names accepted by rank_latents and latent_metric: decoder_norm_<m>, relative_norm_<m>,
 /// normalised_difference (two sources), decoder_cosine, encoder_cosine (first source pair),
-/// frequency, mean_activation, max_activation (need data), cohens_d, auroc, firing_positive,
-/// firing_negative (need labels), beta_error_<m>, beta_reconstruction_<m>, nu_error_<m>,
+/// frequency, mean_activation, max_activation (need data), cohens_d, auroc, freq_pos,
+/// freq_neg (need labels), beta_error_<m>, beta_reconstruction_<m>, nu_error_<m>,
 /// nu_reconstruction_<m> (Latent Scaling; NaN for latents it did not measure).
 std::vector<std::string> latent_metric_names(const DiffReport& report);
 

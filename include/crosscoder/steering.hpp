@@ -68,7 +68,8 @@ bool position_selected(const PositionFilter& filter, const RowInfo& info);
 /// caller also has the other model's activations for the same tokens, apply_paired() uses them.
 ///
 /// Cost per row: add and project-out O(d) per intervention; scale and clamp one dot product of
-/// width d per latent for ReLU, JumpReLU and thresholded BatchTopK, and a full encoder pass with
+/// width M·d (the encoder row; zeros stand for the other sources) per latent for ReLU, JumpReLU
+/// and thresholded BatchTopK, and a full encoder pass with
 /// selection on the model's backend for TopK (and BatchTopK without a learnt threshold).
 class Steerer {
  public:
