@@ -14,6 +14,8 @@
 #include <cstdlib>
 #include <filesystem>
 #include <map>
+#include <memory>
+#include <optional>
 #include <random>
 #include <vector>
 
@@ -72,6 +74,8 @@ void remove_datasets() {
 }
 
 // Drops the dataset's pages from the page cache (clean pages only, which these are after fsync).
+// Pages that a live mapping holds stay cached, so a cold pass must drop the cache with the
+// dataset closed and open it afresh.
 void drop_cache(const fs::path& manifest) {
   for (const auto& entry : fs::directory_iterator(manifest.parent_path())) {
     const int fd = ::open(entry.path().c_str(), O_RDONLY);
@@ -94,20 +98,23 @@ void BM_SequentialRead(benchmark::State& state, bool cold) {
   const StoredType dtype = dtype_arg(state.range(0));
   const int width = static_cast<int>(state.range(1));
   const fs::path manifest = dataset_path(dtype, width);
-  const ActivationDataset data = ActivationDataset::open({manifest});
+  std::optional<ActivationDataset> data = ActivationDataset::open({manifest});
+  const std::int64_t rows = data->rows();
   constexpr std::int64_t kChunk = 4096;
   std::vector<float> out(static_cast<std::size_t>(kChunk * 2 * width));
   for (auto _ : state) {
     if (cold) {
       state.PauseTiming();
+      data.reset();
       drop_cache(manifest);
+      data = ActivationDataset::open({manifest});
       state.ResumeTiming();
     }
-    for (std::int64_t begin = 0; begin < data.rows(); begin += kChunk)
-      data.read(begin, std::min(kChunk, data.rows() - begin), out.data());
+    for (std::int64_t begin = 0; begin < rows; begin += kChunk)
+      data->read(begin, std::min(kChunk, rows - begin), out.data());
     benchmark::DoNotOptimize(out.data());
   }
-  set_counters(state, data.rows(), 2 * width * (dtype == StoredType::F32 ? 4 : 2));
+  set_counters(state, rows, 2 * width * (dtype == StoredType::F32 ? 4 : 2));
 }
 
 // Shuffled training batches through the prefetching batcher, one epoch per iteration: what the
@@ -117,20 +124,26 @@ void BM_ShuffledBatches(benchmark::State& state, bool cold) {
   const int width = static_cast<int>(state.range(1));
   const std::int64_t batch = state.range(2);
   const fs::path manifest = dataset_path(dtype, width);
-  auto data = std::make_shared<ActivationDataset>(ActivationDataset::open({manifest}));
   ShuffleOptions options;
   options.buffer_bytes = std::int64_t{64} << 20;
-  PrefetchingBatchSource source(std::make_unique<ShuffledBatches>(data, options), 2);
+  const auto open_source = [&] {
+    auto data = std::make_shared<ActivationDataset>(ActivationDataset::open({manifest}));
+    return std::make_unique<PrefetchingBatchSource>(
+        std::make_unique<ShuffledBatches>(data, options), 2);
+  };
+  std::unique_ptr<PrefetchingBatchSource> source = open_source();
   std::vector<float> out(static_cast<std::size_t>(batch * 2 * width));
-  const std::int64_t steps = data->rows() / batch;
+  const std::int64_t steps = ActivationDataset::open({manifest}).rows() / batch;
   std::int64_t step = 0;
   for (auto _ : state) {
     if (cold) {
       state.PauseTiming();
+      source.reset();  // unmaps the shards, so that their pages can leave the cache
       drop_cache(manifest);
+      source = open_source();
       state.ResumeTiming();
     }
-    for (std::int64_t i = 0; i < steps; ++i) source.fill(step++, batch, out.data(), nullptr);
+    for (std::int64_t i = 0; i < steps; ++i) source->fill(step++, batch, out.data(), nullptr);
     benchmark::DoNotOptimize(out.data());
   }
   set_counters(state, steps * batch, 2 * width * (dtype == StoredType::F32 ? 4 : 2));

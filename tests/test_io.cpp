@@ -916,5 +916,23 @@ TEST_F(NpyTest, RandomlyMutatedFilesParseOrThrowButNeverCrash) {
   EXPECT_GT(parsed, 0);
 }
 
+class SpecialFileTest : public IoTempDirTest {};
+
+TEST_F(SpecialFileTest, AFifoOrADirectoryIsRefusedWithoutWaiting) {
+  // Opening a FIFO for reading blocks until a writer comes, unless asked not to: the parsers
+  // must refuse it at once instead of hanging.
+  const fs::path fifo = file("activations.npy");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  for (const fs::path& path : {fifo, dir_}) {
+    try {
+      (void)NpyFile::open(path);
+      ADD_FAILURE() << path << " was accepted";
+    } catch (const Error& error) {
+      EXPECT_NE(std::string(error.what()).find(path.string()), std::string::npos) << error.what();
+    }
+    EXPECT_THROW((void)SafetensorsFile::open(path), Error);
+  }
+}
+
 }  // namespace
 }  // namespace crosscoder::io

@@ -26,7 +26,9 @@ struct FileDescriptor {
 }  // namespace
 
 MappedFile MappedFile::open(const std::filesystem::path& path) {
-  const FileDescriptor file{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
+  // O_NONBLOCK: opening a FIFO (or a device) must not wait for a writer; such files are refused
+  // below, and the flag does not affect reads of regular files.
+  const FileDescriptor file{::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK)};
   if (file.fd < 0) {
     throw Error(fmt::format("{}: cannot open: {}", path.string(), std::strerror(errno)));
   }
