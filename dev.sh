@@ -34,8 +34,9 @@ install_missing_packages() {
     "${missing[@]}"
 }
 
-# The test suite also renders the HTML report in a headless browser.
-if [[ "$mode" == test ]]; then packages+=(chromium); fi
+# The test suite also renders the HTML report in a headless browser, and its Python interop
+# tests need python3 with venv.
+if [[ "$mode" == test ]]; then packages+=(chromium python3 python3-venv); fi
 
 install_missing_packages
 
@@ -73,6 +74,10 @@ case "$mode" in
       scripts/setup_python.sh "${python_args[@]}" ||
         echo "dev.sh: warning: scripts/setup_python.sh failed; the python tests will be skipped" >&2
     fi
+    # ctest runs tests side by side, each with an OpenMP team as wide as the machine: idle
+    # OpenMP threads must sleep rather than spin, or the oversubscribed cores crawl (the demo
+    # test ran 10× slower beside another test with spinning threads).
+    export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
     export ASAN_OPTIONS=${ASAN_OPTIONS:-allocator_may_return_null=1:detect_leaks=1}
     export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
     ctest --test-dir "$build_dir" --output-on-failure --parallel "$jobs" "$@"

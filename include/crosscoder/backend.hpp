@@ -85,6 +85,7 @@ class Backend {
   Backend(const Backend&) = delete;
   Backend& operator=(const Backend&) = delete;
 
+  /// Which kind of backend this is.
   virtual BackendKind kind() const noexcept = 0;
   /// A human-readable description of the device, e.g. "CPU (2 threads, Eigen 3.4.0)".
   virtual std::string describe() const = 0;

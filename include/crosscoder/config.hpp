@@ -19,6 +19,7 @@ enum class Activation {
               ///< estimator (Rajamanoharan et al. 2024)
 };
 
+/// "relu", "topk", "batchtopk" or "jumprelu".
 std::string_view to_string(Activation activation) noexcept;
 /// Parses "relu", "topk", "batchtopk" or "jumprelu"; throws Error naming the text otherwise.
 Activation parse_activation(std::string_view text);
@@ -30,7 +31,9 @@ enum class Normalisation {
   mean_and_scale,  ///< (x − μ_m)·s_m with s_m chosen so that E‖x_m − μ_m‖² = d
 };
 
+/// "none", "scalar" or "mean_and_scale".
 std::string_view to_string(Normalisation normalisation) noexcept;
+/// Parses "none", "scalar" or "mean_and_scale"; throws Error naming the text otherwise.
 Normalisation parse_normalisation(std::string_view text);
 
 /// Shape and variant of a crosscoder. Latents are laid out as one block of shared latents

@@ -4,8 +4,8 @@
 
 #include "crosscoder/activation_writer.hpp"
 #include "crosscoder/backend.hpp"
-#include "crosscoder/capture.hpp"
 #include "crosscoder/batch_source.hpp"
+#include "crosscoder/capture.hpp"
 #include "crosscoder/config.hpp"
 #include "crosscoder/contrast.hpp"
 #include "crosscoder/data_metrics.hpp"

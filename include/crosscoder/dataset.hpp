@@ -36,12 +36,12 @@ class ActivationDataset {
   ActivationDataset& operator=(ActivationDataset&&) noexcept;
   ~ActivationDataset();
 
-  int sources() const noexcept;
-  int width() const noexcept;
-  std::int64_t rows() const noexcept;
-  const std::vector<std::string>& source_names() const noexcept;
-  bool has_labels() const noexcept;
-  bool has_token_ids() const noexcept;
+  int sources() const noexcept;        ///< M, the number of sources
+  int width() const noexcept;          ///< d, the width of each source's rows
+  std::int64_t rows() const noexcept;  ///< N, rows of every source (row i is the same token)
+  const std::vector<std::string>& source_names() const noexcept;  ///< [M], in source order
+  bool has_labels() const noexcept;     ///< per-row labels are present (manifest or attached)
+  bool has_token_ids() const noexcept;  ///< per-row token ids are present
 
   /// Rows [first, first + count) as float32 into out[count, M, d].
   /// @throws Error for a range outside [0, rows()), or naming the file, source and row when a

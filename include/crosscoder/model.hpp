@@ -56,10 +56,15 @@ class Crosscoder {
   void save(const std::filesystem::path& path,
             const std::map<std::string, std::string>& extra_metadata = {}) const;
 
+  /// The shape and variant this crosscoder was made with.
   const CrosscoderConfig& config() const noexcept { return config_; }
+  /// The backend holding the parameters; every operation runs there.
   const std::shared_ptr<Backend>& backend() const noexcept { return backend_; }
+  /// The parameters in backend memory (normalised units), for trainers and exporters.
   CrosscoderParameters& parameters() noexcept { return parameters_; }
+  /// The parameters in backend memory (normalised units).
   const CrosscoderParameters& parameters() const noexcept { return parameters_; }
+  /// The per-source normalisation applied inside encode and decode.
   const Normaliser& normaliser() const noexcept { return normaliser_; }
 
   /// Estimates the normaliser from raw rows x[rows, M, d] (see Normalisation) and uploads it.
@@ -71,12 +76,15 @@ class Crosscoder {
   /// BatchTopK's inference threshold on decoder-norm-weighted activations; negative until
   /// training has learnt one (then encode() falls back to batch selection).
   float batch_threshold() const noexcept { return batch_threshold_; }
+  /// Sets the BatchTopK inference threshold (the trainer's moving average; negative = none).
   void set_batch_threshold(float threshold) noexcept { batch_threshold_ = threshold; }
 
   /// Sparse latent activations of raw rows x[rows, M, d] (host memory), as at inference:
   /// BatchTopK uses the learnt threshold when there is one.
+  /// @throws Error when x does not hold rows·M·d values or holds NaN/Inf (naming row and source).
   HostSparseCodes encode(std::span<const float> x, std::int64_t rows) const;
   /// Reconstruction of raw rows, in raw units: [rows, M, d].
+  /// @throws Error as encode().
   std::vector<float> reconstruct(std::span<const float> x, std::int64_t rows) const;
 
   /// One inference forward pass with every intermediate an analysis may need, so that several

@@ -12,6 +12,7 @@
 
 namespace crosscoder {
 
+/// How train() checkpoints, resumes and reports progress.
 struct TrainingOptions {
   /// Training checkpoint path (optimiser state included); empty = none.
   std::filesystem::path checkpoint;

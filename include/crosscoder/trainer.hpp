@@ -17,12 +17,12 @@ namespace crosscoder {
 
 /// Optimisation settings. Losses are computed in normalised units and averaged over rows.
 struct TrainConfig {
-  std::int64_t steps = 1000;       ///< optimisation steps
-  std::int64_t batch_size = 1024;  ///< rows per step
-  float learning_rate = 5e-4f;     ///< peak Adam learning rate
-  float beta1 = 0.9f;
-  float beta2 = 0.999f;
-  float epsilon = 1e-8f;
+  std::int64_t steps = 1000;           ///< optimisation steps
+  std::int64_t batch_size = 1024;      ///< rows per step
+  float learning_rate = 5e-4f;         ///< peak Adam learning rate
+  float beta1 = 0.9f;                  ///< Adam: decay of the first-moment estimate
+  float beta2 = 0.999f;                ///< Adam: decay of the second-moment estimate
+  float epsilon = 1e-8f;               ///< Adam: added to √v̂ in the denominator
   std::int64_t warmup_steps = 100;     ///< linear warm-up from 0 to the peak rate
   float decay_fraction = 0.2f;         ///< linear decay to 0 over this final fraction of steps
   float gradient_clip = 1.0f;          ///< max global gradient norm; ≤ 0 disables clipping
@@ -39,7 +39,9 @@ struct TrainConfig {
 
   /// Throws Error naming the field when a value is out of range.
   void validate() const;
+  /// Every field as a JSON object (stored in training checkpoints).
   std::string to_json() const;
+  /// Inverse of to_json(). @throws Error naming a missing field, invalid JSON or a bad value.
   static TrainConfig from_json(std::string_view json);
 };
 
