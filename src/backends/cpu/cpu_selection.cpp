@@ -113,6 +113,46 @@ SparseCodes write_selection(const std::shared_ptr<Backend>& backend, std::int64_
   return codes;
 }
 
+// The k best of one row (values max(pre, 0), ties to the lower latent) from the candidates at
+// or above a threshold estimated on a strided sample of the row: one vectorised pass and a
+// select over a few hundred candidates instead of a heap over the whole row. Returns false,
+// leaving the row to the heap, when the sample cannot place a positive threshold or fewer than
+// k values reach it.
+bool row_top_k_by_threshold(const float* row, std::int64_t latents, std::int64_t k,
+                            std::vector<float>& sample, std::vector<Candidate>& candidates) {
+  constexpr std::int64_t kSample = 1024;
+  if (latents < 4 * kSample || 16 * k > latents) return false;
+  const std::int64_t stride = latents / kSample;
+  sample.clear();
+  for (std::int64_t f = 0; f < latents; f += stride) sample.push_back(positive_part(row[f]));
+  const auto size = static_cast<double>(sample.size());
+  const double expected = static_cast<double>(k) / static_cast<double>(latents) * size;
+  const auto position = static_cast<std::int64_t>(1.25 * expected + 5.0 * std::sqrt(expected) + 8);
+  if (position >= static_cast<std::int64_t>(sample.size())) return false;
+  std::nth_element(sample.begin(), sample.begin() + position, sample.end(), std::greater<>());
+  const float threshold = sample[static_cast<std::size_t>(position)];
+  if (!(threshold > 0.0f)) return false;
+
+  candidates.clear();
+  constexpr std::int64_t kBlock = 16;
+  const auto consider = [&](std::int64_t f) {
+    if (row[f] >= threshold) candidates.push_back({row[f], static_cast<std::int32_t>(f), row[f]});
+  };
+  std::int64_t f = 0;
+  for (; f + kBlock <= latents; f += kBlock) {
+    bool any = false;
+    for (std::int64_t j = 0; j < kBlock; ++j) any |= row[f + j] >= threshold;
+    if (!any) continue;
+    for (std::int64_t j = 0; j < kBlock; ++j) consider(f + j);
+  }
+  for (; f < latents; ++f) consider(f);
+  if (static_cast<std::int64_t>(candidates.size()) < k) return false;
+  std::nth_element(candidates.begin(), candidates.begin() + (k - 1), candidates.end(),
+                   ranks_higher);
+  candidates.resize(static_cast<std::size_t>(k));
+  return true;
+}
+
 SparseCodes select_per_row_top_k(const std::shared_ptr<Backend>& backend, const float* pre,
                                  std::int64_t rows, std::int64_t latents,
                                  const SelectionRequest& request) {
@@ -133,10 +173,17 @@ SparseCodes select_per_row_top_k(const std::shared_ptr<Backend>& backend, const 
     const auto worse_on_top = [](const Candidate& a, const Candidate& b) {
       return ranks_higher(a, b);
     };
+    std::vector<float> sample;
+    std::vector<Candidate> candidates;
 #pragma omp for schedule(static)
     for (std::int64_t b = 0; b < rows; ++b) {
-      heap.clear();
       const float* row = pre + b * latents;
+      if (!request.allowed && !request.positive_only &&
+          row_top_k_by_threshold(row, latents, k, sample, candidates)) {
+        picked[b] = candidates;
+        continue;
+      }
+      heap.clear();
       const auto consider = [&](std::int64_t f) {
         if (!allowed(request, f)) return;
         const float value = positive_part(row[f]);
