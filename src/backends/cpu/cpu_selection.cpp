@@ -42,6 +42,39 @@ float score_of(const SelectionRequest& request, float pre, std::int64_t latent) 
 // Non-negative floats order like their bit patterns as unsigned integers.
 std::uint32_t key_of(float non_negative) { return std::bit_cast<std::uint32_t>(non_negative); }
 
+// A threshold that at least `wanted` of `population` scores reach, read off a sample of them:
+// the sampled score ranked 25% and five binomial standard deviations beyond the expected
+// count of sampled entries above the true threshold, so that it is rarely too high. 0 when the
+// sample is too small to place it. Reorders `sample`.
+float threshold_from_sample(std::vector<float>& sample, std::int64_t wanted,
+                            std::int64_t population) {
+  const double expected = static_cast<double>(wanted) / static_cast<double>(population) *
+                          static_cast<double>(sample.size());
+  const auto position = static_cast<std::int64_t>(1.25 * expected + 5.0 * std::sqrt(expected) + 8);
+  if (position >= static_cast<std::int64_t>(sample.size())) return 0.0f;
+  std::nth_element(sample.begin(), sample.begin() + position, sample.end(), std::greater<>());
+  return sample[static_cast<std::size_t>(position)];
+}
+
+// Calls visit(f) for every f < n with score(f) ≥ threshold. Blocks of 16 are tested first
+// with one vectorised comparison, so that most blocks are skipped; `score` must be cheap.
+template <typename Score, typename Visit>
+void for_each_at_least(std::int64_t n, float threshold, Score score, Visit visit) {
+  constexpr std::int64_t kBlock = 16;
+  std::int64_t f = 0;
+  for (; f + kBlock <= n; f += kBlock) {
+    bool any = false;
+    for (std::int64_t j = 0; j < kBlock; ++j) any |= score(f + j) >= threshold;
+    if (!any) continue;
+    for (std::int64_t j = 0; j < kBlock; ++j) {
+      if (score(f + j) >= threshold) visit(f + j);
+    }
+  }
+  for (; f < n; ++f) {
+    if (score(f) >= threshold) visit(f);
+  }
+}
+
 SparseCodes allocate_codes(const std::shared_ptr<Backend>& backend, std::int64_t rows,
                            const std::vector<std::int64_t>& counts) {
   SparseCodes codes;
@@ -125,27 +158,14 @@ bool row_top_k_by_threshold(const float* row, std::int64_t latents, std::int64_t
   const std::int64_t stride = latents / kSample;
   sample.clear();
   for (std::int64_t f = 0; f < latents; f += stride) sample.push_back(positive_part(row[f]));
-  const auto size = static_cast<double>(sample.size());
-  const double expected = static_cast<double>(k) / static_cast<double>(latents) * size;
-  const auto position = static_cast<std::int64_t>(1.25 * expected + 5.0 * std::sqrt(expected) + 8);
-  if (position >= static_cast<std::int64_t>(sample.size())) return false;
-  std::nth_element(sample.begin(), sample.begin() + position, sample.end(), std::greater<>());
-  const float threshold = sample[static_cast<std::size_t>(position)];
+  const float threshold = threshold_from_sample(sample, k, latents);
   if (!(threshold > 0.0f)) return false;
-
   candidates.clear();
-  constexpr std::int64_t kBlock = 16;
-  const auto consider = [&](std::int64_t f) {
-    if (row[f] >= threshold) candidates.push_back({row[f], static_cast<std::int32_t>(f), row[f]});
-  };
-  std::int64_t f = 0;
-  for (; f + kBlock <= latents; f += kBlock) {
-    bool any = false;
-    for (std::int64_t j = 0; j < kBlock; ++j) any |= row[f + j] >= threshold;
-    if (!any) continue;
-    for (std::int64_t j = 0; j < kBlock; ++j) consider(f + j);
-  }
-  for (; f < latents; ++f) consider(f);
+  for_each_at_least(
+      latents, threshold, [row](std::int64_t f) { return row[f]; },
+      [&](std::int64_t f) {
+        candidates.push_back({row[f], static_cast<std::int32_t>(f), row[f]});
+      });
   if (static_cast<std::int64_t>(candidates.size()) < k) return false;
   std::nth_element(candidates.begin(), candidates.begin() + (k - 1), candidates.end(),
                    ranks_higher);
@@ -310,42 +330,24 @@ float sampled_candidate_threshold(const float* pre, const float* weight, std::in
     const float positive = positive_part(pre[i]);
     sample.push_back(weight ? positive * weight[i % latents] : positive);
   }
-  const auto size = static_cast<double>(sample.size());
-  const double expected = static_cast<double>(wanted) / static_cast<double>(n) * size;
-  // 25% and five binomial standard deviations above the expected count of sampled entries.
-  const auto position = static_cast<std::int64_t>(1.25 * expected + 5.0 * std::sqrt(expected) + 8);
-  if (position >= static_cast<std::int64_t>(sample.size())) return 0.0f;
-  std::nth_element(sample.begin(), sample.begin() + position, sample.end(), std::greater<>());
-  return sample[static_cast<std::size_t>(position)];
+  return threshold_from_sample(sample, wanted, n);
 }
 
-// Every entry whose score is at least `threshold` (> 0), by rows in parallel. The test runs
-// over blocks of 16 scores first, so that the loop vectorises and most blocks are skipped.
+// Every entry whose score is at least `threshold` (> 0, so only positive pre-activations
+// qualify, the weights being non-negative), by rows in parallel.
 std::vector<std::vector<Candidate>> batch_candidates_above(const float* pre, const float* weight,
                                                            std::int64_t rows, std::int64_t latents,
                                                            float threshold) {
-  constexpr std::int64_t kBlock = 16;
   std::vector<std::vector<Candidate>> candidates(static_cast<std::size_t>(rows));
 #pragma omp parallel for schedule(static)
   for (std::int64_t b = 0; b < rows; ++b) {
     const float* row = pre + b * latents;
-    std::vector<Candidate>& out = candidates[b];
-    const auto consider = [&](std::int64_t f) {
-      const float positive = positive_part(row[f]);
-      const float score = weight ? positive * weight[f] : positive;
-      if (score >= threshold) out.push_back({score, static_cast<std::int32_t>(f), positive});
+    const auto score = [row, weight](std::int64_t f) {
+      return weight ? row[f] * weight[f] : row[f];
     };
-    std::int64_t f = 0;
-    for (; f + kBlock <= latents; f += kBlock) {
-      bool any = false;
-      for (std::int64_t j = 0; j < kBlock; ++j) {
-        const float score = weight ? row[f + j] * weight[f + j] : row[f + j];
-        any |= score >= threshold;
-      }
-      if (!any) continue;
-      for (std::int64_t j = 0; j < kBlock; ++j) consider(f + j);
-    }
-    for (; f < latents; ++f) consider(f);
+    for_each_at_least(latents, threshold, score, [&](std::int64_t f) {
+      candidates[b].push_back({score(f), static_cast<std::int32_t>(f), row[f]});
+    });
   }
   return candidates;
 }
