@@ -89,13 +89,24 @@ std::optional<std::uint64_t> byte_size(DType dtype, const std::vector<std::int64
   return empty ? 0 : bytes;
 }
 
-// Parses the header JSON, rejecting a key that appears twice in any object: nlohmann keeps the
-// last of duplicate keys silently, so the parser callback watches every key.
+// Deeper than any safetensors header (an object of objects of arrays): a value nested deeper is
+// refused while parsing, because nlohmann's ordered objects copy their values recursively
+// when they grow, and tens of thousands of nested '[' would overflow the stack.
+constexpr int kMaxHeaderDepth = 64;
+
+// Parses the header JSON, rejecting a key that appears twice in any object (nlohmann keeps the
+// last of duplicate keys silently, so the parser callback watches every key) and values nested
+// deeper than kMaxHeaderDepth (not stored, so never copied).
 Json parse_header(std::string_view text, const std::function<Error(const std::string&)>& fail) {
   std::vector<std::set<std::string>> open_objects;  // the keys seen in each enclosing object
   std::optional<std::string> duplicate;
-  const auto watch = [&](int /*depth*/, Json::parse_event_t event, Json& parsed) {
+  bool too_deep = false;
+  const auto watch = [&](int depth, Json::parse_event_t event, Json& parsed) {
     using Event = Json::parse_event_t;
+    if ((event == Event::object_start || event == Event::array_start) && depth >= kMaxHeaderDepth) {
+      too_deep = true;
+      return false;  // discarded: its contents are parsed but not kept
+    }
     if (event == Event::object_start) {
       open_objects.emplace_back();
     } else if (event == Event::object_end) {
@@ -115,6 +126,9 @@ Json parse_header(std::string_view text, const std::function<Error(const std::st
     json = Json::parse(text, watch);
   } catch (const nlohmann::json::exception& error) {
     throw fail(fmt::format("header is not valid JSON ({})", error.what()));
+  }
+  if (too_deep) {
+    throw fail(fmt::format("header nests values more than {} levels deep", kMaxHeaderDepth));
   }
   if (duplicate) throw fail(*duplicate);
   return json;
