@@ -204,7 +204,16 @@ class InteropTest(unittest.TestCase):
         i32 = np.load(self.dir / "i32.npy")
         self.assertEqual(i32.dtype, np.dtype("<i4"))
         np.testing.assert_array_equal(i32, int_values(3, 11))
-        for name in ["f32.npy", "f32_3d.npy", "i32.npy"]:
+        f16 = np.load(self.dir / "f16.npy")
+        self.assertEqual(f16.dtype, np.dtype("<f2"))
+        # float16 rounding agrees bit for bit with NumPy's (nearest even).
+        np.testing.assert_array_equal(
+            f16.view(np.uint16), float_values(6, 10).astype(np.float16).view(np.uint16).reshape(2, 5)
+        )
+        bf16_u2 = np.load(self.dir / "bf16_u2.npy")
+        self.assertEqual(bf16_u2.dtype, np.dtype("<u2"))
+        np.testing.assert_array_equal(bf16_u2, to_bfloat16_bits(float_values(7, 6).reshape(3, 2)))
+        for name in ["f32.npy", "f32_3d.npy", "i32.npy", "f16.npy", "bf16_u2.npy"]:
             data = (self.dir / name).read_bytes()
             self.assertEqual(data[6:8], b"\x01\x00", f"{name}: not format version 1.0")
             header_length = int.from_bytes(data[8:10], "little")

@@ -154,6 +154,9 @@ int write_files(const fs::path& out_dir) {
   mixed.add_float("reference", {3, 2}, reference);
   mixed.set_metadata("sources", "[\"bf16\"]");
   mixed.write(out_dir / "bf16.safetensors");
+  // The 16-bit .npy shards ActivationWriter writes: '<f2', and bfloat16 bits as '<u2'.
+  io::write_npy_raw(out_dir / "f16.npy", {2, 5}, "<f2", bytes_of(halves));
+  io::write_npy_raw(out_dir / "bf16_u2.npy", {3, 2}, "<u2", bytes_of(bf16));
   std::printf("wrote %s\n", out_dir.c_str());
   return 0;
 }
