@@ -2,11 +2,14 @@
 #include <fmt/format.h>
 #include <CLI/CLI.hpp>
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <optional>
@@ -30,10 +33,17 @@ void require_writable_parent(const std::filesystem::path& path, const char* flag
     throw Error(
         fmt::format("{} {}: directory {} does not exist", flag, path.string(), parent.string()));
   }
-  if (::access(parent.c_str(), W_OK) != 0) {
-    throw Error(
-        fmt::format("{} {}: directory {} is not writable", flag, path.string(), parent.string()));
+  // Creating a file is the test that counts: access(W_OK) says yes to root on a read-only
+  // file system or in /proc, and training would then fail only when it saves.
+  const std::filesystem::path probe =
+      parent / fmt::format(".crosscoder-write-probe-{}", static_cast<long>(::getpid()));
+  const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    throw Error(fmt::format("{} {}: directory {} is not writable ({})", flag, path.string(),
+                            parent.string(), std::strerror(errno)));
   }
+  ::close(fd);
+  ::unlink(probe.c_str());
 }
 
 std::shared_ptr<Backend> backend_for(const std::string& device) {

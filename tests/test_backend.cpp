@@ -43,8 +43,13 @@ TEST(BackendRegistry, BestBackendNeverThrowsAndMatchesUsability) {
   std::vector<std::string> lines;
   set_log_sink([&](LogLevel, std::string_view line) { lines.emplace_back(line); });
   const auto backend = best_backend();
+  const std::size_t after_first = lines.size();  // 0 when an earlier test already chose
+  const auto again = best_backend();
   set_log_sink({});
   ASSERT_TRUE(backend);
+  ASSERT_TRUE(again);
+  EXPECT_LE(after_first, 1u);
+  EXPECT_EQ(lines.size(), after_first) << "best_backend() logs its choice once per process";
   const bool cuda_usable = available_backends()[1].usable;
   EXPECT_EQ(backend->kind(), cuda_usable ? BackendKind::cuda : BackendKind::cpu);
 }
