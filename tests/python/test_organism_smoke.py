@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""The model organism's smoke pipeline (examples/organism/run_organism.py --smoke) end to end on
+the real pretrained model, its outputs checked for form (not timed, and its numbers mean
+nothing), and the organism tool's errors on bad input.
+
+Environment: CROSSCODER_BUILD (the build directory), CROSSCODER_LLAMA2C_MODEL (default
+../shared/models/stories260K.bin beside the project). Exits 77 (skipped) when the model file or
+torch is absent (scripts/setup_python.sh --with-torch installs torch).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILD = Path(os.environ.get("CROSSCODER_BUILD", ROOT / "build"))
+MODEL = Path(os.environ.get("CROSSCODER_LLAMA2C_MODEL",
+                            ROOT.parent / "shared" / "models" / "stories260K.bin"))
+ORGANISM = BUILD / "examples" / "llama2c_organism"
+CLI = BUILD / "examples" / "crosscoder"
+
+if not MODEL.exists():
+    print(f"skipped: the model {MODEL} is absent")
+    sys.exit(77)
+try:
+    import numpy as np
+    import torch  # noqa: F401  (the fine-tune needs it)
+except ImportError as error:
+    print(f"skipped: {error} (scripts/setup_python.sh --with-torch)")
+    sys.exit(77)
+
+
+class OrganismSmoke(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.tmp = tempfile.TemporaryDirectory(prefix="organism-smoke-")
+        cls.out = Path(cls.tmp.name) / "run"
+        subprocess.run([sys.executable, ROOT / "examples" / "organism" / "run_organism.py",
+                        "--model", MODEL, "--out", cls.out, "--build", BUILD, "--smoke"],
+                       check=True)
+        cls.results = json.loads((cls.out / "results.json").read_text())
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.tmp.cleanup()
+
+    def run_organism(self, *args):
+        return subprocess.run([ORGANISM, *map(str, args)], capture_output=True, text=True,
+                              check=False)
+
+    def test_the_fine_tuned_model_is_a_llama2c_checkpoint_of_the_same_shape(self) -> None:
+        rl = self.out / "rl.bin"
+        self.assertEqual(rl.stat().st_size, MODEL.stat().st_size)
+        self.assertEqual(rl.read_bytes()[:28], MODEL.read_bytes()[:28])
+        self.assertNotEqual(rl.read_bytes(), MODEL.read_bytes())
+        curve = self.results["rl"]["curve"]
+        self.assertTrue(curve and all(np.isfinite(e["kl"]) and 0 <= e["reward"] <= 1
+                                      for e in curve))
+
+    def test_the_captures_are_datasets_the_library_reads(self) -> None:
+        for name, labelled in (("capture_train", False), ("capture_contrast", True)):
+            manifest = self.out / name / "manifest.json"
+            info = subprocess.run([CLI, "info", manifest], capture_output=True, text=True,
+                                  check=False)
+            self.assertEqual(info.returncode, 0, info.stderr)
+            data = json.loads(manifest.read_text())
+            self.assertEqual([s["name"] for s in data["sources"]], ["base", "rl"])
+            self.assertEqual(data["width"], 64)
+            self.assertEqual("labels" in data, labelled)
+        contrast = self.out / "prompts" / "contrast.npy"
+        rows = json.loads((self.out / "capture_contrast" / "manifest.json").read_text())
+        self.assertEqual(sum(s["rows"] for s in rows["sources"][0]["shards"]),
+                         len(np.load(contrast)))
+
+    def test_every_steering_cell_is_well_formed(self) -> None:
+        steering = self.results["steering"]
+        self.assertGreaterEqual(len(steering), 8)
+        for name, cell in steering.items():
+            self.assertEqual(cell["alpha"], [0, 1, 4, 8, 16, 32, 64], name)
+            self.assertGreater(cell["prompts"], 0, name)
+            for mean, low, high in cell["correct"] + cell["call"]:
+                self.assertTrue(0 <= low <= mean <= high <= 1, f"{name}: {mean} [{low}, {high}]")
+        for path in (self.out / "steering").glob("*.json"):
+            cell = json.loads(path.read_text())
+            for entry in cell["cells"]:
+                self.assertEqual(len(entry["correct"]), len(cell["tools"]), path)
+                self.assertEqual(len(entry["call"]), len(cell["tools"]), path)
+        report = (self.out / "report.md").read_text()
+        self.assertIn("Smoke run", report)
+        self.assertTrue((self.out / "steering.svg").read_text().startswith("<svg"))
+
+    def test_bad_input_gets_a_clear_error(self) -> None:
+        crosscoder = next((self.out / "crosscoders").glob("dedicated*.safetensors"))
+        prompts = self.out / "prompts" / "eval_near.npy"
+        convention = self.out / "prompts" / "convention.json"
+        common = ["--crosscoder", crosscoder, "--prompts", prompts, "--convention", convention,
+                  "--out", self.out / "bad.json"]
+        result = self.run_organism("steer", "--model", MODEL, "--block", 2, "--latents", 99999,
+                                   *common)
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("99999", result.stderr)
+        result = self.run_organism("steer", "--model", MODEL, "--block", 7, "--latents", 0,
+                                   *common)
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("--block 7 is out of range", result.stderr)
+        truncated = self.out / "truncated.bin"
+        truncated.write_bytes(MODEL.read_bytes()[:50000])
+        result = self.run_organism("steer", "--model", truncated, "--block", 2, "--latents", 0,
+                                   *common)
+        self.assertEqual(result.returncode, 1)
+        self.assertIn(str(truncated), result.stderr)
+        result = self.run_organism("capture", "--base", MODEL, "--rl", MODEL, "--block", 5,
+                                   "--prompts", prompts, "--out", self.out / "bad")
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("out of range", result.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()
