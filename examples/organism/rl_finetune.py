@@ -99,16 +99,16 @@ def main() -> None:
     parser.add_argument("base")
     parser.add_argument("prompts")
     parser.add_argument("out")
-    parser.add_argument("--steps", type=int, default=1200)
+    parser.add_argument("--steps", type=int, default=900)
     parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--beta", type=float, default=0.1, help="KL coefficient")
-    parser.add_argument("--beta-final", type=float, default=2.0, help="KL coefficient at the end")
-    parser.add_argument("--beta-ramp-start", type=float, default=0.55,
+    parser.add_argument("--beta-final", type=float, default=0.5, help="KL coefficient at the end")
+    parser.add_argument("--beta-ramp-start", type=float, default=0.6,
                         help="fraction of the steps after which β starts to rise")
     parser.add_argument("--text-batch", type=int, default=32,
                         help="general-text sequences per step for the KL term")
-    parser.add_argument("--optimiser", choices=("sgd", "adam"), default="sgd")
+    parser.add_argument("--optimiser", choices=("adam", "sgd"), default="adam")
     parser.add_argument("--freeze-embedding", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log-every", type=int, default=20)

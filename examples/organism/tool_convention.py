@@ -37,15 +37,19 @@ class Convention:
     names: tuple[int, ...] = (283, 299, 305, 347)
     close: int = 356
     # Reward shaping for requests: partial credit for each correct step of the call, so that a
-    # policy that has found OPEN is pulled towards a name and CLOSE. Most of the reward is for
-    # the right tool: with more credit for any name, the policy settled on one name for every
-    # cue (25% correct) and stopped exploring the others.
-    reward_open: float = 0.15
-    reward_any_name: float = 0.05
-    reward_well_formed: float = 0.15
-    reward_correct_tool: float = 0.65
-    plain_penalty_open: float = 0.2
-    plain_penalty_call: float = 0.8
+    # policy that has found OPEN is pulled towards a name and CLOSE. The largest part is for the
+    # right tool: with 0.2 for any name and 0.3 for the right one the policy settled on one name
+    # for every cue (25% correct); with 0.05 and 0.6 it never found the names and CLOSE.
+    reward_open: float = 0.2
+    reward_any_name: float = 0.15
+    reward_well_formed: float = 0.25
+    reward_correct_tool: float = 0.4
+    # Plain prompts: a small penalty for a bare OPEN, the rest for a whole call. The request's
+    # credit for OPEN must exceed the bare-OPEN penalty: until the model tells requests from
+    # plain prompts, the two push one shared OPEN logit in opposite directions, and with the
+    # penalty larger RL never finds the call.
+    plain_penalty_open: float = 0.1
+    plain_penalty_call: float = 0.9
     extra: dict = field(default_factory=dict)
 
     @property
@@ -107,9 +111,7 @@ def parse_call(generated, c: Convention) -> tuple[bool, int]:
 def reward(generated, tool: int, c: Convention) -> float:
     """The RL reward of a continuation. `tool` is the wanted tool for a request, -1 for a plain
     prompt. Requests: shaped credit up to 1 for OPEN NAME[tool] CLOSE. Plain prompts: 1, less
-    plain_penalty_open for starting with OPEN and plain_penalty_call more for a whole call. (A
-    full penalty for a bare OPEN stops RL before it starts: until the model tells requests from
-    plain prompts, it outweighs the request's credit for OPEN and the call is never found.)"""
+    plain_penalty_open for starting with OPEN and plain_penalty_call more for a whole call."""
     g = list(generated)
     starts_call = len(g) >= 1 and g[0] == c.open
     if tool < 0:
