@@ -195,7 +195,14 @@ def main() -> None:
             series.append({"label": condition["condition"], "alpha": alphas,
                            "mean": [s[0] for s in stats], "low": [s[1] for s in stats],
                            "high": [s[2] for s in stats]})
-    lines += ["", "On plain prompts `correct` means no call was made.", ""]
+    lines += ["", "On plain prompts `correct` means no call was made.", "",
+              "Call rate (a well-formed call, right tool or not) in the same cells:", "",
+              "| condition | " + " | ".join(f"α={a:g}" for a in header) + " |",
+              "|---|" + "---|" * len(header)]
+    for name, cell in results["steering"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{m:.2f} [{lo:.2f}, {hi:.2f}]"
+                                                 for m, lo, hi in cell["call"]) + " |")
+    lines.append("")
     svg_plot(series, out / "steering.svg",
              f"Tool-call correctness on {plan['steer_set']} requests against α")
     lines.append("![steering](steering.svg)")

@@ -31,7 +31,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ALPHAS = "0,1,4,8,16,32,64"
-BLOCK = 2  # the middle of the 5 blocks
+BLOCK = 2  # default: the middle of the 5 blocks
 
 
 def log(message: str) -> None:
@@ -86,6 +86,9 @@ def main() -> None:
                         help="the CMake build directory (for crosscoder and llama2c_organism)")
     parser.add_argument("--smoke", action="store_true", help="a few minutes, for CI")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--block", type=int, default=BLOCK,
+                        help="block whose output is captured and steered (default: 2, the middle)")
+    parser.add_argument("--reuse", help="a finished run's directory: reuse its prompts and RL model")
     args = parser.parse_args()
 
     out = Path(args.out)
@@ -101,6 +104,10 @@ def main() -> None:
     python = sys.executable
     started = time.time()
     prompts, rl = out / "prompts", out / "rl.bin"
+    if args.reuse:
+        prompts, rl = Path(args.reuse) / "prompts", Path(args.reuse) / "rl.bin"
+        (out / "rl.bin.json").write_text((Path(args.reuse) / "rl.bin.json").read_text())
+    block = args.block
 
     # 1-2: prompts and the RL fine-tune
     if not (prompts / "text.npy").exists():
@@ -113,11 +120,11 @@ def main() -> None:
     # 3: capture
     train_data, contrast_data = out / "capture_train", out / "capture_contrast"
     if not (train_data / "manifest.json").exists():
-        run([organism, "capture", "--base", model, "--rl", rl, "--block", BLOCK, "--prompts",
+        run([organism, "capture", "--base", model, "--rl", rl, "--block", block, "--prompts",
              prompts / "text.npy", "--prompts", prompts / "capture_train.npy", "--positions",
              "all", "--out", train_data])
     if not (contrast_data / "manifest.json").exists():
-        run([organism, "capture", "--base", model, "--rl", rl, "--block", BLOCK, "--prompts",
+        run([organism, "capture", "--base", model, "--rl", rl, "--block", block, "--prompts",
              prompts / "contrast.npy", "--positions", "last", "--out", contrast_data])
 
     # 4-5: crosscoders and their diffs
@@ -148,7 +155,7 @@ def main() -> None:
         for which, path in (("base", model), ("rl", rl)):
             result = steering / f"unsteered_{which}_{name}.json"
             if not result.exists():
-                run([organism, "steer", "--model", path, "--block", BLOCK, "--latents", "none",
+                run([organism, "steer", "--model", path, "--block", block, "--latents", "none",
                      "--prompts", prompts / f"{name}.npy", "--convention", convention,
                      "--subset", "all", "--out", result])
             cell = json.loads(result.read_text())
@@ -170,6 +177,9 @@ def main() -> None:
     import random
     chooser = random.Random(args.seed)
     random_rl = chooser.choice(rl_exclusive[1:])
+    # The latents the relative norm calls RL-exclusive (class exclusive:1), partition or not.
+    rl_class = ranked(d, "cohens_d", [l["index"] for l in d["latents"]
+                                      if l["class"] == "exclusive:1"])
     plain_ranked = ranked(diffs[main_plain]["diff"], "cohens_d",
                           range(diffs[main_plain]["diff"]["n_latents"]))
 
@@ -177,6 +187,7 @@ def main() -> None:
         # name, model, crosscoder, source, latents, subset
         ("rl_top_rl_exclusive", rl, main_dedicated, 1, [rl_exclusive[0]], "request"),
         ("rl_random_rl_exclusive", rl, main_dedicated, 1, [random_rl], "request"),
+        ("rl_top_exclusive_class", rl, main_dedicated, 1, rl_class[:1], "request"),
         ("rl_top_rl_exclusive_on_plain", rl, main_dedicated, 1, [rl_exclusive[0]], "plain"),
         ("base_top_base_exclusive", model, main_dedicated, 0, [base_exclusive[0]], "request"),
         ("base_transplant_rl_exclusive", model, main_dedicated, 1, [rl_exclusive[0]],
@@ -190,16 +201,16 @@ def main() -> None:
         if not result.exists():
             run([organism, "steer", "--model", path, "--crosscoder",
                  out / "crosscoders" / f"{crosscoder}.safetensors", "--source", source,
-                 "--block", BLOCK, "--latents", ",".join(map(str, latents)), "--alphas", ALPHAS,
+                 "--block", block, "--latents", ",".join(map(str, latents)), "--alphas", ALPHAS,
                  "--prompts", prompts / f"{steer_set}.npy", "--convention", convention,
                  "--subset", subset, "--out", result])
         cells.append({"condition": name, "crosscoder": crosscoder, "source": source,
                       "latents": latents, "subset": subset, "result": str(result)})
 
-    plan = {"block": BLOCK, "steer_set": steer_set, "alphas": ALPHAS,
+    plan = {"block": block, "steer_set": steer_set, "alphas": ALPHAS,
             "baseline_request_correct": {f"{w}/{n}": v for (w, n), v in baseline.items()},
             "main_dedicated": main_dedicated, "main_plain": main_plain,
-            "rl_exclusive_ranked": rl_exclusive[:10], "base_exclusive_ranked": base_exclusive[:10],
+            "rl_exclusive_ranked": rl_exclusive[:10], "rl_exclusive_class_ranked": rl_class[:10], "base_exclusive_ranked": base_exclusive[:10],
             "plain_ranked": plain_ranked[:20], "random_rl_exclusive": random_rl,
             "conditions": cells, "smoke": args.smoke}
     (out / "plan.json").write_text(json.dumps(plan, indent=2) + "\n")
