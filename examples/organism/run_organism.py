@@ -197,6 +197,9 @@ def main() -> None:
         conditions.append((f"rl_plain_top{n}", rl, main_plain, 1, plain_ranked[:n], "request"))
     cells = []
     for name, path, crosscoder, source, latents, subset in conditions:
+        if not latents:
+            log(f"{name}: no such latent in this crosscoder; skipped")
+            continue
         result = steering / f"{name}.json"
         if not result.exists():
             run([organism, "steer", "--model", path, "--crosscoder",
