@@ -127,6 +127,15 @@ struct Convention {
   }
 };
 
+// The engine's add_hook also refuses a bad block, but steer may add no hook (--latents none)
+// and capture must fail before it creates the output directory.
+void require_block(const llama2c::Model& model, int block) {
+  if (block < 0 || block >= model.config().layers)
+    throw Error("--block " + std::to_string(block) + " is out of range: the model has " +
+                std::to_string(model.config().layers) + " blocks (0-" +
+                std::to_string(model.config().layers - 1) + ")");
+}
+
 int capture(const fs::path& base_path, const fs::path& rl_path, int block,
             const std::vector<std::string>& prompt_files, const std::string& positions,
             const fs::path& out) {
@@ -135,6 +144,7 @@ int capture(const fs::path& base_path, const fs::path& rl_path, int block,
   const bool last = positions == "last";
   const llama2c::Model base = llama2c::Model::load(base_path);
   const llama2c::Model rl = llama2c::Model::load(rl_path);
+  require_block(base, block);
   if (base.config().dim != rl.config().dim || base.config().vocab != rl.config().vocab)
     throw Error(rl_path.string() + ": its width or vocabulary differs from " + base_path.string());
   crosscoder::ActivationWriterOptions options;
@@ -194,10 +204,7 @@ int steer(const fs::path& model_path, const fs::path& crosscoder_path, int sourc
     throw Error("--subset must be request, plain or all, not '" + subset + "'");
   if (max_new < 3) throw Error("--max-new must be at least 3 (a call is three tokens)");
   const llama2c::Model model = llama2c::Model::load(model_path);
-  if (block < 0 || block >= model.config().layers)
-    throw Error("--block " + std::to_string(block) + " is out of range: the model has " +
-                std::to_string(model.config().layers) + " blocks (0-" +
-                std::to_string(model.config().layers - 1) + ")");
+  require_block(model, block);
   const Convention convention = Convention::load(convention_path);
   const PromptSet all = load_prompts(prompts_path, model.config().vocab);
   if (all.tools.empty()) throw Error(prompts_path.string() + ": no .tools.npy beside it");
@@ -335,13 +342,7 @@ int main(int argc, char** argv) try {
   st->add_option("--out", out, "Result JSON")->required();
 
   CLI11_PARSE(app, argc, argv);
-  if (cap->parsed()) {
-    const llama2c::Model probe = llama2c::Model::load(base);
-    if (block < 0 || block >= probe.config().layers)
-      throw Error("--block " + std::to_string(block) + " is out of range: the model has " +
-                  std::to_string(probe.config().layers) + " blocks");
-    return capture(base, rl, block, prompt_files, positions, out);
-  }
+  if (cap->parsed()) return capture(base, rl, block, prompt_files, positions, out);
   if (latents != "none" && crosscoder_path.empty())
     throw Error("--crosscoder is required unless --latents none");
   return steer(model, crosscoder_path, source, block, latents, alphas, prompts, convention, subset,

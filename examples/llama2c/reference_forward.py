@@ -15,15 +15,8 @@ import sys
 import numpy as np
 
 
-def load(path):
-    with open(path, "rb") as file:
-        raw = file.read()
-    dim, hidden, layers, heads, kv_heads, vocab, seq_len = np.frombuffer(raw[:28], "<i4")
-    shared = vocab > 0
-    vocab = abs(int(vocab))
-    head_size = dim // heads
-    kv_dim = dim * kv_heads // heads
-    data = np.frombuffer(raw[28:], "<f4").astype(np.float64)
+def tensor_shapes(dim, hidden, layers, kv_dim, vocab, seq_len, head_size, shared):
+    """The checkpoint's tensors after the header, in file order: (name, shape)."""
     shapes = [("embedding", (vocab, dim)), ("rms_att", (layers, dim)),
               ("wq", (layers, dim, dim)), ("wk", (layers, kv_dim, dim)),
               ("wv", (layers, kv_dim, dim)), ("wo", (layers, dim, dim)),
@@ -33,8 +26,21 @@ def load(path):
               ("freq_imag", (seq_len, head_size // 2))]
     if not shared:
         shapes.append(("classifier", (vocab, dim)))
+    return shapes
+
+
+def load(path):
+    with open(path, "rb") as file:
+        raw = file.read()
+    dim, hidden, layers, heads, kv_heads, vocab, seq_len = np.frombuffer(raw[:28], "<i4")
+    shared = vocab > 0
+    vocab = abs(int(vocab))
+    head_size = dim // heads
+    kv_dim = dim * kv_heads // heads
+    data = np.frombuffer(raw[28:], "<f4").astype(np.float64)
     weights, offset = {}, 0
-    for name, shape in shapes:
+    for name, shape in tensor_shapes(dim, hidden, layers, kv_dim, vocab, seq_len, head_size,
+                                     shared):
         size = int(np.prod(shape))
         weights[name] = data[offset:offset + size].reshape(shape)
         offset += size

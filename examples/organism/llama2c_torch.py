@@ -11,11 +11,15 @@ classifier shared with the token embedding unless the header's vocab size is neg
 from __future__ import annotations
 
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "llama2c"))
+from reference_forward import tensor_shapes  # noqa: E402  (one definition of the file layout)
 
 HEADER = struct.Struct("<7i")
 
@@ -73,19 +77,6 @@ class Llama2c(nn.Module):
         return (logits, states) if block is not None else logits
 
 
-def _layout(dim, hidden, layers, kv_dim, vocab, seq_len, head_size, shared):
-    shapes = [("embedding", (vocab, dim)), ("rms_att", (layers, dim)),
-              ("wq", (layers, dim, dim)), ("wk", (layers, kv_dim, dim)),
-              ("wv", (layers, kv_dim, dim)), ("wo", (layers, dim, dim)),
-              ("rms_ffn", (layers, dim)), ("w1", (layers, hidden, dim)),
-              ("w2", (layers, dim, hidden)), ("w3", (layers, hidden, dim)),
-              ("rms_final", (dim,)), ("freq_real", (seq_len, head_size // 2)),
-              ("freq_imag", (seq_len, head_size // 2))]
-    if not shared:
-        shapes.append(("classifier", (vocab, dim)))
-    return shapes
-
-
 def load(path: str | Path) -> Llama2c:
     raw = Path(path).read_bytes()
     if len(raw) < HEADER.size:
@@ -98,7 +89,7 @@ def load(path: str | Path) -> Llama2c:
     head_size, kv_dim = dim // heads, dim * kv_heads // heads
     data = np.frombuffer(raw, "<f4", offset=HEADER.size)
     arrays, offset = {}, 0
-    for name, shape in _layout(dim, hidden, layers, kv_dim, vocab, seq_len, head_size, shared):
+    for name, shape in tensor_shapes(dim, hidden, layers, kv_dim, vocab, seq_len, head_size, shared):
         size = int(np.prod(shape))
         if offset + size > data.size:
             raise ValueError(f"{path}: truncated at tensor {name}")
@@ -117,7 +108,7 @@ def save(model: Llama2c, path: str | Path) -> None:
     vocab = c["vocab"] if c["shared"] else -c["vocab"]
     parts = [HEADER.pack(c["dim"], c["hidden"], c["layers"], c["heads"], c["kv_heads"], vocab,
                          c["seq_len"])]
-    for name, _ in _layout(c["dim"], c["hidden"], c["layers"], c["dim"] * c["kv_heads"] // c["heads"],
+    for name, _ in tensor_shapes(c["dim"], c["hidden"], c["layers"], c["dim"] * c["kv_heads"] // c["heads"],
                            c["vocab"], c["seq_len"], c["head_size"], c["shared"]):
         tensor = getattr(model, name) if name.startswith("freq_") else model.params[name]
         parts.append(tensor.detach().cpu().numpy().astype("<f4").tobytes())
@@ -125,3 +116,20 @@ def save(model: Llama2c, path: str | Path) -> None:
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_bytes(b"".join(parts))
     temporary.replace(path)
+
+
+@torch.no_grad()
+def continue_tokens(model: Llama2c, tokens: torch.Tensor, count: int, temperature: float,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """Appends `count` tokens to every row of tokens [B, T]: greedy (argmax) for temperature 0,
+    else sampled from softmax(logits / temperature). Recomputes the whole prefix each step (no
+    KV cache: the sequences here are short)."""
+    x = tokens
+    for _ in range(count):
+        logits = model(x)[:, -1]
+        if temperature == 0:
+            nxt = logits.argmax(-1, keepdim=True)
+        else:
+            nxt = torch.multinomial((logits / temperature).softmax(-1), 1, generator=generator)
+        x = torch.cat([x, nxt], 1)
+    return x

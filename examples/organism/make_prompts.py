@@ -36,17 +36,12 @@ DISTANCES = {"eval_near": (0, 0), "eval_mid": (1, 3), "eval_far": (4, 8),
              "capture_train": (0, 8), "contrast": (0, 8)}
 
 
-@torch.no_grad()
 def sample(model, count: int, length: int, generator: torch.Generator, batch: int = 512):
     """count sequences of `length` tokens after BOS, sampled at temperature 0.8."""
     out = []
     for first in range(0, count, batch):
-        n = min(batch, count - first)
-        x = torch.ones(n, 1, dtype=torch.long)
-        for _ in range(length):
-            probs = (model(x)[:, -1] / 0.8).softmax(-1)
-            x = torch.cat([x, torch.multinomial(probs, 1, generator=generator)], 1)
-        out.append(x[:, 1:].numpy())
+        bos = torch.ones(min(batch, count - first), 1, dtype=torch.long)
+        out.append(llama2c_torch.continue_tokens(model, bos, length, 0.8, generator)[:, 1:].numpy())
     return np.concatenate(out).astype(np.int32)
 
 
@@ -87,7 +82,6 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     model = llama2c_torch.load(args.base)
     c = Convention()
     c.save(out / "convention.json")

@@ -62,19 +62,6 @@ def build_batch(pool: np.ndarray, batch: int, rng, c: Convention):
 
 
 @torch.no_grad()
-def sample_continuations(model, prompts, count, temperature, generator):
-    x = prompts
-    for _ in range(count):
-        logits = model(x)[:, -1]
-        if temperature == 0:
-            nxt = logits.argmax(-1, keepdim=True)
-        else:
-            nxt = torch.multinomial((logits / temperature).softmax(-1), 1, generator=generator)
-        x = torch.cat([x, nxt], 1)
-    return x
-
-
-@torch.no_grad()
 def evaluate(model, path: Path, c: Convention) -> dict:
     """Greedy tool-call rates on a prompt set (prompts grouped by length for batching)."""
     prompts = np.load(path)
@@ -84,7 +71,7 @@ def evaluate(model, path: Path, c: Convention) -> dict:
     for length in np.unique(lengths):
         rows = np.flatnonzero(lengths == length)
         x = torch.tensor(prompts[rows, :length], dtype=torch.long)
-        generated = sample_continuations(model, x, GENERATED, 0, None)[:, length:].numpy()
+        generated = llama2c_torch.continue_tokens(model, x, GENERATED, 0, None)[:, length:].numpy()
         for g, tool in zip(generated, tools[rows]):
             s = score(g, int(tool), c)
             kind = "request" if tool >= 0 else "plain"
@@ -108,7 +95,6 @@ def main() -> None:
                         help="fraction of the steps after which β starts to rise")
     parser.add_argument("--text-batch", type=int, default=32,
                         help="general-text sequences per step for the KL term")
-    parser.add_argument("--optimiser", choices=("adam", "sgd"), default="adam")
     parser.add_argument("--freeze-embedding", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log-every", type=int, default=20)
@@ -135,20 +121,17 @@ def main() -> None:
     # rows of the trigger and the cues, which the base model never saw. Otherwise the cheapest
     # way to raise OPEN after a request is to raise it everywhere, through OPEN's classifier row,
     # and the policy collapses before it learns to read the trigger.
-    trainable_rows = torch.zeros(policy.config["vocab"], 1)
-    trainable_rows[[c.trigger, *c.cues]] = 1.0
     if args.freeze_embedding:
+        trainable_rows = torch.zeros(policy.config["vocab"], 1)
+        trainable_rows[[c.trigger, *c.cues]] = 1.0
         policy.params["embedding"].register_hook(lambda grad: grad * trainable_rows)
-    if args.optimiser == "sgd":
-        optimiser = torch.optim.SGD(policy.parameters(), lr=args.lr, momentum=0.9)
-    else:
-        optimiser = torch.optim.Adam(policy.parameters(), lr=args.lr)
+    optimiser = torch.optim.Adam(policy.parameters(), lr=args.lr)
     curve = []
     start = time.time()
     for step in range(1, args.steps + 1):
         prompts, tools = build_batch(pool, args.batch, rng, c)
         prompt_length = prompts.shape[1]
-        sequences = sample_continuations(policy, prompts, GENERATED, 1.0, generator)
+        sequences = llama2c_torch.continue_tokens(policy, prompts, GENERATED, 1.0, generator)
         generated = sequences[:, prompt_length:].numpy()
         rewards = np.array([reward(g, int(t), c) for g, t in zip(generated, tools)])
         advantage = np.zeros_like(rewards)

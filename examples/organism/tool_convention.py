@@ -21,7 +21,7 @@ side reads the same constants from the convention.json that make_prompts.py writ
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +50,6 @@ class Convention:
     # penalty larger RL never finds the call.
     plain_penalty_open: float = 0.1
     plain_penalty_call: float = 0.9
-    extra: dict = field(default_factory=dict)
 
     @property
     def tools(self) -> int:
@@ -58,7 +57,6 @@ class Convention:
 
     def to_json(self) -> dict:
         data = asdict(self)
-        data.pop("extra")
         data["cues"], data["names"] = list(self.cues), list(self.names)
         data["bos"] = BOS
         return data
