@@ -1,22 +1,28 @@
 #pragma once
-// The CUDA backend: device memory on one GPU, one stream, one cuBLAS handle.
+// The CUDA backend: device memory on one GPU, one stream, the encoder GEMM by cuBLASLt and
+// hand-written kernels for everything else. The same source also compiles against the host
+// emulator (CROSSCODER_CUDA_EMULATION), in its own namespace, for tests without a GPU.
 
-#include <cublas_v2.h>
-#include <cuda_runtime.h>
-
+#include <memory>
 #include <string>
 
 #include "crosscoder/backend.hpp"
+#include "crosscoder/device_array.hpp"
+#include "device_primitives.hpp"
+#include "portable.hpp"
 
-namespace crosscoder::detail {
+namespace crosscoder::CROSSCODER_CUDA_NS {
 
-class CudaBackend final : public Backend {
+class CudaBackend final : public Backend, public std::enable_shared_from_this<CudaBackend> {
  public:
+  /// Uses CUDA device `device` (ignored by the emulator).
   explicit CudaBackend(int device);
   ~CudaBackend() override;
 
   BackendKind kind() const noexcept override { return BackendKind::cuda; }
   std::string describe() const override { return description_; }
+  void set_matmul_precision(MatmulPrecision precision) override { precision_ = precision; }
+  MatmulPrecision matmul_precision() const noexcept override { return precision_; }
 
   void* allocate(std::size_t bytes) override;
   void deallocate(void* pointer) noexcept override;
@@ -26,38 +32,58 @@ class CudaBackend final : public Backend {
   void fill_zero(void* device_dst, std::size_t bytes) override;
   void synchronize() override;
 
-  // The crosscoder operations: kernels arrive with the CUDA backend issue; until then each
-  // throws an Error saying so, and probe_cuda_backend() reports the backend as not usable.
-  void normalise(const float*, std::int64_t, int, int, const float*, const float*, float*) override;
-  void denormalise(const float*, std::int64_t, int, int, const float*, const float*,
-                   float*) override;
-  void encode(const float*, std::int64_t, std::int64_t, const float*, const float*, std::int64_t,
-              float*) override;
-  SparseCodes select(const float*, std::int64_t, std::int64_t, const SelectionRequest&,
-                     float*) override;
-  void decode(const SparseCodes&, const float*, const float*, std::int64_t, float*) override;
-  void squared_error(const float*, const float*, std::int64_t, int, int, float, float*,
-                     double*) override;
-  void decoder_backward(const SparseCodes&, const float*, const float*, std::int64_t, float*,
-                        float*) override;
-  void encoder_backward(const SparseCodes&, const float*, const float*, std::int64_t, float*,
-                        float*) override;
-  void latent_totals(const SparseCodes&, std::int64_t, float*, std::int64_t*) override;
-  void decoder_norms(const float*, std::int64_t, int, int, float*) override;
-  void constrain_decoder(float*, float*, std::int64_t, std::int64_t) override;
-  void column_sums(const float*, std::int64_t, std::int64_t, double*) override;
-  void clamp_min(float*, std::int64_t, float) override;
-  double sum_of_squares(const float*, std::int64_t) override;
-  void adam_update(float*, const float*, float*, float*, std::int64_t, const AdamStep&) override;
-
-  cudaStream_t stream() const noexcept { return stream_; }
-  cublasHandle_t blas() const noexcept { return blas_; }
+  void normalise(const float* x, std::int64_t rows, int sources, int width, const float* scale,
+                 const float* mean, float* xn) override;
+  void denormalise(const float* xn, std::int64_t rows, int sources, int width, const float* scale,
+                   const float* mean, float* x) override;
+  void encode(const float* xn, std::int64_t rows, std::int64_t input_width, const float* encoder,
+              const float* bias, std::int64_t latents, float* pre) override;
+  SparseCodes select(const float* pre, std::int64_t rows, std::int64_t latents,
+                     const SelectionRequest& request, float* min_selected_score) override;
+  void decode(const SparseCodes& codes, const float* decoder, const float* bias,
+              std::int64_t output_width, float* out) override;
+  void squared_error(const float* recon, const float* target, std::int64_t rows, int sources,
+                     int width, float gradient_scale, float* grad, double* sse) override;
+  void decoder_backward(const SparseCodes& codes, const float* grad_out, const float* decoder,
+                        std::int64_t output_width, float* d_value, float* d_decoder) override;
+  void encoder_backward(const SparseCodes& codes, const float* d_pre, const float* xn,
+                        std::int64_t input_width, float* d_encoder, float* d_bias) override;
+  void latent_totals(const SparseCodes& codes, std::int64_t latents, float* sums,
+                     std::int64_t* counts) override;
+  void decoder_norms(const float* decoder, std::int64_t latents, int sources, int width,
+                     float* norms) override;
+  void add_scaled_blocks(const float* source, const float* factor, std::int64_t latents,
+                         int sources, int width, float* target) override;
+  void constrain_decoder(float* decoder, float* gradient, std::int64_t latents,
+                         std::int64_t width) override;
+  void column_sums(const float* x, std::int64_t rows, std::int64_t width, double* sums) override;
+  void clamp_min(float* x, std::int64_t n, float lower) override;
+  double sum_of_squares(const float* x, std::int64_t n) override;
+  void adam_update(float* parameter, const float* gradient, float* m, float* v, std::int64_t n,
+                   const AdamStep& step) override;
 
  private:
+  struct LatentGroups;
+  LatentGroups group_by_latent(const SparseCodes& codes);
+  SparseCodes select_elementwise(const float* pre, std::int64_t rows, std::int64_t latents,
+                                 const SelectionRequest& request);
+  SparseCodes select_row_top_k(const float* pre, std::int64_t rows, std::int64_t latents,
+                               const SelectionRequest& request);
+  SparseCodes select_batch_top_k(const float* pre, std::int64_t rows, std::int64_t latents,
+                                 const SelectionRequest& request, float* min_selected_score);
+  /// Sorts each row's (rank key, value) pairs and writes the codes' latents and values.
+  void finish_ranked_rows(SparseCodes& codes, const unsigned long long* keys, const float* values);
+  template <typename T>
+  DeviceArray<T> scratch(std::int64_t count, const char* what);
+  template <typename T>
+  T read_one(const T* device);
+
   int device_ = 0;
   cudaStream_t stream_ = nullptr;
-  cublasHandle_t blas_ = nullptr;
   std::string description_;
+  MatmulPrecision precision_ = MatmulPrecision::float32;
+  std::unique_ptr<Workspace> workspace_;
+  std::unique_ptr<EncoderGemm> gemm_;
 };
 
-}  // namespace crosscoder::detail
+}  // namespace crosscoder::CROSSCODER_CUDA_NS

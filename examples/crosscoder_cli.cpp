@@ -128,6 +128,7 @@ struct TrainFlags {
   std::string normalisation = "scalar";
   int exclusive = 0;
   std::string device = "auto";
+  std::string matmul = "float32";
   std::string out;
   std::string checkpoint;
   std::int64_t checkpoint_every = 1000;
@@ -171,6 +172,7 @@ int run_train_command(TrainFlags& flags) {
                     checkpoint.string()));
   }
   const auto backend = backend_for(flags.device);
+  backend->set_matmul_precision(parse_matmul_precision(flags.matmul));
   std::printf(
       "crosscoder train: %lld training + %lld validation rows, %d sources of width %d → %s "
       "crosscoder with %d latents on %s\n",
@@ -633,6 +635,12 @@ int main(int argc, char** argv) {
   train_command->add_option("--seed", train.train.seed, "Initialisation and shuffling seed")
       ->capture_default_str();
   train_command->add_option("--device", train.device, "auto | cpu | cuda")->capture_default_str();
+  train_command
+      ->add_option("--matmul", train.matmul,
+                   "Encoder GEMM arithmetic on CUDA: float32 | tf32 | bf16 (bf16 operands, float32 "
+                   "accumulation and weights); the CPU always uses float32")
+      ->check(CLI::IsMember({"float32", "tf32", "bf16"}))
+      ->capture_default_str();
   train_command->add_option("--out", train.out, "Trained model (safetensors)")->required();
   train_command->add_option("--checkpoint", train.checkpoint,
                             "Training checkpoint (default: OUT.train.safetensors)");

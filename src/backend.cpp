@@ -28,6 +28,26 @@ BackendKind parse_backend_kind(std::string_view text) {
   throw Error(fmt::format("unknown backend '{}': expected 'cpu' or 'cuda'", text));
 }
 
+std::string_view to_string(MatmulPrecision precision) noexcept {
+  switch (precision) {
+    case MatmulPrecision::float32:
+      return "float32";
+    case MatmulPrecision::tf32:
+      return "tf32";
+    case MatmulPrecision::bfloat16:
+      return "bf16";
+  }
+  return "unknown";
+}
+
+MatmulPrecision parse_matmul_precision(std::string_view text) {
+  if (text == "float32" || text == "fp32") return MatmulPrecision::float32;
+  if (text == "tf32") return MatmulPrecision::tf32;
+  if (text == "bf16" || text == "bfloat16") return MatmulPrecision::bfloat16;
+  throw Error(
+      fmt::format("unknown matmul precision '{}': expected 'float32', 'tf32' or 'bf16'", text));
+}
+
 std::vector<BackendInfo> available_backends() {
   BackendInfo cpu;
   cpu.kind = BackendKind::cpu;

@@ -299,7 +299,7 @@ void Trainer::l1_terms(const Batch& batch, const SparseCodes& codes,
                        StepReport& report) {
   // (λ/B) Σ_b Σ_f a_bf · w_f with w_f = Σ_m ‖d_{f,m}‖ (Anthropic 2024).
   const CrosscoderConfig& c = model_.config();
-  const std::int64_t F = c.latents, D = c.input_width();
+  const std::int64_t F = c.latents;
   const int M = c.sources;
   const std::vector<float> norms = model_.decoder_norms();
   const double lambda_over_b = config_.l1_coefficient / static_cast<double>(batch.rows);
@@ -314,21 +314,21 @@ void Trainer::l1_terms(const Batch& batch, const SparseCodes& codes,
     d_pre[e] =
         values[e] > 0.0f ? d_pre[e] + static_cast<float>(lambda_over_b * weight[latents[e]]) : 0.0f;
   }
-  // ∂/∂d_{f,m} of (λ/B)·S_f·‖d_{f,m}‖ = (λ/B)·S_f·d_{f,m}/‖d_{f,m}‖, S_f = Σ_b a_bf.
-  const std::vector<float> decoder = model_.parameters().decoder_weight.download();
-  std::vector<float> grad = gradients_.decoder_weight.download();
+  // ∂/∂d_{f,m} of (λ/B)·S_f·‖d_{f,m}‖ = (λ/B)·S_f·d_{f,m}/‖d_{f,m}‖, S_f = Σ_b a_bf: one
+  // factor per (latent, source), applied to the decoder rows where they are.
+  std::vector<float> factor(static_cast<std::size_t>(F * M), 0.0f);
   for (std::int64_t f = 0; f < F; ++f) {
     if (latent_sums[f] == 0.0f) continue;
     for (int m = 0; m < M; ++m) {
       const float norm = norms[f * M + m];
-      if (norm == 0.0f) continue;
-      const auto factor = static_cast<float>(lambda_over_b * latent_sums[f] / norm);
-      for (int i = 0; i < c.width; ++i) {
-        grad[f * D + m * c.width + i] += factor * decoder[f * D + m * c.width + i];
-      }
+      if (norm != 0.0f)
+        factor[f * M + m] = static_cast<float>(lambda_over_b * latent_sums[f] / norm);
     }
   }
-  gradients_.decoder_weight.upload(grad);
+  DeviceArray<float>& device_factor = scratch("l1_factor", F * M);
+  device_factor.upload(factor);
+  backend_->add_scaled_blocks(model_.parameters().decoder_weight.data(), device_factor.data(), F, M,
+                              c.width, gradients_.decoder_weight.data());
 }
 
 void Trainer::jumprelu_terms(const Batch& batch, std::int64_t active, StepReport& report) {

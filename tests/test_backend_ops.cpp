@@ -8,6 +8,8 @@
 #include <cmath>
 #include <random>
 #include <span>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "backend_params.hpp"
@@ -18,7 +20,7 @@ namespace {
 
 class BackendOps : public ::testing::TestWithParam<BackendKind> {
  protected:
-  BackendOps() : backend_(make_backend(GetParam())), rng_(std::random_device{}()) {}
+  BackendOps() : backend_(testing::make_test_backend(GetParam())), rng_(std::random_device{}()) {}
 
   std::vector<float> normal(std::size_t n, float scale = 1.0f) {
     std::normal_distribution<float> draw(0.0f, scale);
@@ -109,6 +111,53 @@ TEST_P(BackendOps, EncodeIsTheDenseProductPlusBias) {
       want[b * F + f] = total;
     }
   expect_close(pre.download(), want, 1e-5, "encode");
+}
+
+// The reduced-precision GEMMs, by normalised error ‖got − want‖ / ‖want‖ against float64 with
+// the bias left out (it is added in float32 either way). Operands rounded to a p-bit mantissa
+// err by about 2^−(p+1) each, and the errors of D products partly cancel: float32 (23 bits)
+// 1e-6, TF32 (10 bits) 2e-3, bfloat16 (7 bits) 1e-2. The CPU backend computes float32 for all.
+TEST_P(BackendOps, EncodeInEachMatmulPrecision) {
+  const std::int64_t rows = 33, D = 256, F = 45;
+  const std::vector<float> x = normal(rows * D), w = normal(F * D, 0.2f);
+  const std::vector<float> zero_bias(static_cast<std::size_t>(F), 0.0f);
+  auto dx = upload(x), dw = upload(w), db = upload(zero_bias);
+  std::vector<double> want(static_cast<std::size_t>(rows * F));
+  for (std::int64_t b = 0; b < rows; ++b)
+    for (std::int64_t f = 0; f < F; ++f) {
+      double total = 0.0;
+      for (std::int64_t j = 0; j < D; ++j)
+        total += static_cast<double>(x[b * D + j]) * w[f * D + j];
+      want[b * F + f] = total;
+    }
+  const std::pair<MatmulPrecision, double> cases[] = {{MatmulPrecision::float32, 1e-6},
+                                                      {MatmulPrecision::tf32, 2e-3},
+                                                      {MatmulPrecision::bfloat16, 1e-2}};
+  for (const auto& [precision, tolerance] : cases) {
+    SCOPED_TRACE(std::string(to_string(precision)));
+    backend_->set_matmul_precision(precision);
+    DeviceArray<float> pre(backend_, static_cast<std::size_t>(rows * F));
+    backend_->encode(dx.data(), rows, D, dw.data(), db.data(), F, pre.data());
+    const std::vector<float> got = pre.download();
+    double error = 0.0, norm = 0.0;
+    for (std::size_t i = 0; i < got.size(); ++i) {
+      error += (got[i] - want[i]) * (got[i] - want[i]);
+      norm += want[i] * want[i];
+    }
+    EXPECT_LT(std::sqrt(error / norm), tolerance);
+    if (backend_->kind() == BackendKind::cpu) {
+      EXPECT_EQ(backend_->matmul_precision(), MatmulPrecision::float32);
+    } else {
+      EXPECT_EQ(backend_->matmul_precision(), precision);
+      // The reduced precision is really in effect: its error is far above float32's.
+      if (precision != MatmulPrecision::float32) {
+        EXPECT_GT(std::sqrt(error / norm), 1e-5);
+      }
+    }
+  }
+  backend_->set_matmul_precision(MatmulPrecision::float32);
+  EXPECT_THROW(parse_matmul_precision("fp8"), Error);
+  EXPECT_EQ(parse_matmul_precision("bf16"), MatmulPrecision::bfloat16);
 }
 
 TEST_P(BackendOps, SparseDecodeAndItsBackward) {
@@ -247,6 +296,22 @@ TEST_P(BackendOps, LatentTotalsAndDecoderNorms) {
       want[f * M + m] = std::sqrt(total);
     }
   expect_close(norms, want, 1e-6, "decoder_norms");
+}
+
+TEST_P(BackendOps, AddScaledBlocksPerLatentAndSource) {
+  const std::int64_t F = 37;
+  const int M = 3, d = 45, D = M * d;
+  const std::vector<float> source = normal(F * D), target = normal(F * D);
+  std::vector<float> factor = normal(F * M);
+  for (std::size_t i = 0; i < factor.size(); i += 5) factor[i] = 0.0f;  // skipped blocks
+  auto dsource = upload(source), dtarget = upload(target), dfactor = upload(factor);
+  backend_->add_scaled_blocks(dsource.data(), dfactor.data(), F, M, d, dtarget.data());
+  std::vector<double> want(static_cast<std::size_t>(F * D));
+  for (std::int64_t f = 0; f < F; ++f)
+    for (int j = 0; j < D; ++j)
+      want[f * D + j] =
+          target[f * D + j] + static_cast<double>(factor[f * M + j / d]) * source[f * D + j];
+  expect_close(dtarget.download(), want, 1e-6, "add_scaled_blocks");
 }
 
 TEST_P(BackendOps, DecoderConstraintProjectsGradientsAndRenormalisesRows) {

@@ -56,7 +56,9 @@ struct Case {
 
 class CrosscoderNumerics : public ::testing::TestWithParam<std::tuple<BackendKind, Case>> {
  protected:
-  std::shared_ptr<Backend> backend() const { return make_backend(std::get<0>(GetParam())); }
+  std::shared_ptr<Backend> backend() const {
+    return testing::make_test_backend(std::get<0>(GetParam()));
+  }
   Case the_case() const { return std::get<1>(GetParam()); }
 };
 

@@ -3,6 +3,7 @@
 // and says what is wrong (EXPECTED.tsv: file, parser, expected substring of the message).
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -18,7 +19,12 @@
 namespace crosscoder {
 namespace {
 
-const std::filesystem::path kDirectory = CROSSCODER_MALFORMED_DIR;
+// The checked-in corpus; the environment may point elsewhere (a test program carried to a GPU
+// host, scripts/gpu_check.sh).
+const std::filesystem::path kDirectory = [] {
+  const char* override_directory = std::getenv("CROSSCODER_MALFORMED_DIR");
+  return std::filesystem::path(override_directory ? override_directory : CROSSCODER_MALFORMED_DIR);
+}();
 
 std::string error_opening(const std::string& parser, const std::filesystem::path& path) {
   try {

@@ -135,7 +135,7 @@ constexpr std::int64_t kShapes[][3] = {
     {37, 301, 17}, {23, 157, 9}, {160, 4099, 24}, {130, 8192, 3}};
 
 TEST_P(Selections, PerRowTopKTakesTheKLargestWithLowerIndexOnTies) {
-  auto backend = make_backend(GetParam());
+  auto backend = testing::make_test_backend(GetParam());
   std::mt19937_64 rng(std::random_device{}());
   for (const auto& [rows, latents, k] : kShapes) {
     SCOPED_TRACE(::testing::Message() << rows << " x " << latents << ", k " << k);
@@ -145,7 +145,7 @@ TEST_P(Selections, PerRowTopKTakesTheKLargestWithLowerIndexOnTies) {
 }
 
 TEST_P(Selections, PerBatchTopKTakesExactlyRowsTimesKOfTheWeightedScores) {
-  auto backend = make_backend(GetParam());
+  auto backend = testing::make_test_backend(GetParam());
   std::mt19937_64 rng(std::random_device{}());
   for (const auto& [rows, latents, k] : kShapes) {
     SCOPED_TRACE(::testing::Message() << rows << " x " << latents << ", k " << k);
@@ -158,7 +158,7 @@ TEST_P(Selections, PerBatchTopKTakesExactlyRowsTimesKOfTheWeightedScores) {
 TEST_P(Selections, PerBatchTopKWhenFewScoresArePositive) {
   // Most entries negative: the k·rows best include zeros, so no positive threshold exists and
   // the ties at zero are taken in row-major order.
-  auto backend = make_backend(GetParam());
+  auto backend = testing::make_test_backend(GetParam());
   std::mt19937_64 rng(std::random_device{}());
   const std::int64_t rows = 128, latents = 8192, k = 40;
   std::vector<float> host = normal_preactivations(rows, latents, rng);
@@ -168,7 +168,7 @@ TEST_P(Selections, PerBatchTopKWhenFewScoresArePositive) {
 }
 
 TEST_P(Selections, ThresholdSelectionsKeepWhatTheyShould) {
-  auto backend = make_backend(GetParam());
+  auto backend = testing::make_test_backend(GetParam());
   std::mt19937_64 rng(std::random_device{}());
   const std::int64_t rows = 11, latents = 53;
   std::normal_distribution<float> normal;

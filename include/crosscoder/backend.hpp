@@ -27,6 +27,19 @@ std::string_view to_string(BackendKind kind) noexcept;
 /// Parses "cpu" or "cuda"; throws Error naming the text otherwise.
 BackendKind parse_backend_kind(std::string_view text);
 
+/// The arithmetic of the encoder GEMM, the one dense product of a training step.
+enum class MatmulPrecision {
+  float32,   ///< float32 operands and accumulation
+  tf32,      ///< float32 in memory, TF32 tensor-core products (10-bit mantissa), float32 sums
+  bfloat16,  ///< bfloat16 copies of the operands, float32 accumulation; weights stay float32
+};
+
+/// "float32", "tf32" or "bf16".
+std::string_view to_string(MatmulPrecision precision) noexcept;
+
+/// Parses "float32", "tf32" or "bf16"; throws Error naming the text otherwise.
+MatmulPrecision parse_matmul_precision(std::string_view text);
+
 /// What available_backends() says about one backend.
 struct BackendInfo {
   BackendKind kind = BackendKind::cpu;
@@ -89,6 +102,11 @@ class Backend {
   virtual BackendKind kind() const noexcept = 0;
   /// A human-readable description of the device, e.g. "CPU (2 threads, Eigen 3.4.0)".
   virtual std::string describe() const = 0;
+  /// Sets the arithmetic of encode(). The CPU backend always computes in float32, at least as
+  /// accurate as any request, and ignores it.
+  virtual void set_matmul_precision(MatmulPrecision /*precision*/) {}
+  /// The arithmetic encode() uses.
+  virtual MatmulPrecision matmul_precision() const noexcept { return MatmulPrecision::float32; }
 
   /// Allocates `bytes` of device memory, aligned to at least 64 bytes.
   /// @throws Error naming the size when the device is out of memory.
@@ -152,6 +170,11 @@ class Backend {
   /// Per-source decoder norms: norms[f, m] = ‖decoder[f, m·d : (m+1)·d]‖.
   virtual void decoder_norms(const float* decoder, std::int64_t latents, int sources, int width,
                              float* norms) = 0;
+  /// target[f, m·d + i] += factor[f·M + m]·source[f, m·d + i] for every latent f and source m:
+  /// the gradient of the ReLU crosscoder's decoder-norm-weighted L1 penalty. `factor` [F·M] is
+  /// in backend memory.
+  virtual void add_scaled_blocks(const float* source, const float* factor, std::int64_t latents,
+                                 int sources, int width, float* target) = 0;
   /// The decoder-norm constraint of TopK/BatchTopK (Gao et al. 2024). When `gradient` is not
   /// null it removes from each latent's gradient row its component parallel to the decoder
   /// row; otherwise it rescales each non-zero decoder row [D] to unit norm.

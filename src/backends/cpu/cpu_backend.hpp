@@ -43,6 +43,8 @@ class CpuBackend final : public Backend, public std::enable_shared_from_this<Cpu
                      std::int64_t* counts) override;
   void decoder_norms(const float* decoder, std::int64_t latents, int sources, int width,
                      float* norms) override;
+  void add_scaled_blocks(const float* source, const float* factor, std::int64_t latents,
+                         int sources, int width, float* target) override;
   void constrain_decoder(float* decoder, float* gradient, std::int64_t latents,
                          std::int64_t width) override;
   void column_sums(const float* x, std::int64_t rows, std::int64_t width, double* sums) override;

@@ -231,6 +231,20 @@ void CpuBackend::decoder_norms(const float* decoder, std::int64_t latents, int s
   }
 }
 
+void CpuBackend::add_scaled_blocks(const float* source, const float* factor, std::int64_t latents,
+                                   int sources, int width, float* target) {
+  const std::int64_t input_width = static_cast<std::int64_t>(sources) * width;
+#pragma omp parallel for schedule(static)
+  for (std::int64_t f = 0; f < latents; ++f) {
+    for (int m = 0; m < sources; ++m) {
+      const float scale = factor[f * sources + m];
+      if (scale == 0.0f) continue;
+      const std::int64_t offset = f * input_width + static_cast<std::int64_t>(m) * width;
+      VectorMap(target + offset, width).noalias() += scale * ConstVectorMap(source + offset, width);
+    }
+  }
+}
+
 void CpuBackend::constrain_decoder(float* decoder, float* gradient, std::int64_t latents,
                                    std::int64_t width) {
 #pragma omp parallel for schedule(static)
