@@ -208,6 +208,36 @@ TEST_P(Selections, ThresholdSelectionsKeepWhatTheyShould) {
   }
 }
 
+TEST_P(Selections, KAtLeastTheLatentCountSelectsEveryLatentInRankOrder) {
+  // k ≥ F: TopK keeps every latent of each row and BatchTopK every entry of the batch, each row
+  // in descending order of score with ties (the zeros of negative pre-activations) by latent.
+  auto backend = testing::make_test_backend(GetParam());
+  std::mt19937_64 rng(std::random_device{}());
+  const std::int64_t rows = 5, latents = 7;
+  const std::vector<float> host = normal_preactivations(rows, latents, rng);
+  DeviceArray<float> pre(backend, std::span<const float>(host));
+  for (const Selection selection : {Selection::per_row_top_k, Selection::per_batch_top_k}) {
+    for (const std::int64_t k : {latents, latents + 3}) {
+      SelectionRequest request;
+      request.selection = selection;
+      request.k = k;
+      const Entries got = entries_of(backend->select(pre.data(), rows, latents, request, nullptr));
+      for (std::int64_t b = 0; b < rows; ++b) {
+        std::vector<std::pair<float, std::int32_t>> want;
+        for (std::int32_t f = 0; f < latents; ++f)
+          want.push_back({std::max(host[b * latents + f], 0.0f), f});
+        std::stable_sort(want.begin(), want.end(),
+                         [](const auto& a, const auto& c) { return a.first > c.first; });
+        ASSERT_EQ(got[b].size(), want.size()) << "row " << b << ", k " << k;
+        for (std::size_t i = 0; i < want.size(); ++i) {
+          EXPECT_EQ(got[b][i].first, want[i].second) << "row " << b << " place " << i;
+          EXPECT_EQ(got[b][i].second, want[i].first) << "row " << b << " place " << i;
+        }
+      }
+    }
+  }
+}
+
 CROSSCODER_INSTANTIATE_FOR_BACKENDS(Selections);
 
 }  // namespace
