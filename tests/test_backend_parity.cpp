@@ -101,14 +101,19 @@ TEST_P(BackendTrainingParity, LossCurvesMatchTheCpuBackend) {
     SCOPED_TRACE(testing::backend_name(kind));
     const std::vector<double> got = losses_on(testing::make_test_backend(kind));
     // The emulator runs the kernels' own arithmetic on the host and mostly stays within 1e-6
-    // of the CPU; a pre-activation near a selection boundary can still fall the other way,
-    // which moved one ReLU run by 1.5e-5 after 100 steps. On a GPU, fused multiply-adds and
-    // tree-ordered sums round differently, so the curves may drift further apart.
+    // of the CPU. But ReLU and JumpReLU select by a threshold, and once a pre-activation near
+    // it falls the other way the runs follow slightly different paths: measured, up to 1.5e-5
+    // (ReLU) and 1.4e-3 (JumpReLU) after 70–160 steps. On a GPU, fused multiply-adds and
+    // tree-ordered sums round differently from the start. So the first step must agree
+    // closely, the first 20 within 1e-3, and the whole curve within a few percent; a wrong
+    // kernel is off by far more from the first steps.
     const bool emulated = testing::backend_name(kind) == "cuda_emulated";
-    const double tolerance = emulated ? 1e-3 : 2e-2;
+    const double whole_run = emulated ? 2e-2 : 5e-2;
     ASSERT_NEAR(got.front(), want.front(), 1e-4 * (1.0 + want.front()));
-    for (std::size_t t = 0; t < want.size(); ++t)
+    for (std::size_t t = 0; t < want.size(); ++t) {
+      const double tolerance = t < 20 ? 1e-3 : whole_run;
       ASSERT_NEAR(got[t], want[t], tolerance * (1.0 + want[t])) << "step " << t + 1;
+    }
   }
 }
 
