@@ -3,12 +3,14 @@
 # the CUDA backend, compute-sanitizer memcheck and racecheck on the parity tests, and the CUDA
 # benchmarks. Usage: scripts/gpu_check.sh BUNDLE OUT_DIR, with BUNDLE from scripts/gpu_bundle.sh.
 # Each step's output goes to OUT_DIR; the script goes on after a failing step and exits non-zero
-# if any failed.
+# if any failed. (On this workplace's gVisor GPU machines compute-sanitizer has refused the
+# device, "Device not supported"; on its Firecracker ones it ran: device/KINDS.md.)
 set -uo pipefail
 bundle=${1:?usage: gpu_check.sh BUNDLE OUT_DIR}
 out=${2:?usage: gpu_check.sh BUNDLE OUT_DIR}
 mkdir -p "$out"
-export LD_LIBRARY_PATH="$bundle/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# The bundle's libraries, then the host's CUDA toolkit for libcudart and cuBLAS.
+export LD_LIBRARY_PATH="$bundle/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export CROSSCODER_MALFORMED_DIR="$PWD/tests/data/malformed"
 failed=0
 step() {
@@ -24,7 +26,7 @@ step() {
   fi
 }
 nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || true
-step backends "$bundle/crosscoder_cli" backends
+step backends "$bundle/crosscoder" backends
 # The whole C++ suite: every backend-parameterised test runs on CPU and CUDA.
 step tests "$bundle/crosscoder_tests" --gtest_brief=1
 sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
@@ -35,6 +37,6 @@ step racecheck "$sanitizer" --tool racecheck --error-exitcode 1 \
   "$bundle/crosscoder_tests" --gtest_brief=1 '--gtest_filter=*BackendOps*cuda*:*Selections*cuda*'
 step synccheck "$sanitizer" --tool synccheck --error-exitcode 1 \
   "$bundle/crosscoder_tests" --gtest_brief=1 '--gtest_filter=*BackendOps*cuda*:*Selections*cuda*'
-step bench_cuda "$bundle/bench_cuda" --benchmark_min_time=0.2s --benchmark_repetitions=3 \
+step bench_cuda "$bundle/bench_cuda" --benchmark_min_time=0.2 --benchmark_repetitions=3 \
   --benchmark_report_aggregates_only=true --benchmark_format=json "--benchmark_out=$out/bench_cuda.json"
 exit $failed
