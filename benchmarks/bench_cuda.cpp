@@ -119,7 +119,9 @@ void BM_CudaSparse(benchmark::State& state, int pass) {
                      out(backend, static_cast<std::size_t>(rows * D)),
                      d_value(backend, static_cast<std::size_t>(codes.nnz)),
                      d_weight(backend, static_cast<std::size_t>(F * D)),
-                     d_bias(backend, static_cast<std::size_t>(F));
+                     d_bias(backend, static_cast<std::size_t>(F)),
+                     d_input = random_array(backend, rows * D, 1.0f, 9),
+                     d_encoder(backend, pass == 4 ? static_cast<std::size_t>(F * D) : 0);
   d_weight.zero();
   d_bias.zero();
   for (auto _ : state) {
@@ -130,14 +132,45 @@ void BM_CudaSparse(benchmark::State& state, int pass) {
     if (pass == 2)
       backend->encoder_backward(codes, codes.value.data(), upstream.data(), D, d_weight.data(),
                                 d_bias.data());
+    if (pass == 3) {
+      std::vector<double> sse(2);
+      ReconstructionRequest request;
+      request.decoder = decoder.data();
+      request.target = upstream.data();
+      request.sources = 2;
+      request.width = static_cast<int>(D / 2);
+      request.recon = out.data();
+      request.grad = d_input.data();
+      request.squared_error = sse.data();
+      backend->reconstruct(codes, request);
+    }
+    if (pass == 4) {
+      SparseBackwardRequest request;
+      request.grad_out = upstream.data();
+      request.decoder = decoder.data();
+      request.xn = d_input.data();
+      request.latents = F;
+      request.width = D;
+      request.d_decoder = d_weight.data();
+      request.d_encoder = d_encoder.data();
+      request.d_bias = d_bias.data();
+      backend->sparse_backward(codes, request);
+    }
     backend->synchronize();
   }
   // Floor: every active parameter row read once (and written once by the backward passes),
-  // and the [rows, D] dense side read or written once.
+  // and each [rows, D] dense array read or written once. The reconstruction reads the target
+  // and writes the reconstruction and its gradient; the fused backward reads the decoder, writes
+  // both gradient matrices in full and reads the upstream gradient and the input.
   const double rows_touched = static_cast<double>(std::min(F, codes.nnz));
   const double row_bytes = static_cast<double>(D) * sizeof(float);
-  bytes_per_second(state, rows_touched * row_bytes * (pass == 0 ? 1.0 : 2.0) +
-                              static_cast<double>(rows) * row_bytes);
+  const double all_rows = static_cast<double>(F) * row_bytes;
+  const double dense = static_cast<double>(rows) * row_bytes;
+  const double floors[] = {rows_touched * row_bytes + dense, 2.0 * rows_touched * row_bytes + dense,
+                           2.0 * rows_touched * row_bytes + dense,
+                           rows_touched * row_bytes + 3.0 * dense,
+                           rows_touched * row_bytes + 2.0 * all_rows + 2.0 * dense};
+  bytes_per_second(state, floors[pass]);
 }
 
 void BM_CudaAdam(benchmark::State& state) {
@@ -151,7 +184,9 @@ void BM_CudaAdam(benchmark::State& state) {
   m.zero();
   v.zero();
   AdamStep step;
-  step.unit_norm_rows = width;
+  step.rows.row_width = width;  // the TopK decoder: gradient projected, rows renormalised
+  step.rows.remove_parallel = true;
+  step.rows.unit_norm = true;
   for (auto _ : state) {
     backend->adam_update(p.data(), g.data(), m.data(), v.data(), n, step);
     backend->synchronize();
@@ -217,6 +252,14 @@ BENCHMARK_CAPTURE(BM_CudaSparse, decoder_backward, 1)
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
 BENCHMARK_CAPTURE(BM_CudaSparse, encoder_backward, 2)
+    ->Args({4096, 4608, 65536, 100})
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK_CAPTURE(BM_CudaSparse, reconstruct, 3)
+    ->Args({4096, 4608, 65536, 100})
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK_CAPTURE(BM_CudaSparse, fused_backward, 4)
     ->Args({4096, 4608, 65536, 100})
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "backends/backend_contract.hpp"
 #include "crosscoder/device_array.hpp"
 #include "crosscoder/error.hpp"
 #include "crosscoder/sparse_codes.hpp"
@@ -252,29 +253,37 @@ double CudaBackend::sum_of_squares(const float* x, std::int64_t n) {
   return read_one(total.data());
 }
 
+double CudaBackend::constrained_sum_of_squares(const float* gradient, const float* parameter,
+                                               std::int64_t n, const RowConstraint& constraint) {
+  const std::int64_t rows =
+      detail::check_row_constraint(constraint, n, "constrained_sum_of_squares");
+  if (rows == 0) return sum_of_squares(gradient, n);
+  DeviceArray<double> partial = scratch<double>(rows, "a constrained sum of squares");
+  DeviceArray<double> total = scratch<double>(1, "a constrained sum of squares");
+  CROSSCODER_LAUNCH(constrained_squares_rows, grid_of(rows), dim3(kThreads), 0, stream_, constraint,
+                    gradient, parameter, partial.data());
+  CROSSCODER_LAUNCH(sum_rows_of_columns, dim3(1), dim3(kThreads), 0, stream_, partial.data(), rows,
+                    std::int64_t{1}, total.data());
+  return read_one(total.data());
+}
+
 void CudaBackend::adam_update(float* parameter, const float* gradient, float* m, float* v,
                               std::int64_t n, const AdamStep& step) {
-  AdamScalars scalars{};
-  scalars.beta1 = step.beta1;
-  scalars.beta2 = step.beta2;
-  scalars.epsilon = step.epsilon;
-  scalars.gradient_scale = step.gradient_scale;
-  scalars.step_size =
-      step.learning_rate / static_cast<float>(1.0 - std::pow(static_cast<double>(step.beta1),
-                                                             static_cast<double>(step.step)));
-  scalars.root_correction2 = std::sqrt(static_cast<float>(
-      1.0 - std::pow(static_cast<double>(step.beta2), static_cast<double>(step.step))));
-  const std::int64_t width = step.unit_norm_rows;
-  if (width > 0 && n % width != 0)
-    throw Error("adam_update: unit_norm_rows " + std::to_string(width) + " does not divide " +
-                std::to_string(n) + " parameters");
+  const std::int64_t rows = detail::check_row_constraint(step.rows, n, "adam_update");
+  const detail::AdamCorrections corrections = detail::adam_corrections(step);
+  const AdamScalars scalars{step.beta1,
+                            step.beta2,
+                            step.epsilon,
+                            step.gradient_scale,
+                            corrections.step_size,
+                            corrections.root_correction2};
   if (n == 0) return;
-  if (width <= 0) {
+  if (rows == 0) {
     CROSSCODER_LAUNCH(adam_kernel, elementwise_grid(n), dim3(kThreads), 0, stream_, scalars,
                       parameter, gradient, m, v, n);
   } else {
-    CROSSCODER_LAUNCH(adam_unit_rows_kernel, grid_of(n / width), dim3(kThreads), 0, stream_,
-                      scalars, parameter, gradient, m, v, width);
+    CROSSCODER_LAUNCH(adam_rows_kernel, grid_of(rows), dim3(kThreads), 0, stream_, scalars,
+                      step.rows, parameter, gradient, m, v);
   }
 }
 
@@ -283,15 +292,11 @@ void CudaBackend::adam_update(float* parameter, const float* gradient, float* m,
 SparseCodes CudaBackend::select(const float* pre, std::int64_t rows, std::int64_t latents,
                                 const SelectionRequest& request, float* min_selected_score) {
   if (min_selected_score) *min_selected_score = -1.0f;
+  detail::check_selection_request(request);
   switch (request.selection) {
     case Selection::per_row_top_k:
-      if (request.k <= 0)
-        throw Error("TopK selection: k must be positive, got " + std::to_string(request.k));
       return select_row_top_k(pre, rows, latents, request);
     case Selection::per_batch_top_k:
-      if (request.k <= 0)
-        throw Error("BatchTopK selection: k must be positive, got " + std::to_string(request.k));
-      if (request.allowed) throw Error("BatchTopK selection does not take a latent mask");
       return select_batch_top_k(pre, rows, latents, request, min_selected_score);
     case Selection::positive:
     case Selection::batch_threshold:
@@ -315,6 +320,21 @@ SparseCodes empty_rows(const std::shared_ptr<Backend>& backend, std::int64_t row
 }
 
 }  // namespace
+
+SparseCodes CudaBackend::codes_with_counts(const std::int64_t* counts, std::int64_t rows,
+                                           std::int64_t expected, const char* what) {
+  SparseCodes codes;
+  codes.rows = rows;
+  codes.row_ptr = scratch<std::int64_t>(rows + 1, "the codes' row offsets");
+  counts_to_offsets(counts, rows, codes.row_ptr.data(), *workspace_, stream_);
+  codes.nnz = read_one(codes.row_ptr.data() + rows);
+  if (codes.nnz != expected)
+    throw Error(std::string(what) + " (CUDA): selected " + std::to_string(codes.nnz) +
+                " entries instead of " + std::to_string(expected) + "; please report this");
+  codes.latent = scratch<std::int32_t>(codes.nnz, "the codes' latents");
+  codes.value = scratch<float>(codes.nnz, "the codes' values");
+  return codes;
+}
 
 SparseCodes CudaBackend::select_elementwise(const float* pre, std::int64_t rows,
                                             std::int64_t latents, const SelectionRequest& request) {
@@ -412,16 +432,7 @@ SparseCodes CudaBackend::select_batch_top_k(const float* pre, std::int64_t rows,
                     state.data(), above.data(), tie_offsets.data(), ties_taken.data(),
                     counts.data());
 
-  SparseCodes codes;
-  codes.rows = rows;
-  codes.row_ptr = scratch<std::int64_t>(rows + 1, "the codes' row offsets");
-  counts_to_offsets(counts.data(), rows, codes.row_ptr.data(), *workspace_, stream_);
-  codes.nnz = read_one(codes.row_ptr.data() + rows);
-  if (codes.nnz != wanted)
-    throw Error("BatchTopK selection (CUDA): selected " + std::to_string(codes.nnz) +
-                " entries instead of " + std::to_string(wanted) + "; please report this");
-  codes.latent = scratch<std::int32_t>(codes.nnz, "the codes' latents");
-  codes.value = scratch<float>(codes.nnz, "the codes' values");
+  SparseCodes codes = codes_with_counts(counts.data(), rows, wanted, "BatchTopK selection");
   DeviceArray<unsigned long long> keys = scratch<unsigned long long>(codes.nnz, "selection keys");
   DeviceArray<float> values = scratch<float>(codes.nnz, "selected values");
   CROSSCODER_LAUNCH(write_batch_selection, grid_of(rows), dim3(kThreads), 0, stream_, scores,
@@ -434,6 +445,43 @@ SparseCodes CudaBackend::select_batch_top_k(const float* pre, std::int64_t rows,
       *min_selected_score = std::bit_cast<float>(final_state.min_positive_key);
   }
   return codes;
+}
+
+SparseCodes CudaBackend::select_top_entries(const SparseCodes& codes, std::int64_t count,
+                                            const float* weight, float* min_selected_score) {
+  if (min_selected_score) *min_selected_score = -1.0f;
+  const std::int64_t rows = codes.rows, nnz = codes.nnz;
+  const std::int64_t wanted = std::clamp<std::int64_t>(count, 0, nnz);
+  if (rows == 0 || wanted == 0) return empty_rows(shared_from_this(), rows);
+  DeviceArray<std::int32_t> keys = scratch<std::int32_t>(nnz, "the entries' score keys");
+  DeviceArray<std::int32_t> sorted_keys = scratch<std::int32_t>(nnz, "the entries' score keys");
+  DeviceArray<std::int64_t> index = scratch<std::int64_t>(nnz, "the entries' indices");
+  DeviceArray<std::int64_t> sorted_index = scratch<std::int64_t>(nnz, "the entries' indices");
+  CROSSCODER_LAUNCH(entry_descending_keys, elementwise_grid(nnz), dim3(kThreads), 0, stream_,
+                    codes.value.data(), codes.latent.data(), weight, nnz, keys.data(),
+                    index.data());
+  stable_sort_by_key(keys.data(), sorted_keys.data(), index.data(), sorted_index.data(), nnz, 31,
+                     *workspace_, stream_);
+  DeviceArray<std::uint8_t> selected = scratch<std::uint8_t>(nnz, "the selected entries");
+  selected.zero();
+  DeviceArray<unsigned> min_key = scratch<unsigned>(1, "the smallest selected score");
+  const unsigned none = 0xFFFFFFFFu;
+  copy_to_device(min_key.data(), &none, sizeof none);
+  CROSSCODER_LAUNCH(mark_first_entries, elementwise_grid(wanted), dim3(kThreads), 0, stream_,
+                    sorted_index.data(), sorted_keys.data(), wanted, selected.data(),
+                    min_key.data());
+  DeviceArray<std::int64_t> counts = scratch<std::int64_t>(rows, "the selection's row counts");
+  CROSSCODER_LAUNCH(count_marked_entries, grid_of(rows), dim3(kThreads), 0, stream_,
+                    codes.row_ptr.data(), selected.data(), counts.data());
+  SparseCodes out = codes_with_counts(counts.data(), rows, wanted, "select_top_entries");
+  CROSSCODER_LAUNCH(compact_marked_entries, grid_of(rows), dim3(kThreads), 0, stream_,
+                    codes.row_ptr.data(), selected.data(), codes.latent.data(), codes.value.data(),
+                    out.row_ptr.data(), out.latent.data(), out.value.data());
+  if (min_selected_score) {
+    const unsigned smallest = read_one(min_key.data());
+    if (smallest != none) *min_selected_score = std::bit_cast<float>(smallest);
+  }
+  return out;
 }
 
 // ---- The sparse decoder and the backward passes ---------------------------------------------
@@ -479,6 +527,88 @@ void CudaBackend::decode(const SparseCodes& codes, const float* decoder, const f
   CROSSCODER_LAUNCH(sparse_decode, grid_of(codes.rows), dim3(kThreads), 0, stream_,
                     codes.row_ptr.data(), codes.latent.data(), codes.value.data(), decoder, bias,
                     output_width, out);
+}
+
+void CudaBackend::reconstruct(const SparseCodes& codes, const ReconstructionRequest& r) {
+  const int M = r.sources;
+  std::fill(r.squared_error, r.squared_error + M, 0.0);
+  if (r.target_energy) std::fill(r.target_energy, r.target_energy + M, 0.0);
+  const std::int64_t rows = codes.rows;
+  if (rows == 0 || M == 0 || r.width == 0) return;
+  DeviceArray<double> partial = scratch<double>(rows * M, "the squared error per row");
+  DeviceArray<double> partial_energy =
+      scratch<double>(r.target_energy ? rows * M : 0, "the target energy per row");
+  DeviceArray<double> totals = scratch<double>(2 * M, "the squared error per source");
+  const ReconstructArgs args{codes.row_ptr.data(),
+                             codes.latent.data(),
+                             codes.value.data(),
+                             r.decoder,
+                             r.bias,
+                             r.target,
+                             M,
+                             r.width,
+                             r.gradient_scale,
+                             r.recon,
+                             r.grad,
+                             partial.data(),
+                             r.target_energy ? partial_energy.data() : nullptr};
+  CROSSCODER_LAUNCH(sparse_reconstruct, grid_of(rows), dim3(kThreads), 0, stream_, args);
+  CROSSCODER_LAUNCH(sum_rows_of_columns, grid_of(M), dim3(kThreads), 0, stream_, partial.data(),
+                    rows, static_cast<std::int64_t>(M), totals.data());
+  if (r.target_energy) {
+    CROSSCODER_LAUNCH(sum_rows_of_columns, grid_of(M), dim3(kThreads), 0, stream_,
+                      partial_energy.data(), rows, static_cast<std::int64_t>(M), totals.data() + M);
+  }
+  std::vector<double> host(static_cast<std::size_t>(2 * M));
+  copy_to_host(host.data(), totals.data(), host.size() * sizeof(double));
+  std::copy(host.begin(), host.begin() + M, r.squared_error);
+  if (r.target_energy) std::copy(host.begin() + M, host.end(), r.target_energy);
+}
+
+void CudaBackend::sparse_backward(const SparseCodes& codes, const SparseBackwardRequest& r) {
+  const std::int64_t F = r.latents, W = r.width;
+  const LatentGroups grouped = group_by_latent(codes);
+  if (grouped.groups > 0) {
+    const std::int32_t largest = read_one(grouped.group_latent.data() + grouped.groups - 1);
+    if (largest >= F)
+      throw Error("sparse_backward: the codes name latent " + std::to_string(largest) + " of " +
+                  std::to_string(F));
+  }
+  if (grouped.groups == 0 || F == 0) {
+    if (!r.accumulate && F > 0) {
+      const auto bytes = static_cast<std::size_t>(F * W) * sizeof(float);
+      fill_zero(r.d_encoder, bytes);
+      if (r.d_decoder) fill_zero(r.d_decoder, bytes);
+      fill_zero(r.d_bias, static_cast<std::size_t>(F) * sizeof(float));
+    }
+    return;
+  }
+  DeviceArray<float> d_pre = scratch<float>(codes.nnz, "the gradient of the pre-activations");
+  DeviceArray<std::int64_t> group_of_latent =
+      scratch<std::int64_t>(r.accumulate ? 0 : F, "the latents' groups");
+  if (!r.accumulate) {
+    // Every byte 0xFF: −1, "no group", for the latents the scatter does not reach.
+    CROSSCODER_CUDA_CHECK(cudaMemsetAsync(
+        group_of_latent.data(), 0xFF, static_cast<std::size_t>(F) * sizeof(std::int64_t), stream_));
+    CROSSCODER_LAUNCH(scatter_group_index, elementwise_grid(grouped.groups), dim3(kThreads), 0,
+                      stream_, grouped.group_latent.data(), grouped.groups, group_of_latent.data());
+  }
+  const SparseBackwardArgs args{grouped.view(),
+                                r.accumulate ? nullptr : group_of_latent.data(),
+                                codes.value.data(),
+                                r.grad_out,
+                                r.decoder,
+                                r.xn,
+                                W,
+                                r.value_gradient_offset,
+                                r.accumulate,
+                                r.d_decoder,
+                                r.d_encoder,
+                                r.d_bias,
+                                r.d_value,
+                                d_pre.data()};
+  CROSSCODER_LAUNCH(sparse_backward_kernel, grid_of(r.accumulate ? grouped.groups : F),
+                    dim3(kThreads), 0, stream_, args);
 }
 
 void CudaBackend::decoder_backward(const SparseCodes& codes, const float* grad_out,

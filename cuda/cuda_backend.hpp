@@ -40,10 +40,14 @@ class CudaBackend final : public Backend, public std::enable_shared_from_this<Cu
               const float* bias, std::int64_t latents, float* pre) override;
   SparseCodes select(const float* pre, std::int64_t rows, std::int64_t latents,
                      const SelectionRequest& request, float* min_selected_score) override;
+  SparseCodes select_top_entries(const SparseCodes& codes, std::int64_t count, const float* weight,
+                                 float* min_selected_score) override;
   void decode(const SparseCodes& codes, const float* decoder, const float* bias,
               std::int64_t output_width, float* out) override;
   void squared_error(const float* recon, const float* target, std::int64_t rows, int sources,
                      int width, float gradient_scale, float* grad, double* sse) override;
+  void reconstruct(const SparseCodes& codes, const ReconstructionRequest& request) override;
+  void sparse_backward(const SparseCodes& codes, const SparseBackwardRequest& request) override;
   void decoder_backward(const SparseCodes& codes, const float* grad_out, const float* decoder,
                         std::int64_t output_width, float* d_value, float* d_decoder) override;
   void encoder_backward(const SparseCodes& codes, const float* d_pre, const float* xn,
@@ -59,6 +63,8 @@ class CudaBackend final : public Backend, public std::enable_shared_from_this<Cu
   void column_sums(const float* x, std::int64_t rows, std::int64_t width, double* sums) override;
   void clamp_min(float* x, std::int64_t n, float lower) override;
   double sum_of_squares(const float* x, std::int64_t n) override;
+  double constrained_sum_of_squares(const float* gradient, const float* parameter, std::int64_t n,
+                                    const RowConstraint& constraint) override;
   void adam_update(float* parameter, const float* gradient, float* m, float* v, std::int64_t n,
                    const AdamStep& step) override;
 
@@ -71,6 +77,10 @@ class CudaBackend final : public Backend, public std::enable_shared_from_this<Cu
                                const SelectionRequest& request);
   SparseCodes select_batch_top_k(const float* pre, std::int64_t rows, std::int64_t latents,
                                  const SelectionRequest& request, float* min_selected_score);
+  /// Codes over `rows` rows with these per-row entry counts (device memory), the latents and
+  /// values allocated but not written; throws Error naming `what` unless `expected` entries result.
+  SparseCodes codes_with_counts(const std::int64_t* counts, std::int64_t rows,
+                                std::int64_t expected, const char* what);
   /// Sorts each row's (rank key, value) pairs and writes the codes' latents and values.
   void finish_ranked_rows(SparseCodes& codes, const unsigned long long* keys, const float* values);
   template <typename T>

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 
+#include "crosscoder/backend.hpp"
 #include "device_common.cuh"
 
 namespace crosscoder::CROSSCODER_CUDA_NS {
@@ -165,10 +166,9 @@ struct AdamScalars {
 // otherwise decay into subnormal floats.
 constexpr float kAdamFlushBelow = 1e-30f;
 
-__device__ __forceinline__ void adam_element(const AdamScalars& a, float* parameter,
-                                             const float* gradient, float* m, float* v,
-                                             std::int64_t i) {
-  const float g = gradient[i] * a.gradient_scale;
+__device__ __forceinline__ void adam_element(const AdamScalars& a, float* parameter, float gradient,
+                                             float* m, float* v, std::int64_t i) {
+  const float g = gradient * a.gradient_scale;
   const float m_next = a.beta1 * m[i] + (1.0f - a.beta1) * g;
   const float v_next = a.beta2 * v[i] + (1.0f - a.beta2) * g * g;
   const float m_kept = fabsf(m_next) < kAdamFlushBelow ? 0.0f : m_next;
@@ -180,24 +180,72 @@ __device__ __forceinline__ void adam_element(const AdamScalars& a, float* parame
 
 __global__ void adam_kernel(AdamScalars a, float* parameter, const float* gradient, float* m,
                             float* v, std::int64_t n) {
-  CROSSCODER_FOR_EACH_INDEX(i, n) { adam_element(a, parameter, gradient, m, v, i); }
+  CROSSCODER_FOR_EACH_INDEX(i, n) { adam_element(a, parameter, gradient[i], m, v, i); }
 }
 
-/// Adam on a [rows, width] matrix with every non-zero row rescaled to unit norm right after
-/// its update, in the same pass; one block per row.
-__global__ void adam_unit_rows_kernel(AdamScalars a, float* parameter, const float* gradient,
-                                      float* m, float* v, std::int64_t width) {
-  __shared__ float scratch[kThreads];
-  const std::int64_t begin = static_cast<std::int64_t>(blockIdx.x) * width;
-  float local = 0.0f;
-  for (std::int64_t j = threadIdx.x; j < width; j += kThreads) {
-    adam_element(a, parameter, gradient, m, v, begin + j);
-    local += parameter[begin + j] * parameter[begin + j];
+/// Visits the trainable elements of row `row` that thread threadIdx.x owns, in block order (the
+/// same blocks for every thread, so the loop may enclose barriers only outside it).
+template <typename Visit>
+__device__ __forceinline__ void for_each_trainable(const RowConstraint& c, std::int64_t row,
+                                                   Visit visit) {
+  const std::int64_t block_width = c.row_width / c.blocks;
+  for (int block = 0; block < c.blocks; ++block) {
+    if (c.trainable && c.trainable[row * c.blocks + block] == 0) continue;
+    const std::int64_t first = row * c.row_width + block * block_width;
+    for (std::int64_t i = threadIdx.x; i < block_width; i += kThreads) visit(first + i);
   }
+}
+
+/// The factor of the parameter row that remove_parallel takes out of the gradient row:
+/// (g·p)/(p·p) over the trainable blocks, 0 for a zero row or without remove_parallel.
+__device__ float component_along_row(const RowConstraint& c, std::int64_t row,
+                                     const float* gradient, const float* parameter,
+                                     float* scratch) {
+  if (!c.remove_parallel) return 0.0f;
+  float dot = 0.0f, squared_norm = 0.0f;
+  for_each_trainable(c, row, [&](std::int64_t j) {
+    dot += gradient[j] * parameter[j];
+    squared_norm += parameter[j] * parameter[j];
+  });
+  dot = block_sum(dot, scratch);
+  squared_norm = block_sum(squared_norm, scratch);
+  return squared_norm != 0.0f ? dot / squared_norm : 0.0f;
+}
+
+/// Adam on a [rows, row_width] matrix under a row constraint: frozen blocks skipped, the
+/// gradient's component along the row removed, the row renormalised, all in one pass over each
+/// parameter; one block per row.
+__global__ void adam_rows_kernel(AdamScalars a, RowConstraint c, float* parameter,
+                                 const float* gradient, float* m, float* v) {
+  __shared__ float scratch[kThreads];
+  const std::int64_t row = blockIdx.x;
+  const float along = component_along_row(c, row, gradient, parameter, scratch);
+  float local = 0.0f;
+  for_each_trainable(c, row, [&](std::int64_t j) {
+    adam_element(a, parameter, gradient[j] - along * parameter[j], m, v, j);
+    local += parameter[j] * parameter[j];
+  });
+  if (!c.unit_norm) return;
   const float squared_norm = block_sum(local, scratch);
   if (squared_norm == 0.0f) return;
   const float norm = sqrtf(squared_norm);
-  for (std::int64_t j = threadIdx.x; j < width; j += kThreads) parameter[begin + j] /= norm;
+  for_each_trainable(c, row, [&](std::int64_t j) { parameter[j] /= norm; });
+}
+
+/// partial[row] = Σ g² over the row's gradient as adam_rows_kernel uses it; one block per row.
+__global__ void constrained_squares_rows(RowConstraint c, const float* gradient,
+                                         const float* parameter, double* partial) {
+  __shared__ float scratch[kThreads];
+  __shared__ double totals[kThreads];
+  const std::int64_t row = blockIdx.x;
+  const float along = component_along_row(c, row, gradient, parameter, scratch);
+  double local = 0.0;
+  for_each_trainable(c, row, [&](std::int64_t j) {
+    const float g = gradient[j] - along * parameter[j];
+    local += static_cast<double>(g) * g;
+  });
+  const double total = block_sum(local, totals);
+  if (threadIdx.x == 0) partial[row] = total;
 }
 
 }  // namespace crosscoder::CROSSCODER_CUDA_NS

@@ -10,6 +10,7 @@
 #define CROSSCODER_CUDA_NS cuda_emulated
 // Few threads per block keep the emulator quick and make every multi-chunk loop run.
 #define CROSSCODER_CUDA_BLOCK 32
+#define CROSSCODER_UNROLL _Pragma("GCC unroll 8")
 
 #else
 
@@ -18,6 +19,7 @@
 #include "cuda_check.hpp"
 #define CROSSCODER_CUDA_NS cuda_device
 #define CROSSCODER_CUDA_BLOCK 256
+#define CROSSCODER_UNROLL _Pragma("unroll")
 
 /// Launches a kernel on a stream and checks the launch.
 #define CROSSCODER_LAUNCH(kernel, grid, block, shared_bytes, stream, ...) \

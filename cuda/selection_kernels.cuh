@@ -371,4 +371,65 @@ __global__ void unpack_rank_keys(const unsigned long long* keys, std::int64_t n,
   CROSSCODER_FOR_EACH_INDEX(i, n) { latent[i] = latent_of_rank_key(keys[i]); }
 }
 
+// ---- The best entries of sparse codes (the last step of a tiled BatchTopK) ----------------
+
+/// key[e] = 2^31 − 1 − the bits of entry e's score, so that an ascending stable sort puts higher
+/// scores first and equal scores in entry order; index[e] = e.
+__global__ void entry_descending_keys(const float* value, const std::int32_t* latent,
+                                      const float* weight, std::int64_t nnz, std::int32_t* key,
+                                      std::int64_t* index) {
+  CROSSCODER_FOR_EACH_INDEX(e, nnz) {
+    const float positive = positive_part(value[e]);
+    const float score = weight ? positive * weight[latent[e]] : positive;
+    key[e] = static_cast<std::int32_t>(0x7FFFFFFFu - key_of(score));
+    index[e] = e;
+  }
+}
+
+/// Marks the first `count` entries in sorted order and takes the smallest positive score among
+/// them into *min_positive_key.
+__global__ void mark_first_entries(const std::int64_t* sorted_index, const std::int32_t* sorted_key,
+                                   std::int64_t count, std::uint8_t* selected,
+                                   unsigned* min_positive_key) {
+  CROSSCODER_FOR_EACH_INDEX(i, count) {
+    selected[sorted_index[i]] = 1;
+    const unsigned key = 0x7FFFFFFFu - static_cast<unsigned>(sorted_key[i]);
+    if (key > 0u) atomicMin(min_positive_key, key);
+  }
+}
+
+/// counts[row] = the number of marked entries of the row; one block per row.
+__global__ void count_marked_entries(const std::int64_t* row_ptr, const std::uint8_t* selected,
+                                     std::int64_t* counts) {
+  __shared__ std::int64_t scratch[kThreads];
+  const std::int64_t row = blockIdx.x;
+  std::int64_t local = 0;
+  for (std::int64_t e = row_ptr[row] + threadIdx.x; e < row_ptr[row + 1]; e += kThreads)
+    local += selected[e];
+  const std::int64_t total = block_sum(local, scratch);
+  if (threadIdx.x == 0) counts[row] = total;
+}
+
+/// Copies each row's marked entries, in their order, to the output codes; one block per row.
+__global__ void compact_marked_entries(const std::int64_t* row_ptr, const std::uint8_t* selected,
+                                       const std::int32_t* latent, const float* value,
+                                       const std::int64_t* out_row_ptr, std::int32_t* out_latent,
+                                       float* out_value) {
+  __shared__ std::int64_t scratch[kThreads];
+  const std::int64_t row = blockIdx.x;
+  const std::int64_t begin = row_ptr[row], end = row_ptr[row + 1];
+  std::int64_t written = out_row_ptr[row];
+  for (std::int64_t chunk = begin; chunk < end; chunk += kThreads) {
+    const std::int64_t e = chunk + threadIdx.x;
+    const std::int64_t flag = e < end ? selected[e] : 0;
+    std::int64_t total = 0;
+    const std::int64_t position = block_exclusive_scan(flag, scratch, total);
+    if (flag) {
+      out_latent[written + position] = latent[e];
+      out_value[written + position] = value[e];
+    }
+    written += total;
+  }
+}
+
 }  // namespace crosscoder::CROSSCODER_CUDA_NS

@@ -26,6 +26,53 @@ __global__ void sparse_decode(const std::int64_t* row_ptr, const std::int32_t* l
   }
 }
 
+/// What sparse_reconstruct reads and writes (device pointers).
+struct ReconstructArgs {
+  const std::int64_t* row_ptr;
+  const std::int32_t* latent;
+  const float* value;
+  const float* decoder;  ///< [F, M·width]
+  const float* bias;     ///< [M·width] or null
+  const float* target;   ///< [rows, M·width]
+  int sources, width;
+  float gradient_scale;
+  float* recon;
+  float* grad;             ///< or null
+  double* partial_sse;     ///< [rows·M]
+  double* partial_energy;  ///< [rows·M] or null
+};
+
+/// The sparse decoder fused with the squared error: each element of a row is decoded, written,
+/// compared with the target and differentiated in one visit; per-source sums per row. One block
+/// per row, the columns spread over the threads.
+__global__ void sparse_reconstruct(ReconstructArgs a) {
+  __shared__ double scratch[kThreads];
+  const std::int64_t row = blockIdx.x;
+  const std::int64_t D = static_cast<std::int64_t>(a.sources) * a.width;
+  const std::int64_t begin = a.row_ptr[row], end = a.row_ptr[row + 1];
+  for (int m = 0; m < a.sources; ++m) {
+    double squared_error = 0.0, energy = 0.0;
+    for (int i = threadIdx.x; i < a.width; i += kThreads) {
+      const std::int64_t j = static_cast<std::int64_t>(m) * a.width + i;
+      float total = a.bias ? a.bias[j] : 0.0f;
+      for (std::int64_t e = begin; e < end; ++e)
+        total += a.value[e] * a.decoder[static_cast<std::int64_t>(a.latent[e]) * D + j];
+      a.recon[row * D + j] = total;
+      const float target = a.target[row * D + j];
+      const float difference = total - target;
+      squared_error += static_cast<double>(difference) * difference;
+      if (a.grad) a.grad[row * D + j] = a.gradient_scale * difference;
+      energy += static_cast<double>(target) * target;
+    }
+    squared_error = block_sum(squared_error, scratch);
+    if (a.partial_energy) energy = block_sum(energy, scratch);
+    if (threadIdx.x == 0) {
+      a.partial_sse[row * a.sources + m] = squared_error;
+      if (a.partial_energy) a.partial_energy[row * a.sources + m] = energy;
+    }
+  }
+}
+
 /// entry_row[e] = the row of entry e and entry_index[e] = e; one block per row.
 __global__ void label_entries(const std::int64_t* row_ptr, std::int64_t* entry_row,
                               std::int64_t* entry_index) {
@@ -99,6 +146,121 @@ __global__ void sparse_encoder_backward(LatentGroupsView groups, const float* d_
       if (upstream != 0.0f) bias_gradient += upstream;
     }
     d_bias[f] += bias_gradient;
+  }
+}
+
+/// group_of_latent[group_latent[g]] = g (the other latents keep the −1 they were set to).
+__global__ void scatter_group_index(const std::int32_t* group_latent, std::int64_t groups,
+                                    std::int64_t* group_of_latent) {
+  CROSSCODER_FOR_EACH_INDEX(g, groups) { group_of_latent[group_latent[g]] = g; }
+}
+
+/// What sparse_backward_kernel reads and writes (device pointers).
+struct SparseBackwardArgs {
+  LatentGroupsView groups;
+  /// [F]: block b serves latent b through its group (−1: none, rows set to zero); null: block b
+  /// serves group b (the accumulating pass, which leaves other latents alone).
+  const std::int64_t* group_of_latent;
+  const float* value;
+  const float* grad_out;  ///< [rows, width]
+  const float* decoder;   ///< [F, width]
+  const float* xn;        ///< [rows, width]
+  std::int64_t width;
+  const float* value_gradient_offset;  ///< [F] or null
+  bool accumulate;
+  float* d_decoder;  ///< or null
+  float* d_encoder;
+  float* d_bias;
+  float* d_value;  ///< [nnz] or null
+  float* d_pre;    ///< [nnz] scratch: ∂L/∂pre per entry
+};
+
+/// Entries whose decoder-row dot products one block reduces together (one tree of barriers for
+/// this many entries rather than one per entry).
+constexpr int kDotsPerReduction = 8;
+
+/// The training step's backward pass for one latent per block: ∂L/∂a and ∂L/∂pre of each of its
+/// entries (the decoder row read once for up to kDotsPerReduction entries), then the decoder and
+/// encoder gradient rows, each written once, adding entries in row order like the CPU backend.
+__global__ void sparse_backward_kernel(SparseBackwardArgs a) {
+  __shared__ float partial[kDotsPerReduction][kThreads];
+  const unsigned t = threadIdx.x;
+  std::int64_t f, g;
+  if (a.group_of_latent) {
+    f = blockIdx.x;
+    g = a.group_of_latent[f];
+  } else {
+    g = blockIdx.x;
+    f = a.groups.group_latent[g];
+  }
+  const std::int64_t W = a.width;
+  if (g < 0) {  // a latent without entries, in the overwriting pass
+    for (std::int64_t j = t; j < W; j += kThreads) {
+      a.d_encoder[f * W + j] = 0.0f;
+      if (a.d_decoder) a.d_decoder[f * W + j] = 0.0f;
+    }
+    if (t == 0) a.d_bias[f] = 0.0f;
+    return;
+  }
+  const std::int64_t begin = a.groups.group_begin[g], end = a.groups.group_begin[g + 1];
+  const float* decoder_row = a.decoder + f * W;
+  const float offset = a.value_gradient_offset ? a.value_gradient_offset[f] : 0.0f;
+
+  for (std::int64_t chunk = begin; chunk < end; chunk += kDotsPerReduction) {
+    const int count =
+        end - chunk < kDotsPerReduction ? static_cast<int>(end - chunk) : kDotsPerReduction;
+    std::int64_t upstream_offset[kDotsPerReduction];
+    float local[kDotsPerReduction];
+    CROSSCODER_UNROLL
+    for (int c = 0; c < kDotsPerReduction; ++c) {
+      upstream_offset[c] = c < count ? a.groups.entry_row[a.groups.entry[chunk + c]] * W : 0;
+      local[c] = 0.0f;
+    }
+    for (std::int64_t j = t; j < W; j += kThreads) {
+      const float d = decoder_row[j];
+      CROSSCODER_UNROLL
+      for (int c = 0; c < kDotsPerReduction; ++c)
+        if (c < count) local[c] += d * a.grad_out[upstream_offset[c] + j];
+    }
+    CROSSCODER_UNROLL
+    for (int c = 0; c < kDotsPerReduction; ++c) partial[c][t] = local[c];
+    __syncthreads();
+    for (unsigned half = kThreads / 2; half > 0; half /= 2) {
+      if (t < half) {
+        CROSSCODER_UNROLL
+        for (int c = 0; c < kDotsPerReduction; ++c) partial[c][t] += partial[c][t + half];
+      }
+      __syncthreads();
+    }
+    if (t < static_cast<unsigned>(count)) {
+      const std::int64_t e = a.groups.entry[chunk + t];
+      const float d_value = partial[t][0];
+      if (a.d_value) a.d_value[e] = d_value;
+      a.d_pre[e] = a.value[e] > 0.0f ? d_value + offset : 0.0f;
+    }
+    __syncthreads();  // d_pre visible to the block; partial free for the next chunk
+  }
+
+  for (std::int64_t j = t; j < W; j += kThreads) {
+    float decoder_total = a.accumulate && a.d_decoder ? a.d_decoder[f * W + j] : 0.0f;
+    float encoder_total = a.accumulate ? a.d_encoder[f * W + j] : 0.0f;
+    for (std::int64_t s = begin; s < end; ++s) {
+      const std::int64_t e = a.groups.entry[s];
+      const std::int64_t row_offset = a.groups.entry_row[e] * W;
+      decoder_total += a.value[e] * a.grad_out[row_offset + j];
+      const float d_pre = a.d_pre[e];
+      if (d_pre != 0.0f) encoder_total += d_pre * a.xn[row_offset + j];
+    }
+    if (a.d_decoder) a.d_decoder[f * W + j] = decoder_total;
+    a.d_encoder[f * W + j] = encoder_total;
+  }
+  if (t == 0) {
+    float bias_gradient = 0.0f;
+    for (std::int64_t s = begin; s < end; ++s) {
+      const float d_pre = a.d_pre[a.groups.entry[s]];
+      if (d_pre != 0.0f) bias_gradient += d_pre;
+    }
+    a.d_bias[f] = (a.accumulate ? a.d_bias[f] : 0.0f) + bias_gradient;
   }
 }
 

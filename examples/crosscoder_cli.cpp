@@ -617,6 +617,12 @@ int main(int argc, char** argv) {
   train_command->add_option("--steps", train.train.steps, "Training steps")->capture_default_str();
   train_command->add_option("--batch", train.train.batch_size, "Rows per step")
       ->capture_default_str();
+  train_command
+      ->add_option("--tile-rows", train.train.tile_rows,
+                   "Rows encoded at once (their B x F pre-activations held); 0: the whole batch "
+                   "unless that exceeds 2 GiB. Same result, less memory")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   train_command->add_option("--lr", train.train.learning_rate, "Peak learning rate")
       ->capture_default_str();
   train_command->add_option("--warmup", train.train.warmup_steps, "Warm-up steps")

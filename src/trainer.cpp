@@ -35,6 +35,7 @@ void TrainConfig::validate() const {
   require(threshold_momentum >= 0.0f && threshold_momentum < 1.0f, "threshold_momentum",
           threshold_momentum);
   require(normaliser_rows >= 0, "normaliser_rows", normaliser_rows);
+  require(tile_rows >= 0, "tile_rows", tile_rows);
 }
 
 std::string TrainConfig::to_json() const {
@@ -56,6 +57,7 @@ std::string TrainConfig::to_json() const {
                         {"k_anneal_steps", k_anneal_steps},
                         {"threshold_momentum", threshold_momentum},
                         {"normaliser_rows", normaliser_rows},
+                        {"tile_rows", tile_rows},
                         {"seed", seed}}
       .dump();
 }
@@ -86,6 +88,8 @@ TrainConfig TrainConfig::from_json(std::string_view text) {
     read("k_anneal_steps", config.k_anneal_steps);
     read("threshold_momentum", config.threshold_momentum);
     read("normaliser_rows", config.normaliser_rows);
+    // Added after the first checkpoints were written: absent means automatic.
+    if (json.contains("tile_rows")) read("tile_rows", config.tile_rows);
     read("seed", config.seed);
   } catch (const nlohmann::json::exception& error) {
     throw Error(fmt::format("train config: invalid JSON: {}", error.what()));
@@ -139,6 +143,15 @@ Trainer::Trainer(Crosscoder& model, const TrainConfig& config)
   }
   tokens_since_fired_.assign(static_cast<std::size_t>(c.latents), 0);
   fired_this_step_.assign(static_cast<std::size_t>(c.latents), 0);
+  if (c.shared_latents() < c.latents) {
+    std::vector<std::uint8_t> trainable(static_cast<std::size_t>(c.latents) * c.sources);
+    for (int f = 0; f < c.latents; ++f) {
+      for (int m = 0; m < c.sources; ++m)
+        trainable[static_cast<std::size_t>(f) * c.sources + m] = c.latent_uses_source(f, m) ? 1 : 0;
+    }
+    trainable_blocks_ =
+        DeviceArray<std::uint8_t>(backend_, std::span<const std::uint8_t>(trainable));
+  }
 }
 
 float Trainer::learning_rate_at(std::int64_t t) const noexcept {
@@ -163,6 +176,15 @@ int Trainer::k_at(std::int64_t t) const noexcept {
   return static_cast<int>(std::lround(config_.k_initial + fraction * (k - config_.k_initial)));
 }
 
+std::int64_t Trainer::rows_per_tile(std::int64_t rows) const noexcept {
+  if (config_.tile_rows > 0) return std::min(config_.tile_rows, rows);
+  constexpr std::int64_t kPreactivationBudget = std::int64_t{2} << 30;  // bytes
+  const std::int64_t bytes_per_row =
+      static_cast<std::int64_t>(model_.config().latents) * static_cast<std::int64_t>(sizeof(float));
+  return std::clamp<std::int64_t>(kPreactivationBudget / bytes_per_row, 1,
+                                  std::max<std::int64_t>(rows, 1));
+}
+
 DeviceArray<float>& Trainer::scratch(const std::string& name, std::int64_t size) {
   DeviceArray<float>& buffer = scratch_[name];
   if (buffer.size() != static_cast<std::size_t>(size)) {
@@ -174,17 +196,6 @@ DeviceArray<float>& Trainer::scratch(const std::string& name, std::int64_t size)
 StepReport Trainer::compute_gradients(std::span<const float> x, std::int64_t rows) {
   return forward_backward(x, rows);
 }
-
-namespace {
-
-// ∂L/∂a → ∂L/∂pre for entries whose value went through max(·, 0): zero where it clipped.
-void zero_where_inactive(std::vector<float>& gradient, const std::vector<float>& values) {
-  for (std::size_t e = 0; e < gradient.size(); ++e) {
-    if (!(values[e] > 0.0f)) gradient[e] = 0.0f;
-  }
-}
-
-}  // namespace
 
 StepReport Trainer::forward_backward(std::span<const float> x, std::int64_t rows) {
   const CrosscoderConfig& c = model_.config();
@@ -205,54 +216,102 @@ StepReport Trainer::forward_backward(std::span<const float> x, std::int64_t rows
   report.step = step_ + 1;
   report.k = k_at(report.step);
 
-  // Forward: normalise, encode, select, decode.
+  // Forward: normalise, encode and select tile by tile (the pre-activations are the one dense
+  // rows × F array; every selection that needs them is made while the tile's are at hand), then
+  // the decoder, fused with the loss and its gradient.
   DeviceArray<float>& raw = scratch("raw", B * D);
   raw.upload(x);
-  Batch batch{B, scratch("xn", B * D), scratch("pre", B * F), scratch("recon", B * D),
+  const std::int64_t tile = rows_per_tile(B);
+  Batch batch{B, scratch("xn", B * D), scratch("pre", tile * F), scratch("recon", B * D),
               scratch("grad_recon", B * D)};
-  model_.preactivations(raw.data(), B, batch.xn.data(), batch.pre.data());
   const SelectionRequest request =
       model_.selection_request(report.k, /*training=*/true, scratch("score_weights", F));
-  SparseCodes codes = be.select(batch.pre.data(), B, F, request, &last_min_selected_score_);
-  be.decode(codes, p.decoder_weight.data(), p.decoder_bias.data(), D, batch.recon.data());
+  // BatchTopK over tiles: each tile keeps its best B·k candidates (all that the batch's
+  // selection can take from it), and the batch's best B·k are chosen among those.
+  const bool tiled_batch_top_k = tile < B && request.selection == Selection::per_batch_top_k;
 
-  for (const ParameterSlot& slot : slots(p, gradients_)) slot.gradient->zero();
-  reconstruction_terms(batch, report);
+  // AuxK's dead latents (from the counters before this step) and JumpReLU's straight-through
+  // support also come from the pre-activations.
+  const bool unit_decoder =
+      c.activation == Activation::topk || c.activation == Activation::batchtopk;
+  DeviceArray<std::uint8_t> dead_mask;
+  SelectionRequest aux;
+  if (unit_decoder && config_.auxk_coefficient > 0.0f) {
+    std::vector<std::uint8_t> dead(static_cast<std::size_t>(F), 0);
+    bool any_dead = false;
+    for (std::int64_t f = 0; f < F; ++f) {
+      dead[f] = tokens_since_fired_[f] >= config_.dead_after_tokens ? 1 : 0;
+      any_dead = any_dead || dead[f] != 0;
+    }
+    if (any_dead) {
+      dead_mask = DeviceArray<std::uint8_t>(backend_, std::span<const std::uint8_t>(dead));
+      aux.selection = Selection::per_row_top_k;
+      aux.k = config_.aux_k > 0 ? config_.aux_k : std::max<std::int64_t>(1, D / 2);
+      aux.allowed = dead_mask.data();
+      aux.positive_only = true;  // zero activations add nothing to the AuxK loss or its gradient
+    }
+  }
+  SelectionRequest near;
+  if (c.activation == Activation::jumprelu) {
+    near.selection = Selection::near_threshold;
+    near.threshold = p.threshold.data();
+    near.bandwidth = c.jumprelu_bandwidth;
+  }
+  std::vector<SparseCodes> main_parts, aux_parts, near_parts;
+  for (std::int64_t first = 0; first < B; first += tile) {
+    const std::int64_t rows_here = std::min(tile, B - first);
+    model_.preactivations(raw.data() + first * D, rows_here, batch.xn.data() + first * D,
+                          batch.pre.data());
+    SelectionRequest tile_request = request;
+    if (tiled_batch_top_k) tile_request.k = (B * request.k + rows_here - 1) / rows_here;
+    main_parts.push_back(be.select(batch.pre.data(), rows_here, F, tile_request,
+                                   tiled_batch_top_k ? nullptr : &last_min_selected_score_));
+    if (aux.allowed) aux_parts.push_back(be.select(batch.pre.data(), rows_here, F, aux, nullptr));
+    if (near.threshold)
+      near_parts.push_back(be.select(batch.pre.data(), rows_here, F, near, nullptr));
+  }
+  const auto join = [&](std::vector<SparseCodes>& parts) {
+    return parts.size() == 1 ? std::move(parts.front()) : concatenate_rows(backend_, parts);
+  };
+  SparseCodes codes = join(main_parts);
+  if (tiled_batch_top_k) {
+    codes = be.select_top_entries(codes, B * request.k, request.weight, &last_min_selected_score_);
+  }
+  reconstruction_terms(batch, codes, report);
   report.l0 = static_cast<double>(codes.nnz) / static_cast<double>(B);
 
-  // Backward through the decoder; b_dec's gradient is the column sums of the upstream gradient.
-  DeviceArray<float> d_value(backend_, static_cast<std::size_t>(codes.nnz));
-  be.decoder_backward(codes, batch.grad_recon.data(), p.decoder_weight.data(), D, d_value.data(),
-                      gradients_.decoder_weight.data());
+  // Backward. b_dec's gradient is the column sums of the upstream gradient; the sparse pass
+  // overwrites every row of the other gradients, so nothing is zeroed first.
   std::vector<double> bias_gradient(static_cast<std::size_t>(D));
   be.column_sums(batch.grad_recon.data(), B, D, bias_gradient.data());
   gradients_.decoder_bias.upload(std::vector<float>(bias_gradient.begin(), bias_gradient.end()));
-
-  // The activation's own terms turn ∂L/∂a into ∂L/∂pre. These elementwise steps run on host
-  // copies of the [nnz] arrays (cheap next to the GEMM; fused kernels arrive with CUDA).
-  const std::vector<float> values = codes.value.download();
-  std::vector<float> d_pre = d_value.download();
   std::vector<float> latent_sums(static_cast<std::size_t>(F));
   be.latent_totals(codes, F, latent_sums.data(), fired_this_step_.data());
+  SparseBackwardRequest backward;
+  backward.grad_out = batch.grad_recon.data();
+  backward.decoder = p.decoder_weight.data();
+  backward.xn = batch.xn.data();
+  backward.latents = F;
+  backward.width = D;
+  backward.d_decoder = gradients_.decoder_weight.data();
+  backward.d_encoder = gradients_.encoder_weight.data();
+  backward.d_bias = gradients_.encoder_bias.data();
+  if (c.activation == Activation::relu)
+    backward.value_gradient_offset = l1_terms(batch, latent_sums, report);
+  be.sparse_backward(codes, backward);
   switch (c.activation) {
     case Activation::relu:
-      l1_terms(batch, codes, latent_sums, d_pre, report);
+      // The penalty's own decoder gradient, after the pass that overwrote the rows.
+      be.add_scaled_blocks(p.decoder_weight.data(), scratch("l1_factor", F * c.sources).data(), F,
+                           c.sources, c.width, gradients_.decoder_weight.data());
       break;
     case Activation::jumprelu:
-      zero_where_inactive(d_pre, values);
-      jumprelu_terms(batch, codes.nnz, report);
+      jumprelu_terms(batch, join(near_parts), codes.nnz, report);
       break;
     case Activation::topk:
     case Activation::batchtopk:
-      zero_where_inactive(d_pre, values);
+      if (aux.allowed) auxk_terms(batch, join(aux_parts), report);
       break;
-  }
-  d_value.upload(d_pre);
-  be.encoder_backward(codes, d_value.data(), batch.xn.data(), D, gradients_.encoder_weight.data(),
-                      gradients_.encoder_bias.data());
-  if ((c.activation == Activation::topk || c.activation == Activation::batchtopk) &&
-      config_.auxk_coefficient > 0.0f) {
-    auxk_terms(batch, report);
   }
 
   report.loss = report.reconstruction + report.sparsity + report.auxk;
@@ -265,22 +324,27 @@ StepReport Trainer::forward_backward(std::span<const float> x, std::int64_t rows
   return report;
 }
 
-void Trainer::reconstruction_terms(Batch& batch, StepReport& report) {
+void Trainer::reconstruction_terms(Batch& batch, const SparseCodes& codes, StepReport& report) {
   // Σ_m (1/B) Σ_b ‖x̂_bm − x_bm‖², its gradient 2(x̂ − x)/B, and FVE per source.
   const CrosscoderConfig& c = model_.config();
-  Backend& be = *backend_;
   const std::int64_t B = batch.rows, D = c.input_width();
   const int M = c.sources;
-  std::vector<double> sse(static_cast<std::size_t>(M));
-  be.squared_error(batch.recon.data(), batch.xn.data(), B, M, c.width, 2.0f / static_cast<float>(B),
-                   batch.grad_recon.data(), sse.data());
+  std::vector<double> sse(static_cast<std::size_t>(M)), energy(static_cast<std::size_t>(M));
+  ReconstructionRequest request;
+  request.decoder = model_.parameters().decoder_weight.data();
+  request.bias = model_.parameters().decoder_bias.data();
+  request.target = batch.xn.data();
+  request.sources = M;
+  request.width = c.width;
+  request.gradient_scale = 2.0f / static_cast<float>(B);
+  request.recon = batch.recon.data();
+  request.grad = batch.grad_recon.data();
+  request.squared_error = sse.data();
+  request.target_energy = energy.data();
+  backend_->reconstruct(codes, request);
   // Σ_b ‖x_bm − mean_m‖² = Σ_b ‖x_bm‖² − B‖mean_m‖², per source.
   std::vector<double> column_sums(static_cast<std::size_t>(D));
-  be.column_sums(batch.xn.data(), B, D, column_sums.data());
-  std::vector<double> energy(static_cast<std::size_t>(M));
-  DeviceArray<float>& zeros = scratch("zeros", B * D);
-  zeros.zero();
-  be.squared_error(zeros.data(), batch.xn.data(), B, M, c.width, 0.0f, nullptr, energy.data());
+  backend_->column_sums(batch.xn.data(), B, D, column_sums.data());
   report.mse.resize(static_cast<std::size_t>(M));
   report.fve.resize(static_cast<std::size_t>(M));
   for (int m = 0; m < M; ++m) {
@@ -294,25 +358,20 @@ void Trainer::reconstruction_terms(Batch& batch, StepReport& report) {
   }
 }
 
-void Trainer::l1_terms(const Batch& batch, const SparseCodes& codes,
-                       const std::vector<float>& latent_sums, std::vector<float>& d_pre,
-                       StepReport& report) {
-  // (λ/B) Σ_b Σ_f a_bf · w_f with w_f = Σ_m ‖d_{f,m}‖ (Anthropic 2024).
+const float* Trainer::l1_terms(const Batch& batch, const std::vector<float>& latent_sums,
+                               StepReport& report) {
+  // (λ/B) Σ_b Σ_f a_bf · w_f with w_f = Σ_m ‖d_{f,m}‖ (Anthropic 2024); ∂/∂a_bf = (λ/B)·w_f.
   const CrosscoderConfig& c = model_.config();
   const std::int64_t F = c.latents;
   const int M = c.sources;
   const std::vector<float> norms = model_.decoder_norms();
   const double lambda_over_b = config_.l1_coefficient / static_cast<double>(batch.rows);
   std::vector<float> weight(static_cast<std::size_t>(F), 0.0f);
+  std::vector<float> value_gradient(static_cast<std::size_t>(F));
   for (std::int64_t f = 0; f < F; ++f) {
     for (int m = 0; m < M; ++m) weight[f] += norms[f * M + m];
     report.sparsity += lambda_over_b * latent_sums[f] * weight[f];
-  }
-  const std::vector<float> values = codes.value.download();
-  const std::vector<std::int32_t> latents = codes.latent.download();
-  for (std::size_t e = 0; e < d_pre.size(); ++e) {
-    d_pre[e] =
-        values[e] > 0.0f ? d_pre[e] + static_cast<float>(lambda_over_b * weight[latents[e]]) : 0.0f;
+    value_gradient[f] = static_cast<float>(lambda_over_b * weight[f]);
   }
   // ∂/∂d_{f,m} of (λ/B)·S_f·‖d_{f,m}‖ = (λ/B)·S_f·d_{f,m}/‖d_{f,m}‖, S_f = Σ_b a_bf: one
   // factor per (latent, source), applied to the decoder rows where they are.
@@ -325,13 +384,14 @@ void Trainer::l1_terms(const Batch& batch, const SparseCodes& codes,
         factor[f * M + m] = static_cast<float>(lambda_over_b * latent_sums[f] / norm);
     }
   }
-  DeviceArray<float>& device_factor = scratch("l1_factor", F * M);
-  device_factor.upload(factor);
-  backend_->add_scaled_blocks(model_.parameters().decoder_weight.data(), device_factor.data(), F, M,
-                              c.width, gradients_.decoder_weight.data());
+  scratch("l1_factor", F * M).upload(factor);
+  DeviceArray<float>& device_value_gradient = scratch("l1_value_gradient", F);
+  device_value_gradient.upload(value_gradient);
+  return device_value_gradient.data();
 }
 
-void Trainer::jumprelu_terms(const Batch& batch, std::int64_t active, StepReport& report) {
+void Trainer::jumprelu_terms(const Batch& batch, const SparseCodes& near_codes, std::int64_t active,
+                             StepReport& report) {
   // L0 = (λ/B)·nnz, with the straight-through estimator for θ over |pre − θ| < ε/2:
   // ∂(z·H(z−θ))/∂θ ≈ −θ/ε and ∂H(z−θ)/∂θ ≈ −1/ε (Rajamanoharan et al. 2024).
   const CrosscoderConfig& c = model_.config();
@@ -339,11 +399,6 @@ void Trainer::jumprelu_terms(const Batch& batch, std::int64_t active, StepReport
   const CrosscoderParameters& p = model_.parameters();
   const double lambda_over_b = config_.l0_coefficient / static_cast<double>(batch.rows);
   report.sparsity = lambda_over_b * static_cast<double>(active);
-  SelectionRequest near;
-  near.selection = Selection::near_threshold;
-  near.threshold = p.threshold.data();
-  near.bandwidth = c.jumprelu_bandwidth;
-  const SparseCodes near_codes = be.select(batch.pre.data(), batch.rows, c.latents, near, nullptr);
   DeviceArray<float> d_near(backend_, static_cast<std::size_t>(near_codes.nnz));
   be.decoder_backward(near_codes, batch.grad_recon.data(), p.decoder_weight.data(), c.input_width(),
                       d_near.data(), nullptr);
@@ -360,7 +415,7 @@ void Trainer::jumprelu_terms(const Batch& batch, std::int64_t active, StepReport
   gradients_.threshold.upload(std::vector<float>(d_theta.begin(), d_theta.end()));
 }
 
-void Trainer::auxk_terms(const Batch& batch, StepReport& report) {
+void Trainer::auxk_terms(const Batch& batch, const SparseCodes& aux_codes, StepReport& report) {
   // AuxK (Gao et al. 2024): the dead latents' top aux_k reconstruct the detached residual,
   // normalised by the residual's variance.
   const CrosscoderConfig& c = model_.config();
@@ -368,20 +423,6 @@ void Trainer::auxk_terms(const Batch& batch, StepReport& report) {
   const CrosscoderParameters& p = model_.parameters();
   const std::int64_t B = batch.rows, D = c.input_width(), F = c.latents;
   const int M = c.sources;
-  std::vector<std::uint8_t> dead(static_cast<std::size_t>(F), 0);
-  std::int64_t dead_count = 0;
-  for (std::int64_t f = 0; f < F; ++f) {
-    dead[f] = tokens_since_fired_[f] >= config_.dead_after_tokens ? 1 : 0;
-    dead_count += dead[f];
-  }
-  if (dead_count == 0) return;
-  DeviceArray<std::uint8_t> dead_mask(backend_, std::span<const std::uint8_t>(dead));
-  SelectionRequest aux;
-  aux.selection = Selection::per_row_top_k;
-  aux.k = config_.aux_k > 0 ? config_.aux_k : std::max<std::int64_t>(1, D / 2);
-  aux.allowed = dead_mask.data();
-  aux.positive_only = true;  // zero activations add nothing to the AuxK loss or its gradient
-  const SparseCodes aux_codes = be.select(batch.pre.data(), B, F, aux, nullptr);
 
   DeviceArray<float>& residual = scratch("residual", B * D);  // e = x − x̂ (detached)
   std::vector<double> unused(static_cast<std::size_t>(M));
@@ -394,25 +435,34 @@ void Trainer::auxk_terms(const Batch& batch, StepReport& report) {
   const double denominator = centred / static_cast<double>(B);
   if (!(denominator > 0.0)) return;
 
-  DeviceArray<float>& aux_recon = scratch("aux_recon", B * D);
-  be.decode(aux_codes, p.decoder_weight.data(), nullptr, D, aux_recon.data());
   DeviceArray<float>& grad_aux = scratch("grad_aux", B * D);
   std::vector<double> aux_sse(static_cast<std::size_t>(M));
   const double scale = config_.auxk_coefficient * 2.0 / (static_cast<double>(B) * denominator);
-  be.squared_error(aux_recon.data(), residual.data(), B, M, c.width, static_cast<float>(scale),
-                   grad_aux.data(), aux_sse.data());
+  ReconstructionRequest reconstruct;
+  reconstruct.decoder = p.decoder_weight.data();
+  reconstruct.target = residual.data();
+  reconstruct.sources = M;
+  reconstruct.width = c.width;
+  reconstruct.gradient_scale = static_cast<float>(scale);
+  reconstruct.recon = scratch("aux_recon", B * D).data();
+  reconstruct.grad = grad_aux.data();
+  reconstruct.squared_error = aux_sse.data();
+  be.reconstruct(aux_codes, reconstruct);
   double aux_total = 0.0;
   for (double sse : aux_sse) aux_total += sse;
   report.auxk = config_.auxk_coefficient * (aux_total / static_cast<double>(B)) / denominator;
 
-  DeviceArray<float> d_aux(backend_, static_cast<std::size_t>(aux_codes.nnz));
-  be.decoder_backward(aux_codes, grad_aux.data(), p.decoder_weight.data(), D, d_aux.data(),
-                      gradients_.decoder_weight.data());
-  std::vector<float> d_aux_host = d_aux.download();
-  zero_where_inactive(d_aux_host, aux_codes.value.download());
-  d_aux.upload(d_aux_host);
-  be.encoder_backward(aux_codes, d_aux.data(), batch.xn.data(), D, gradients_.encoder_weight.data(),
-                      gradients_.encoder_bias.data());
+  SparseBackwardRequest backward;
+  backward.grad_out = grad_aux.data();
+  backward.decoder = p.decoder_weight.data();
+  backward.xn = batch.xn.data();
+  backward.latents = F;
+  backward.width = D;
+  backward.accumulate = true;
+  backward.d_decoder = gradients_.decoder_weight.data();
+  backward.d_encoder = gradients_.encoder_weight.data();
+  backward.d_bias = gradients_.encoder_bias.data();
+  be.sparse_backward(aux_codes, backward);
 }
 
 void Trainer::apply_update(StepReport& report) {
@@ -422,27 +472,33 @@ void Trainer::apply_update(StepReport& report) {
   const std::int64_t D = c.input_width();
   const std::int64_t F = c.latents;
 
-  // Dedicated-feature partitions: an exclusive latent never receives gradient for the sources
-  // it does not own, so those weights (zero at initialisation) stay exactly zero.
-  for (int f = c.shared_latents(); f < c.latents; ++f) {
-    for (int m = 0; m < c.sources; ++m) {
-      if (c.latent_uses_source(f, m)) continue;
-      const std::size_t offset =
-          static_cast<std::size_t>(f) * D + static_cast<std::size_t>(m) * c.width;
-      be.fill_zero(gradients_.encoder_weight.data() + offset, c.width * sizeof(float));
-      be.fill_zero(gradients_.decoder_weight.data() + offset, c.width * sizeof(float));
-    }
-  }
+  // The weight matrices' rows are constrained inside the optimiser's pass. Dedicated-feature
+  // partitions: an exclusive latent's blocks for the sources it does not own are frozen, so
+  // those weights (zero at initialisation) stay exactly zero. TopK/BatchTopK: the decoder's
+  // gradient loses its component along each row, and the rows return to unit norm.
   const bool unit_decoder =
       c.activation == Activation::topk || c.activation == Activation::batchtopk;
-  if (unit_decoder)
-    be.constrain_decoder(p.decoder_weight.data(), gradients_.decoder_weight.data(), F, D);
+  const auto constraint_of = [&](const DeviceArray<float>* parameter) {
+    RowConstraint constraint;
+    const bool weights = parameter == &p.encoder_weight || parameter == &p.decoder_weight;
+    const bool unit = unit_decoder && parameter == &p.decoder_weight;
+    if (!weights || (!unit && trainable_blocks_.empty())) return constraint;
+    constraint.row_width = D;
+    constraint.remove_parallel = unit;
+    constraint.unit_norm = unit;
+    if (!trainable_blocks_.empty()) {
+      constraint.trainable = trainable_blocks_.data();
+      constraint.blocks = c.sources;
+    }
+    return constraint;
+  };
 
   double squared_norm = 0.0;
   const auto parameter_slots = slots(p, gradients_);
   for (const ParameterSlot& slot : parameter_slots) {
-    squared_norm +=
-        be.sum_of_squares(slot.gradient->data(), static_cast<std::int64_t>(slot.gradient->size()));
+    squared_norm += be.constrained_sum_of_squares(slot.gradient->data(), slot.parameter->data(),
+                                                  static_cast<std::int64_t>(slot.gradient->size()),
+                                                  constraint_of(slot.parameter));
   }
   report.gradient_norm = std::sqrt(squared_norm);
   if (!std::isfinite(report.gradient_norm)) {
@@ -462,9 +518,7 @@ void Trainer::apply_update(StepReport& report) {
   }
   report.learning_rate = adam.learning_rate;
   for (std::size_t i = 0; i < parameter_slots.size(); ++i) {
-    // TopK/BatchTopK decoder rows return to unit norm in the same pass as their update.
-    const bool decoder = parameter_slots[i].parameter == &p.decoder_weight;
-    adam.unit_norm_rows = unit_decoder && decoder ? D : 0;
+    adam.rows = constraint_of(parameter_slots[i].parameter);
     be.adam_update(parameter_slots[i].parameter->data(), parameter_slots[i].gradient->data(),
                    moments_[i].m.data(), moments_[i].v.data(),
                    static_cast<std::int64_t>(parameter_slots[i].parameter->size()), adam);

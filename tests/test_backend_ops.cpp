@@ -338,15 +338,85 @@ TEST_P(BackendOps, DecoderConstraintProjectsGradientsAndRenormalisesRows) {
   expect_close(ddec.download(), want_dec, 1e-6, "constrain_decoder rows");
 }
 
-TEST_P(BackendOps, AdamUpdateWithClippingFlushAndUnitRows) {
-  const std::int64_t rows = 12, width = 40, n = rows * width;
-  const std::vector<float> parameter = normal(n);
+// The float64 reference of adam_update and constrained_sum_of_squares under a row constraint.
+struct AdamReference {
+  std::vector<double> p, m, v;
+  double constrained_squares = 0.0;
+};
+
+AdamReference adam_reference(const std::vector<float>& parameter,
+                             const std::vector<float>& gradient, const std::vector<float>& m,
+                             const std::vector<float>& v, const AdamStep& step,
+                             const std::vector<std::uint8_t>& trainable) {
+  const std::int64_t n = static_cast<std::int64_t>(parameter.size());
+  const RowConstraint& c = step.rows;
+  const std::int64_t width = c.row_width > 0 ? c.row_width : n;
+  const int blocks = c.row_width > 0 ? c.blocks : 1;
+  const std::int64_t block_width = width / blocks;
+  AdamReference out{std::vector<double>(parameter.begin(), parameter.end()),
+                    std::vector<double>(m.begin(), m.end()),
+                    std::vector<double>(v.begin(), v.end())};
+  const double c1 = 1.0 - std::pow(static_cast<double>(step.beta1), static_cast<double>(step.step));
+  const double c2 = 1.0 - std::pow(static_cast<double>(step.beta2), static_cast<double>(step.step));
+  for (std::int64_t row = 0; row < n / width; ++row) {
+    const auto live = [&](std::int64_t j) {
+      return trainable.empty() || trainable[row * blocks + j / block_width] != 0;
+    };
+    double dot = 0.0, squared = 0.0;
+    for (std::int64_t j = 0; j < width; ++j) {
+      if (!live(j)) continue;
+      dot += static_cast<double>(gradient[row * width + j]) * parameter[row * width + j];
+      squared += std::pow(static_cast<double>(parameter[row * width + j]), 2);
+    }
+    const double along = c.remove_parallel && squared > 0.0 ? dot / squared : 0.0;
+    double updated_squared = 0.0;
+    for (std::int64_t j = 0; j < width; ++j) {
+      if (!live(j)) continue;
+      const std::int64_t i = row * width + j;
+      const double constrained = gradient[i] - along * parameter[i];
+      out.constrained_squares += constrained * constrained;
+      const double g = step.gradient_scale * constrained;
+      double mi = step.beta1 * out.m[i] + (1.0 - step.beta1) * g;
+      double vi = step.beta2 * out.v[i] + (1.0 - step.beta2) * g * g;
+      if (std::abs(mi) < 1e-30) mi = 0.0;
+      if (vi < 1e-30) vi = 0.0;
+      out.m[i] = mi;
+      out.v[i] = vi;
+      out.p[i] -= step.learning_rate / c1 * mi / (std::sqrt(vi) / std::sqrt(c2) + step.epsilon);
+      updated_squared += out.p[i] * out.p[i];
+    }
+    if (!c.unit_norm || updated_squared == 0.0) continue;
+    for (std::int64_t j = 0; j < width; ++j)
+      if (live(j)) out.p[row * width + j] /= std::sqrt(updated_squared);
+  }
+  return out;
+}
+
+TEST_P(BackendOps, AdamUpdateUnderEveryRowConstraint) {
+  const std::int64_t rows = 12, blocks = 3, width = 3 * 17, n = rows * width;
+  std::vector<float> parameter = normal(n);
+  std::fill(parameter.begin() + 5 * width, parameter.begin() + 6 * width, 0.0f);  // a zero row
   std::vector<float> gradient = normal(n, 0.1f), m = normal(n, 0.01f), v = normal(n, 0.001f);
   for (float& x : v) x = std::abs(x);
   m[3] = 1e-31f;  // with no gradient, decays below the flush threshold: exactly 0 after the step
   gradient[3] = 0.0f;
   v[3] = 1e-31f;
-  for (const std::int64_t unit_rows : {std::int64_t{0}, width}) {
+  std::vector<std::uint8_t> trainable(static_cast<std::size_t>(rows * blocks), 1);
+  for (std::size_t i = 1; i < trainable.size(); i += 4) trainable[i] = 0;
+  trainable[0] = 1;  // element 3 (block 0 of row 0) stays trainable
+  DeviceArray<std::uint8_t> device_trainable(backend_, std::span<const std::uint8_t>(trainable));
+
+  struct Case {
+    const char* name;
+    bool rows, remove_parallel, unit_norm, masked;
+  };
+  for (const Case& c :
+       {Case{"plain", false, false, false, false}, Case{"unit rows", true, false, true, false},
+        Case{"projected unit rows", true, true, true, false},
+        Case{"projected only", true, true, false, false},
+        Case{"frozen blocks", true, false, false, true},
+        Case{"frozen blocks, projected unit rows", true, true, true, true}}) {
+    SCOPED_TRACE(c.name);
     auto dp = upload(parameter), dg = upload(gradient), dm = upload(m), dv = upload(v);
     AdamStep step;
     step.learning_rate = 3e-3f;
@@ -355,38 +425,187 @@ TEST_P(BackendOps, AdamUpdateWithClippingFlushAndUnitRows) {
     step.epsilon = 1e-6f;
     step.step = 4;
     step.gradient_scale = 0.5f;
-    step.unit_norm_rows = unit_rows;
-    backend_->adam_update(dp.data(), dg.data(), dm.data(), dv.data(), n, step);
-    std::vector<double> want_p(n), want_m(n), want_v(n);
-    const double c1 = 1.0 - std::pow(0.8, 4), c2 = 1.0 - std::pow(0.99, 4);
-    for (std::int64_t i = 0; i < n; ++i) {
-      const double g = 0.5 * gradient[i];
-      double mi = 0.8 * m[i] + 0.2 * g, vi = 0.99 * v[i] + 0.01 * g * g;
-      if (std::abs(mi) < 1e-30) mi = 0.0;
-      if (vi < 1e-30) vi = 0.0;
-      want_m[i] = mi;
-      want_v[i] = vi;
-      want_p[i] = parameter[i] - 3e-3 / c1 * mi / (std::sqrt(vi) / std::sqrt(c2) + 1e-6);
-    }
-    if (unit_rows > 0) {
-      for (std::int64_t r = 0; r < rows; ++r) {
-        double squared = 0.0;
-        for (std::int64_t j = 0; j < width; ++j)
-          squared += want_p[r * width + j] * want_p[r * width + j];
-        for (std::int64_t j = 0; j < width; ++j) want_p[r * width + j] /= std::sqrt(squared);
+    if (c.rows) {
+      step.rows.row_width = width;
+      step.rows.remove_parallel = c.remove_parallel;
+      step.rows.unit_norm = c.unit_norm;
+      if (c.masked) {
+        step.rows.trainable = device_trainable.data();
+        step.rows.blocks = static_cast<int>(blocks);
       }
     }
-    expect_close(dm.download(), want_m, 1e-6, "adam m");
-    expect_close(dv.download(), want_v, 1e-6, "adam v");
-    expect_close(dp.download(), want_p, 2e-5,
-                 unit_rows ? "adam parameter (unit rows)" : "adam parameter");
-    EXPECT_EQ(dm.download()[3], 0.0f);
-    EXPECT_EQ(dv.download()[3], 0.0f);
+    const AdamReference want = adam_reference(parameter, gradient, m, v, step,
+                                              c.masked ? trainable : std::vector<std::uint8_t>{});
+    const double squares = backend_->constrained_sum_of_squares(dg.data(), dp.data(), n, step.rows);
+    EXPECT_NEAR(squares, want.constrained_squares, 1e-6 * want.constrained_squares);
+    backend_->adam_update(dp.data(), dg.data(), dm.data(), dv.data(), n, step);
+    expect_close(dm.download(), want.m, 1e-6, "adam m");
+    expect_close(dv.download(), want.v, 1e-6, "adam v");
+    expect_close(dp.download(), want.p, 2e-5, "adam parameter");
+    expect_close(dg.download(), std::vector<double>(gradient.begin(), gradient.end()), 0.0,
+                 "the gradient is left as it was");
+    if (!c.remove_parallel) {  // projected, element 3's gradient is no longer zero
+      EXPECT_EQ(dm.download()[3], 0.0f);
+      EXPECT_EQ(dv.download()[3], 0.0f);
+    }
+    if (c.masked) {  // frozen blocks: parameter and moments bit-for-bit unchanged
+      const std::vector<float> got_p = dp.download(), got_m = dm.download();
+      for (std::int64_t i = 0; i < n; ++i) {
+        if (trainable[(i / width) * blocks + (i % width) / (width / blocks)] != 0) continue;
+        ASSERT_EQ(got_p[i], parameter[i]) << i;
+        ASSERT_EQ(got_m[i], m[i]) << i;
+      }
+    }
   }
   auto dp = upload(parameter), dg = upload(gradient), dm = upload(m), dv = upload(v);
   AdamStep bad;
-  bad.unit_norm_rows = 7;  // does not divide 480
+  bad.rows.row_width = 7;  // does not divide 612
   EXPECT_THROW(backend_->adam_update(dp.data(), dg.data(), dm.data(), dv.data(), n, bad), Error);
+  bad.rows.row_width = width;
+  bad.rows.blocks = 4;  // does not divide 51
+  EXPECT_THROW(backend_->adam_update(dp.data(), dg.data(), dm.data(), dv.data(), n, bad), Error);
+  EXPECT_THROW(backend_->constrained_sum_of_squares(dg.data(), dp.data(), n, bad.rows), Error);
+  AdamStep no_width;
+  no_width.rows.unit_norm = true;
+  EXPECT_THROW(backend_->adam_update(dp.data(), dg.data(), dm.data(), dv.data(), n, no_width),
+               Error);
+}
+
+TEST_P(BackendOps, ReconstructFusesTheDecoderWithTheSquaredError) {
+  const std::int64_t rows = 39, F = 29;
+  const int M = 2, d = 23, D = M * d;
+  HostSparseCodes host;
+  const SparseCodes codes = random_codes(rows, F, host);
+  const std::vector<float> decoder = normal(F * D), bias = normal(D),
+                           target = normal(rows * D, 2.0f);
+  auto ddec = upload(decoder), dbias = upload(bias), dtarget = upload(target);
+  for (const bool with_bias : {true, false}) {
+    SCOPED_TRACE(with_bias ? "with bias" : "without bias");
+    DeviceArray<float> recon(backend_, target.size()), grad(backend_, target.size());
+    std::vector<double> sse(M), energy(M);
+    ReconstructionRequest request;
+    request.decoder = ddec.data();
+    request.bias = with_bias ? dbias.data() : nullptr;
+    request.target = dtarget.data();
+    request.sources = M;
+    request.width = d;
+    request.gradient_scale = -0.625f;
+    request.recon = recon.data();
+    request.grad = grad.data();
+    request.squared_error = sse.data();
+    request.target_energy = energy.data();
+    backend_->reconstruct(codes, request);
+    std::vector<double> want_recon(target.size()), want_grad(target.size()), want_sse(M, 0.0),
+        want_energy(M, 0.0);
+    for (std::int64_t b = 0; b < rows; ++b)
+      for (std::int64_t j = 0; j < D; ++j) {
+        double total = with_bias ? bias[j] : 0.0;
+        for (std::int64_t e = host.row_ptr[b]; e < host.row_ptr[b + 1]; ++e)
+          total += static_cast<double>(host.value[e]) * decoder[host.latent[e] * D + j];
+        const double difference = total - target[b * D + j];
+        want_recon[b * D + j] = total;
+        want_grad[b * D + j] = -0.625 * difference;
+        want_sse[j / d] += difference * difference;
+        want_energy[j / d] += static_cast<double>(target[b * D + j]) * target[b * D + j];
+      }
+    expect_close(recon.download(), want_recon, 1e-5, "reconstruct recon");
+    expect_close(grad.download(), want_grad, 1e-5, "reconstruct gradient");
+    for (int m = 0; m < M; ++m) {
+      EXPECT_NEAR(sse[m], want_sse[m], 1e-5 * want_sse[m]) << m;
+      EXPECT_NEAR(energy[m], want_energy[m], 1e-9 * want_energy[m]) << m;
+    }
+    // Optional outputs left out: no gradient, no energy.
+    request.grad = nullptr;
+    request.target_energy = nullptr;
+    std::vector<double> sse_only(M);
+    request.squared_error = sse_only.data();
+    backend_->reconstruct(codes, request);
+    for (int m = 0; m < M; ++m) EXPECT_NEAR(sse_only[m], want_sse[m], 1e-5 * want_sse[m]) << m;
+  }
+}
+
+TEST_P(BackendOps, SparseBackwardFusesDecoderActivationAndEncoder) {
+  const std::int64_t rows = 43, F = 27, D = 31;  // F above the codes' latent count: empty latents
+  HostSparseCodes host;
+  const SparseCodes codes = random_codes(rows, F - 4, host);
+  const std::vector<float> decoder = normal(F * D), upstream = normal(rows * D),
+                           xn = normal(rows * D);
+  const std::vector<float> offset = normal(F, 0.3f);
+  auto ddec = upload(decoder), dup = upload(upstream), dxn = upload(xn), doffset = upload(offset);
+  // The float64 reference: d_value, then ∂L/∂pre gated on value > 0, then the gradient rows.
+  const auto reference = [&](bool with_offset, const std::vector<float>& start_dec,
+                             const std::vector<float>& start_enc,
+                             const std::vector<float>& start_bias, std::vector<double>& d_value,
+                             std::vector<double>& d_dec, std::vector<double>& d_enc,
+                             std::vector<double>& d_bias) {
+    d_value.assign(static_cast<std::size_t>(codes.nnz), 0.0);
+    d_dec.assign(start_dec.begin(), start_dec.end());
+    d_enc.assign(start_enc.begin(), start_enc.end());
+    d_bias.assign(start_bias.begin(), start_bias.end());
+    for (std::int64_t b = 0; b < rows; ++b)
+      for (std::int64_t e = host.row_ptr[b]; e < host.row_ptr[b + 1]; ++e) {
+        const std::int32_t f = host.latent[e];
+        double dot = 0.0;
+        for (std::int64_t j = 0; j < D; ++j)
+          dot += static_cast<double>(decoder[f * D + j]) * upstream[b * D + j];
+        d_value[e] = dot;
+        const double d_pre = host.value[e] > 0.0f ? dot + (with_offset ? offset[f] : 0.0) : 0.0;
+        d_bias[f] += d_pre;
+        for (std::int64_t j = 0; j < D; ++j) {
+          d_dec[f * D + j] += static_cast<double>(host.value[e]) * upstream[b * D + j];
+          d_enc[f * D + j] += d_pre * xn[b * D + j];
+        }
+      }
+  };
+  const auto inputs = [&] {
+    SparseBackwardRequest request;
+    request.grad_out = dup.data();
+    request.decoder = ddec.data();
+    request.xn = dxn.data();
+    request.latents = F;
+    request.width = D;
+    return request;
+  };
+  for (const bool accumulate : {false, true}) {
+    SCOPED_TRACE(accumulate ? "accumulating" : "overwriting");
+    const std::vector<float> start_dec = normal(F * D), start_enc = normal(F * D),
+                             start_bias = normal(F);
+    auto d_dec = upload(start_dec), d_enc = upload(start_enc), d_bias = upload(start_bias);
+    DeviceArray<float> d_value(backend_, static_cast<std::size_t>(codes.nnz));
+    SparseBackwardRequest request = inputs();
+    request.value_gradient_offset = accumulate ? nullptr : doffset.data();
+    request.accumulate = accumulate;
+    request.d_decoder = d_dec.data();
+    request.d_encoder = d_enc.data();
+    request.d_bias = d_bias.data();
+    request.d_value = d_value.data();
+    backend_->sparse_backward(codes, request);
+    const std::vector<float> zeros_fd(static_cast<std::size_t>(F * D), 0.0f), zeros_f(F, 0.0f);
+    std::vector<double> want_value, want_dec, want_enc, want_bias;
+    reference(!accumulate, accumulate ? start_dec : zeros_fd, accumulate ? start_enc : zeros_fd,
+              accumulate ? start_bias : zeros_f, want_value, want_dec, want_enc, want_bias);
+    expect_close(d_value.download(), want_value, 1e-5, "sparse_backward d_value");
+    expect_close(d_dec.download(), want_dec, 1e-5, "sparse_backward d_decoder");
+    expect_close(d_enc.download(), want_enc, 1e-5, "sparse_backward d_encoder");
+    expect_close(d_bias.download(), want_bias, 1e-5, "sparse_backward d_bias");
+  }
+  // Without a decoder gradient, and with no entries at all: the encoder rows are still written.
+  auto d_enc = upload(normal(F * D)), d_bias = upload(normal(F));
+  SparseBackwardRequest request = inputs();
+  request.d_encoder = d_enc.data();
+  request.d_bias = d_bias.data();
+  SparseCodes empty;
+  empty.rows = rows;
+  empty.row_ptr = DeviceArray<std::int64_t>(backend_, static_cast<std::size_t>(rows + 1));
+  empty.row_ptr.zero();
+  empty.latent = DeviceArray<std::int32_t>(backend_, 0);
+  empty.value = DeviceArray<float>(backend_, 0);
+  backend_->sparse_backward(empty, request);
+  expect_close(d_enc.download(), std::vector<double>(F * D, 0.0), 0.0, "no entries: d_encoder");
+  expect_close(d_bias.download(), std::vector<double>(F, 0.0), 0.0, "no entries: d_bias");
+  // Codes naming a latent beyond F are an error, not a write out of bounds.
+  request.latents = 5;
+  EXPECT_THROW(backend_->sparse_backward(codes, request), Error);
 }
 
 CROSSCODER_INSTANTIATE_FOR_BACKENDS(BackendOps);

@@ -301,6 +301,44 @@ TEST(CrosscoderInput, NonFiniteValuesAreNamedByRowAndSource) {
   EXPECT_THROW(model.encode(std::vector<float>(7, 1.0f), 1), Error);
 }
 
+// A batch encoded and selected tile by tile trains the same model as the whole batch at once,
+// for every variant (BatchTopK through its tiled candidates, AuxK and JumpReLU's support too).
+TEST(CrosscoderTraining, TilesOfTheBatchTrainTheSameModel) {
+  for (const auto& [activation, dedicated] :
+       {std::pair{Activation::relu, false}, std::pair{Activation::topk, false},
+        std::pair{Activation::batchtopk, false}, std::pair{Activation::batchtopk, true},
+        std::pair{Activation::jumprelu, false}}) {
+    SCOPED_TRACE(::testing::Message() << to_string(activation) << (dedicated ? " dedicated" : ""));
+    const CrosscoderConfig c = small_config(activation, dedicated);
+    std::mt19937_64 rng(fresh_seed());
+    std::vector<std::vector<float>> batches;
+    for (int s = 0; s < 12; ++s)
+      batches.push_back(testing::random_activations(32, c.sources, c.width, rng));
+    const std::uint64_t seed = rng();
+    const auto run = [&](std::int64_t tile_rows) {
+      Crosscoder model(c, make_backend(BackendKind::cpu), seed);
+      TrainConfig t;
+      t.steps = 12;
+      t.batch_size = 32;
+      t.dead_after_tokens = 32;  // dead latents appear, so AuxK runs
+      t.tile_rows = tile_rows;
+      Trainer trainer(model, t);
+      std::vector<double> losses;
+      for (const auto& batch : batches) losses.push_back(trainer.step(batch, 32).loss);
+      return std::pair{losses, model.parameters().decoder_weight.download()};
+    };
+    const auto [whole_losses, whole_decoder] = run(0);
+    for (const std::int64_t tile : {std::int64_t{7}, std::int64_t{1}}) {
+      const auto [losses, decoder] = run(tile);
+      for (std::size_t s = 0; s < losses.size(); ++s)
+        EXPECT_NEAR(losses[s], whole_losses[s], 1e-6 * std::abs(whole_losses[s]))
+            << "step " << s + 1 << ", tile " << tile;
+      for (std::size_t i = 0; i < decoder.size(); ++i)
+        ASSERT_NEAR(decoder[i], whole_decoder[i], 1e-5) << i << ", tile " << tile;
+    }
+  }
+}
+
 TEST(CrosscoderTraining, IsDeterministicForASeed) {
   CrosscoderConfig c = small_config(Activation::batchtopk, true);
   std::mt19937_64 rng(fresh_seed());

@@ -238,6 +238,109 @@ TEST_P(Selections, KAtLeastTheLatentCountSelectsEveryLatentInRankOrder) {
   }
 }
 
+// BatchTopK selected tile by tile (each tile's best B·k candidates, joined, then the batch's best
+// B·k among them) is the whole batch's selection, entry for entry, with ties everywhere.
+TEST_P(Selections, BatchTopKOverTilesEqualsTheWholeBatchSelection) {
+  auto backend = testing::make_test_backend(GetParam());
+  std::mt19937_64 rng(std::random_device{}());
+  const std::int64_t rows = 29, latents = 211, k = 13;
+  for (const bool tied : {true, false}) {
+    const std::vector<float> host =
+        tied ? tied_preactivations(rows, latents, rng) : normal_preactivations(rows, latents, rng);
+    std::uniform_real_distribution<float> spread(0.5f, 1.5f);
+    std::vector<float> weight_host(static_cast<std::size_t>(latents));
+    for (std::size_t f = 0; f < weight_host.size(); ++f)
+      weight_host[f] = tied && f % 2 == 0 ? 1.0f : spread(rng);
+    DeviceArray<float> pre(backend, std::span<const float>(host));
+    DeviceArray<float> weight(backend, std::span<const float>(weight_host));
+    SelectionRequest request;
+    request.selection = Selection::per_batch_top_k;
+    request.k = k;
+    request.weight = weight.data();
+    float want_smallest = 0.0f;
+    const HostSparseCodes want =
+        HostSparseCodes::from(backend->select(pre.data(), rows, latents, request, &want_smallest));
+    for (const std::int64_t tile : {std::int64_t{1}, std::int64_t{4}, std::int64_t{11}, rows}) {
+      SCOPED_TRACE(::testing::Message() << (tied ? "tied" : "continuous") << ", tile " << tile);
+      std::vector<SparseCodes> parts;
+      for (std::int64_t first = 0; first < rows; first += tile) {
+        const std::int64_t here = std::min(tile, rows - first);
+        SelectionRequest part = request;
+        part.k = (rows * k + here - 1) / here;
+        parts.push_back(
+            backend->select(pre.data() + first * latents, here, latents, part, nullptr));
+      }
+      const SparseCodes joined = concatenate_rows(backend, parts);
+      float smallest = 0.0f;
+      const HostSparseCodes got = HostSparseCodes::from(
+          backend->select_top_entries(joined, rows * k, weight.data(), &smallest));
+      EXPECT_EQ(got.row_ptr, want.row_ptr);
+      EXPECT_EQ(got.latent, want.latent);
+      EXPECT_EQ(got.value, want.value);
+      EXPECT_EQ(smallest, want_smallest);
+    }
+  }
+}
+
+// select_top_entries against a stable sort of the entries by score, for counts from none to
+// more than there are; the kept entries keep their order.
+TEST_P(Selections, TopEntriesKeepTheBestInEntryOrder) {
+  auto backend = testing::make_test_backend(GetParam());
+  std::mt19937_64 rng(std::random_device{}());
+  const std::int64_t rows = 31, latents = 40;
+  HostSparseCodes host;
+  host.rows = rows;
+  host.row_ptr.push_back(0);
+  std::uniform_int_distribution<int> count(0, 12), level(0, 5);
+  for (std::int64_t b = 0; b < rows; ++b) {
+    const int n = count(rng);
+    for (int i = 0; i < n; ++i) {
+      host.latent.push_back(static_cast<std::int32_t>(rng() % latents));
+      host.value.push_back(0.5f * static_cast<float>(level(rng)));  // ties and zeros
+    }
+    host.row_ptr.push_back(static_cast<std::int64_t>(host.latent.size()));
+  }
+  const auto nnz = static_cast<std::int64_t>(host.latent.size());
+  SparseCodes codes;
+  codes.rows = rows;
+  codes.nnz = nnz;
+  codes.row_ptr = DeviceArray<std::int64_t>(backend, std::span<const std::int64_t>(host.row_ptr));
+  codes.latent = DeviceArray<std::int32_t>(backend, std::span<const std::int32_t>(host.latent));
+  codes.value = DeviceArray<float>(backend, std::span<const float>(host.value));
+  std::vector<float> weight_host(static_cast<std::size_t>(latents));
+  for (float& w : weight_host) w = 0.25f * static_cast<float>(1 + rng() % 4);
+  DeviceArray<float> weight(backend, std::span<const float>(weight_host));
+  for (const bool weighted : {false, true}) {
+    std::vector<std::pair<float, std::int64_t>> order;  // (score, entry)
+    for (std::int64_t e = 0; e < nnz; ++e)
+      order.push_back({host.value[e] * (weighted ? weight_host[host.latent[e]] : 1.0f), e});
+    std::stable_sort(order.begin(), order.end(),
+                     [](const auto& a, const auto& c) { return a.first > c.first; });
+    for (const std::int64_t wanted : {std::int64_t{0}, std::int64_t{1}, nnz / 3, nnz, nnz + 5}) {
+      SCOPED_TRACE(::testing::Message() << (weighted ? "weighted" : "plain") << ", " << wanted);
+      std::vector<std::uint8_t> keep(static_cast<std::size_t>(nnz), 0);
+      float want_smallest = -1.0f;
+      for (std::int64_t i = 0; i < std::min(wanted, nnz); ++i) {
+        keep[order[i].second] = 1;
+        if (order[i].first > 0.0f) want_smallest = order[i].first;
+      }
+      float smallest = 0.0f;
+      const HostSparseCodes got = HostSparseCodes::from(backend->select_top_entries(
+          codes, wanted, weighted ? weight.data() : nullptr, &smallest));
+      ASSERT_EQ(got.rows, rows);
+      for (std::int64_t b = 0; b < rows; ++b) {
+        std::vector<std::pair<std::int32_t, float>> want_row, got_row;
+        for (std::int64_t e = host.row_ptr[b]; e < host.row_ptr[b + 1]; ++e)
+          if (keep[e]) want_row.push_back({host.latent[e], host.value[e]});
+        for (std::int64_t e = got.row_ptr[b]; e < got.row_ptr[b + 1]; ++e)
+          got_row.push_back({got.latent[e], got.value[e]});
+        ASSERT_EQ(got_row, want_row) << "row " << b;
+      }
+      EXPECT_EQ(smallest, want_smallest);
+    }
+  }
+}
+
 CROSSCODER_INSTANTIATE_FOR_BACKENDS(Selections);
 
 }  // namespace

@@ -76,6 +76,24 @@ struct SelectionRequest {
   bool positive_only = false;
 };
 
+/// How the rows of a [rows, row_width] parameter are constrained, in the optimiser's pass and in
+/// the gradient norm that clipping uses: the decoder-norm handling of TopK/BatchTopK (Gao et al.
+/// 2024) and the dedicated-feature partitions (a model-exclusive latent has no weights for the
+/// sources it does not own).
+struct RowConstraint {
+  std::int64_t row_width = 0;  ///< 0: no constraint (then the fields below must be unset)
+  /// Remove from each gradient row its component along the parameter row (over the row's
+  /// trainable blocks) before the parameter uses it.
+  bool remove_parallel = false;
+  /// Rescale each non-zero row to unit L2 norm right after its update.
+  bool unit_norm = false;
+  /// [rows · blocks] in backend memory, or null (everything trainable): a zero entry freezes
+  /// that block of the row, whose parameter and moments are then left untouched and whose
+  /// gradient counts as zero.
+  const std::uint8_t* trainable = nullptr;
+  int blocks = 1;  ///< blocks per row, each row_width / blocks wide
+};
+
 /// One Adam step's scalars (Kingma & Ba, with bias correction).
 struct AdamStep {
   float learning_rate = 1e-3f;
@@ -84,10 +102,41 @@ struct AdamStep {
   float epsilon = 1e-8f;
   std::int64_t step = 1;        ///< 1-based step number, for bias correction
   float gradient_scale = 1.0f;  ///< multiplies the gradient first (gradient-norm clipping)
-  /// When positive, the parameter is a [n / unit_norm_rows, unit_norm_rows] matrix and each
-  /// non-zero row is rescaled to unit L2 norm right after its update, in the same pass (the
-  /// TopK/BatchTopK decoder constraint, as constrain_decoder without a gradient).
-  std::int64_t unit_norm_rows = 0;
+  RowConstraint rows;           ///< applied in the same pass as the update
+};
+
+/// The inputs and outputs of Backend::reconstruct: the sparse decoder fused with the per-source
+/// squared error against a target and its gradient.
+struct ReconstructionRequest {
+  const float* decoder = nullptr;  ///< [F, D]
+  const float* bias = nullptr;     ///< [D] or null
+  const float* target = nullptr;   ///< [rows, D]
+  int sources = 1;                 ///< M; D = M · width
+  int width = 0;
+  float gradient_scale = 1.0f;
+  float* recon = nullptr;  ///< [rows, D] receives bias + Σ value·decoder row
+  float* grad = nullptr;   ///< [rows, D] receives gradient_scale · (recon − target), or null
+  double* squared_error = nullptr;  ///< host [M]: Σ_b ‖recon_bm − target_bm‖²
+  double* target_energy = nullptr;  ///< host [M] or null: Σ_b ‖target_bm‖²
+};
+
+/// The inputs and outputs of Backend::sparse_backward: one pass per active latent through the
+/// sparse decoder, the activation and the sparse encoder.
+struct SparseBackwardRequest {
+  const float* grad_out = nullptr;  ///< [rows, D] ∂L/∂recon
+  const float* decoder = nullptr;   ///< [F, D]
+  const float* xn = nullptr;        ///< [rows, D] the encoder's input
+  std::int64_t latents = 0;         ///< F
+  std::int64_t width = 0;           ///< D
+  /// [F] in backend memory or null: added to ∂L/∂a of every entry (a per-latent L1 weight).
+  const float* value_gradient_offset = nullptr;
+  /// false: d_decoder, d_encoder and d_bias are overwritten, latents without entries getting
+  /// zero (no separate zeroing pass); true: the pass adds to them (AuxK after the main codes).
+  bool accumulate = false;
+  float* d_decoder = nullptr;  ///< [F, D] Σ_e value[e]·grad_out[row(e)], or null
+  float* d_encoder = nullptr;  ///< [F, D] Σ_e ∂L/∂pre[e]·xn[row(e)]
+  float* d_bias = nullptr;     ///< [F]    Σ_e ∂L/∂pre[e]
+  float* d_value = nullptr;    ///< [nnz] receives ∂L/∂a = decoder row·grad_out row, or null
 };
 
 /// Abstract compute backend. Not thread-safe: use one backend per thread of work.
@@ -144,6 +193,14 @@ class Backend {
   ///        or a negative number when nothing positive was selected.
   virtual SparseCodes select(const float* pre, std::int64_t rows, std::int64_t latents,
                              const SelectionRequest& request, float* min_selected_score) = 0;
+  /// The `count` highest-scoring entries of `codes` (score value·weight[latent], or value when
+  /// `weight` is null; ties go to the earlier entry), as codes over the same rows that keep
+  /// the entries' order; every entry when count ≥ nnz. The last step of a BatchTopK selection
+  /// made tile by tile: `codes` holds each tile's best candidates, and the result equals
+  /// per_batch_top_k over the whole batch.
+  /// @param min_selected_score as for select (per_batch_top_k).
+  virtual SparseCodes select_top_entries(const SparseCodes& codes, std::int64_t count,
+                                         const float* weight, float* min_selected_score) = 0;
   /// Sparse decoder: out[b, :] = bias + Σ_e value[e]·decoder[latent[e], :] over row b's
   /// entries. `decoder` is [F, D]; `bias` [D] may be null.
   virtual void decode(const SparseCodes& codes, const float* decoder, const float* bias,
@@ -153,6 +210,15 @@ class Backend {
   virtual void squared_error(const float* recon, const float* target, std::int64_t rows,
                              int sources, int width, float gradient_scale, float* grad,
                              double* sse) = 0;
+  /// The sparse decoder fused with the squared error (one pass over each row): recon, its
+  /// per-source squared error against target, the gradient, and optionally the target's
+  /// per-source energy (for the fraction of variance explained), as `request` says.
+  virtual void reconstruct(const SparseCodes& codes, const ReconstructionRequest& request) = 0;
+  /// The training step's backward pass below the reconstruction, grouped by latent: for each
+  /// entry e of latent f, ∂L/∂a[e] = decoder[f]·grad_out[row(e)] (+ offset[f]) and
+  /// ∂L/∂pre[e] = ∂L/∂a[e] where value[e] > 0, else 0; the decoder, encoder and encoder-bias
+  /// gradients as `request` says. Each decoder and encoder gradient row is written once.
+  virtual void sparse_backward(const SparseCodes& codes, const SparseBackwardRequest& request) = 0;
   /// Sparse decoder backward for upstream gradient grad_out[rows, D]:
   /// d_value[e] = decoder[latent[e]]·grad_out[row(e)], and, when d_decoder is not null,
   /// d_decoder[latent[e]] += value[e]·grad_out[row(e)] (reading each decoder row once).
@@ -187,9 +253,16 @@ class Backend {
   virtual void clamp_min(float* x, std::int64_t n, float lower) = 0;
   /// Sum of squares of n numbers, in double precision.
   virtual double sum_of_squares(const float* x, std::int64_t n) = 0;
+  /// Σ g² over the gradient as adam_update with the same constraint uses it (frozen blocks left
+  /// out, the component along the parameter row removed), in double precision, without
+  /// changing the gradient.
+  /// @throws Error when the constraint does not fit n (see adam_update).
+  virtual double constrained_sum_of_squares(const float* gradient, const float* parameter,
+                                            std::int64_t n, const RowConstraint& constraint) = 0;
   /// One fused Adam update of n parameters (m and v are the moment estimates), with the moments
-  /// flushed to zero below 1e-30 and, if step.unit_norm_rows > 0, rows renormalised.
-  /// @throws Error when step.unit_norm_rows does not divide n.
+  /// flushed to zero below 1e-30 and step.rows applied in the same pass.
+  /// @throws Error when step.rows.row_width does not divide n or blocks does not divide it, or
+  ///         a row option is set without a row width.
   virtual void adam_update(float* parameter, const float* gradient, float* m, float* v,
                            std::int64_t n, const AdamStep& step) = 0;
 };

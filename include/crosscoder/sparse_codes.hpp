@@ -3,6 +3,8 @@
 /// Sparse latent activations in CSR form, the output of the crosscoder's encoder.
 
 #include <cstdint>
+#include <memory>
+#include <span>
 #include <vector>
 
 #include "crosscoder/device_array.hpp"
@@ -33,5 +35,10 @@ struct HostSparseCodes {
   /// Row b's activations scattered into a dense vector of `latents` entries.
   std::vector<float> dense_row(std::int64_t row, std::int64_t latents) const;
 };
+
+/// The codes of consecutive blocks of rows (each on `backend`) joined into codes over all their
+/// rows, in order: how a batch selected tile by tile becomes one batch's codes.
+SparseCodes concatenate_rows(const std::shared_ptr<Backend>& backend,
+                             std::span<const SparseCodes> parts);
 
 }  // namespace crosscoder

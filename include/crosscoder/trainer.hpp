@@ -35,7 +35,11 @@ struct TrainConfig {
   std::int64_t k_anneal_steps = 0;              ///< steps over which k goes linearly to config.k
   float threshold_momentum = 0.999f;  ///< BatchTopK: EMA momentum of the inference threshold
   std::int64_t normaliser_rows = 0;   ///< rows used to fit the normaliser (0 = first batch)
-  std::uint64_t seed = 0;             ///< initialisation and data order
+  /// Rows whose pre-activations (the one dense rows × F array of a step) are held at once; the
+  /// batch is encoded and selected tile by tile, with the same result. 0: the whole batch,
+  /// unless its pre-activations would exceed 2 GiB.
+  std::int64_t tile_rows = 0;
+  std::uint64_t seed = 0;  ///< initialisation and data order
 
   /// Throws Error naming the field when a value is out of range.
   void validate() const;
@@ -111,16 +115,21 @@ class Trainer {
   struct Batch {
     std::int64_t rows;
     DeviceArray<float>& xn;          // [B, D] normalised input
-    DeviceArray<float>& pre;         // [B, F] pre-activations
+    DeviceArray<float>& pre;         // [tile rows, F] pre-activations of the current tile
     DeviceArray<float>& recon;       // [B, D] reconstruction
     DeviceArray<float>& grad_recon;  // [B, D] ∂L/∂recon
   };
   StepReport forward_backward(std::span<const float> x, std::int64_t rows);
-  void reconstruction_terms(Batch& batch, StepReport& report);
-  void l1_terms(const Batch& batch, const SparseCodes& codes, const std::vector<float>& latent_sums,
-                std::vector<float>& d_pre, StepReport& report);
-  void jumprelu_terms(const Batch& batch, std::int64_t active, StepReport& report);
-  void auxk_terms(const Batch& batch, StepReport& report);
+  void reconstruction_terms(Batch& batch, const SparseCodes& codes, StepReport& report);
+  /// The decoder-norm-weighted L1 penalty; returns ∂penalty/∂a per latent [F] (backend memory)
+  /// and leaves its decoder gradient factors in the scratch buffer "l1_factor".
+  const float* l1_terms(const Batch& batch, const std::vector<float>& latent_sums,
+                        StepReport& report);
+  void jumprelu_terms(const Batch& batch, const SparseCodes& near_threshold, std::int64_t active,
+                      StepReport& report);
+  void auxk_terms(const Batch& batch, const SparseCodes& aux_codes, StepReport& report);
+  /// The rows of one tile of a `rows`-row batch (TrainConfig::tile_rows).
+  std::int64_t rows_per_tile(std::int64_t rows) const noexcept;
   /// A named working buffer of `size` floats, kept between steps: a fresh B×F allocation each
   /// step costs page faults and kernel page zeroing (measured: 3.5% of a step).
   DeviceArray<float>& scratch(const std::string& name, std::int64_t size);
@@ -130,9 +139,10 @@ class Trainer {
   TrainConfig config_;
   std::shared_ptr<Backend> backend_;
   Gradients gradients_;
-  std::vector<Moments> moments_;
-  std::map<std::string, DeviceArray<float>>
-      scratch_;  // one per parameter, in CrosscoderParameters order
+  std::vector<Moments> moments_;  // one per parameter, in CrosscoderParameters order
+  std::map<std::string, DeviceArray<float>> scratch_;
+  /// [F · M]: 1 where latent f has weights for source m; empty without model-exclusive latents.
+  DeviceArray<std::uint8_t> trainable_blocks_;
   std::vector<std::int64_t> tokens_since_fired_;
   std::vector<std::int64_t> fired_this_step_;
   float last_min_selected_score_ = -1.0f;

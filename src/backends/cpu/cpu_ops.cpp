@@ -5,14 +5,17 @@
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <limits>
+#include <span>
 #include <vector>
 
 #if CROSSCODER_WITH_OPENBLAS
 #include <cblas.h>
 #endif
 
+#include "backends/backend_contract.hpp"
 #include "backends/cpu/cpu_backend.hpp"
 #include "backends/cpu/cpu_selection.hpp"
 #include "crosscoder/error.hpp"
@@ -121,6 +124,57 @@ SparseCodes CpuBackend::select(const float* pre, std::int64_t rows, std::int64_t
   return cpu_select(shared_from_this(), pre, rows, latents, request, min_selected_score);
 }
 
+SparseCodes CpuBackend::select_top_entries(const SparseCodes& codes, std::int64_t count,
+                                           const float* weight, float* min_selected_score) {
+  if (min_selected_score) *min_selected_score = -1.0f;
+  const std::int64_t nnz = codes.nnz;
+  const std::int32_t* latent = codes.latent.data();
+  const float* value = codes.value.data();
+  // Non-negative floats order like their bits; the count-th largest key is the threshold, and
+  // its ties are taken in entry order.
+  std::vector<std::uint32_t> keys(static_cast<std::size_t>(nnz));
+  for (std::int64_t e = 0; e < nnz; ++e) {
+    const float positive = value[e] > 0.0f ? value[e] : 0.0f;
+    keys[e] = std::bit_cast<std::uint32_t>(weight ? positive * weight[latent[e]] : positive);
+  }
+  const std::int64_t wanted = std::clamp<std::int64_t>(count, 0, nnz);
+  std::uint32_t threshold = 0xFFFFFFFFu;  // with nothing wanted, above every key
+  std::int64_t ties_left = 0;
+  if (wanted > 0) {
+    std::vector<std::uint32_t> sorted = keys;
+    std::nth_element(sorted.begin(), sorted.begin() + (wanted - 1), sorted.end(), std::greater<>());
+    threshold = sorted[static_cast<std::size_t>(wanted - 1)];
+    ties_left = wanted;
+    for (std::uint32_t key : keys) ties_left -= key > threshold ? 1 : 0;
+  }
+  std::vector<std::int64_t> row_ptr(static_cast<std::size_t>(codes.rows + 1), 0);
+  std::vector<std::int32_t> kept_latent;
+  std::vector<float> kept_value;
+  kept_latent.reserve(static_cast<std::size_t>(wanted));
+  kept_value.reserve(static_cast<std::size_t>(wanted));
+  std::uint32_t smallest_positive = 0xFFFFFFFFu;
+  for (std::int64_t b = 0; b < codes.rows; ++b) {
+    for (std::int64_t e = codes.row_ptr.data()[b]; e < codes.row_ptr.data()[b + 1]; ++e) {
+      if (!(keys[e] > threshold || (keys[e] == threshold && ties_left-- > 0))) continue;
+      kept_latent.push_back(latent[e]);
+      kept_value.push_back(value[e]);
+      if (keys[e] > 0) smallest_positive = std::min(smallest_positive, keys[e]);
+    }
+    row_ptr[b + 1] = static_cast<std::int64_t>(kept_latent.size());
+  }
+  if (min_selected_score && smallest_positive != 0xFFFFFFFFu)
+    *min_selected_score = std::bit_cast<float>(smallest_positive);
+  SparseCodes out;
+  out.rows = codes.rows;
+  out.nnz = static_cast<std::int64_t>(kept_latent.size());
+  out.row_ptr =
+      DeviceArray<std::int64_t>(shared_from_this(), std::span<const std::int64_t>(row_ptr));
+  out.latent =
+      DeviceArray<std::int32_t>(shared_from_this(), std::span<const std::int32_t>(kept_latent));
+  out.value = DeviceArray<float>(shared_from_this(), std::span<const float>(kept_value));
+  return out;
+}
+
 void CpuBackend::decode(const SparseCodes& codes, const float* decoder, const float* bias,
                         std::int64_t output_width, float* out) {
   const std::int64_t* row_ptr = codes.row_ptr.data();
@@ -161,6 +215,94 @@ void CpuBackend::squared_error(const float* recon, const float* target, std::int
   for (int m = 0; m < sources; ++m) sse[m] = 0.0;
   for (std::int64_t b = 0; b < rows; ++b) {
     for (int m = 0; m < sources; ++m) sse[m] += per_row[b * sources + m];
+  }
+}
+
+void CpuBackend::reconstruct(const SparseCodes& codes, const ReconstructionRequest& r) {
+  // Each row is decoded, compared and differentiated while it is in cache.
+  const int M = r.sources;
+  const std::int64_t D = static_cast<std::int64_t>(M) * r.width;
+  const std::int64_t rows = codes.rows;
+  const std::int64_t* row_ptr = codes.row_ptr.data();
+  const std::int32_t* latent = codes.latent.data();
+  const float* value = codes.value.data();
+  std::vector<double> per_row(static_cast<std::size_t>(rows * M));
+  std::vector<double> energy_per_row(r.target_energy ? static_cast<std::size_t>(rows * M) : 0);
+#pragma omp parallel for schedule(static)
+  for (std::int64_t b = 0; b < rows; ++b) {
+    VectorMap out(r.recon + b * D, D);
+    if (r.bias) {
+      out = ConstVectorMap(r.bias, D);
+    } else {
+      out.setZero();
+    }
+    for (std::int64_t e = row_ptr[b]; e < row_ptr[b + 1]; ++e)
+      out.noalias() += value[e] * ConstVectorMap(r.decoder + latent[e] * D, D);
+    for (int m = 0; m < M; ++m) {
+      const std::int64_t offset = b * D + static_cast<std::int64_t>(m) * r.width;
+      const float* target = r.target + offset;
+      const float* recon = r.recon + offset;
+      double total = 0.0;
+      for (int i = 0; i < r.width; ++i) {
+        const float difference = recon[i] - target[i];
+        total += static_cast<double>(difference) * difference;
+        if (r.grad) r.grad[offset + i] = r.gradient_scale * difference;
+      }
+      per_row[b * M + m] = total;
+      if (r.target_energy) {
+        double energy = 0.0;
+        for (int i = 0; i < r.width; ++i) energy += static_cast<double>(target[i]) * target[i];
+        energy_per_row[b * M + m] = energy;
+      }
+    }
+  }
+  for (int m = 0; m < M; ++m) {
+    r.squared_error[m] = 0.0;
+    if (r.target_energy) r.target_energy[m] = 0.0;
+  }
+  for (std::int64_t b = 0; b < rows; ++b) {
+    for (int m = 0; m < M; ++m) {
+      r.squared_error[m] += per_row[b * M + m];
+      if (r.target_energy) r.target_energy[m] += energy_per_row[b * M + m];
+    }
+  }
+}
+
+void CpuBackend::sparse_backward(const SparseCodes& codes, const SparseBackwardRequest& r) {
+  // One thread owns a latent: it reads that latent's decoder row once, derives every entry's
+  // ∂L/∂a and ∂L/∂pre, and writes the latent's decoder and encoder gradient rows once, while the
+  // upstream and input rows of its entries stream through the cache.
+  const std::int64_t F = r.latents, D = r.width;
+  if (max_latent_plus_one(codes) > F)
+    throw Error(fmt::format("sparse_backward: the codes name latent {} of {}",
+                            max_latent_plus_one(codes) - 1, F));
+  const EntriesByLatent grouped = group_by_latent(codes, F);
+  const float* value = codes.value.data();
+#pragma omp parallel for schedule(dynamic, 16)
+  for (std::int64_t f = 0; f < F; ++f) {
+    VectorMap encoder_row(r.d_encoder + f * D, D);
+    float* decoder_gradient = r.d_decoder ? r.d_decoder + f * D : nullptr;
+    if (!r.accumulate) {
+      encoder_row.setZero();
+      if (decoder_gradient) VectorMap(decoder_gradient, D).setZero();
+      r.d_bias[f] = 0.0f;
+    }
+    if (grouped.begin[f] == grouped.begin[f + 1]) continue;
+    const ConstVectorMap decoder_row(r.decoder + f * D, D);
+    const float offset = r.value_gradient_offset ? r.value_gradient_offset[f] : 0.0f;
+    float bias_gradient = 0.0f;
+    for (std::int64_t s = grouped.begin[f]; s < grouped.begin[f + 1]; ++s) {
+      const std::int64_t e = grouped.entry[s];
+      const ConstVectorMap upstream(r.grad_out + grouped.row[s] * D, D);
+      const float d_value = decoder_row.dot(upstream);
+      if (r.d_value) r.d_value[e] = d_value;
+      if (decoder_gradient) VectorMap(decoder_gradient, D).noalias() += value[e] * upstream;
+      const float d_pre = value[e] > 0.0f ? d_value + offset : 0.0f;
+      if (d_pre == 0.0f) continue;
+      encoder_row.noalias() += d_pre * ConstVectorMap(r.xn + grouped.row[s] * D, D);
+      bias_gradient += d_pre;
+    }
+    r.d_bias[f] += bias_gradient;
   }
 }
 
@@ -335,11 +477,8 @@ struct AdamKernel {
 
   explicit AdamKernel(const AdamStep& s)
       : step(s),
-        step_size(s.learning_rate /
-                  static_cast<float>(
-                      1.0 - std::pow(static_cast<double>(s.beta1), static_cast<double>(s.step)))),
-        root_correction2(std::sqrt(static_cast<float>(
-            1.0 - std::pow(static_cast<double>(s.beta2), static_cast<double>(s.step))))) {}
+        step_size(adam_corrections(s).step_size),
+        root_correction2(adam_corrections(s).root_correction2) {}
 
   void operator()(float* parameter, const float* gradient, float* m, float* v, std::int64_t begin,
                   std::int64_t end) const {
@@ -359,11 +498,76 @@ struct AdamKernel {
 
 }  // namespace
 
+namespace {
+
+// Calls visit(begin, end) for each trainable block [begin, end) of a row, in order.
+template <typename Visit>
+void for_each_trainable_block(const RowConstraint& c, std::int64_t row, Visit visit) {
+  const std::int64_t block_width = c.row_width / c.blocks;
+  for (int block = 0; block < c.blocks; ++block) {
+    if (c.trainable && c.trainable[row * c.blocks + block] == 0) continue;
+    visit(row * c.row_width + block * block_width, row * c.row_width + (block + 1) * block_width);
+  }
+}
+
+// The gradient of one row as the constraint has it: the trainable blocks, less their component
+// along the parameter row when remove_parallel is set. Writes it to `out`, indexed by the
+// position within the row (frozen blocks left unwritten).
+void constrained_row(const RowConstraint& c, std::int64_t row, const float* gradient,
+                     const float* parameter, float* out) {
+  float along = 0.0f;
+  if (c.remove_parallel) {
+    float dot = 0.0f, squared_norm = 0.0f;
+    for_each_trainable_block(c, row, [&](std::int64_t begin, std::int64_t end) {
+#pragma omp simd reduction(+ : dot, squared_norm)
+      for (std::int64_t i = begin; i < end; ++i) {
+        dot += gradient[i] * parameter[i];
+        squared_norm += parameter[i] * parameter[i];
+      }
+    });
+    if (squared_norm != 0.0f) along = dot / squared_norm;
+  }
+  const std::int64_t first = row * c.row_width;
+  for_each_trainable_block(c, row, [&](std::int64_t begin, std::int64_t end) {
+#pragma omp simd
+    for (std::int64_t i = begin; i < end; ++i) out[i - first] = gradient[i] - along * parameter[i];
+  });
+}
+
+}  // namespace
+
+double CpuBackend::constrained_sum_of_squares(const float* gradient, const float* parameter,
+                                              std::int64_t n, const RowConstraint& constraint) {
+  const std::int64_t rows = check_row_constraint(constraint, n, "constrained_sum_of_squares");
+  if (rows == 0) return sum_of_squares(gradient, n);
+  std::vector<double> per_row(static_cast<std::size_t>(rows), 0.0);
+#pragma omp parallel
+  {
+    std::vector<float> buffer(static_cast<std::size_t>(constraint.row_width));
+#pragma omp for schedule(static)
+    for (std::int64_t row = 0; row < rows; ++row) {
+      constrained_row(constraint, row, gradient, parameter, buffer.data());
+      double total = 0.0;
+      const std::int64_t first = row * constraint.row_width;
+      for_each_trainable_block(constraint, row, [&](std::int64_t begin, std::int64_t end) {
+#pragma omp simd reduction(+ : total)
+        for (std::int64_t i = begin - first; i < end - first; ++i)
+          total += static_cast<double>(buffer[i]) * buffer[i];
+      });
+      per_row[row] = total;
+    }
+  }
+  double total = 0.0;
+  for (double value : per_row) total += value;
+  return total;
+}
+
 void CpuBackend::adam_update(float* parameter, const float* gradient, float* m, float* v,
                              std::int64_t n, const AdamStep& step) {
   const AdamKernel adam(step);
-  const std::int64_t width = step.unit_norm_rows;
-  if (width <= 0) {
+  const RowConstraint& c = step.rows;
+  const std::int64_t rows = check_row_constraint(c, n, "adam_update");
+  if (rows == 0) {
     constexpr std::int64_t kChunk = 1 << 14;
 #pragma omp parallel for schedule(static)
     for (std::int64_t begin = 0; begin < n; begin += kChunk) {
@@ -371,16 +575,33 @@ void CpuBackend::adam_update(float* parameter, const float* gradient, float* m, 
     }
     return;
   }
-  if (n % width != 0)
-    throw Error(
-        fmt::format("adam_update: unit_norm_rows {} does not divide {} parameters", width, n));
-    // Each row is renormalised while it is still in cache from its update.
-#pragma omp parallel for schedule(static)
-  for (std::int64_t row = 0; row < n / width; ++row) {
-    adam(parameter, gradient, m, v, row * width, (row + 1) * width);
-    VectorMap updated(parameter + row * width, width);
-    const float squared_norm = updated.squaredNorm();
-    if (squared_norm != 0.0f) updated /= std::sqrt(squared_norm);
+  // Each row is projected, updated and renormalised while it is in cache.
+#pragma omp parallel
+  {
+    std::vector<float> buffer(c.remove_parallel ? static_cast<std::size_t>(c.row_width) : 0);
+#pragma omp for schedule(static)
+    for (std::int64_t row = 0; row < rows; ++row) {
+      const std::int64_t first = row * c.row_width;
+      if (c.remove_parallel) constrained_row(c, row, gradient, parameter, buffer.data());
+      float squared_norm = 0.0f;
+      for_each_trainable_block(c, row, [&](std::int64_t begin, std::int64_t end) {
+        if (c.remove_parallel) {
+          const std::int64_t within = begin - first;
+          adam(parameter + begin, buffer.data() + within, m + begin, v + begin, 0, end - begin);
+        } else {
+          adam(parameter, gradient, m, v, begin, end);
+        }
+        if (!c.unit_norm) return;
+#pragma omp simd reduction(+ : squared_norm)
+        for (std::int64_t i = begin; i < end; ++i) squared_norm += parameter[i] * parameter[i];
+      });
+      if (!c.unit_norm || squared_norm == 0.0f) continue;
+      const float norm = std::sqrt(squared_norm);
+      for_each_trainable_block(c, row, [&](std::int64_t begin, std::int64_t end) {
+#pragma omp simd
+        for (std::int64_t i = begin; i < end; ++i) parameter[i] /= norm;
+      });
+    }
   }
 }
 

@@ -1,5 +1,7 @@
 #include "backends/cpu/cpu_selection.hpp"
 
+#include "backends/backend_contract.hpp"
+
 #include <fmt/format.h>
 #include <algorithm>
 #include <array>
@@ -385,19 +387,15 @@ SparseCodes cpu_select(const std::shared_ptr<Backend>& backend, const float* pre
                        std::int64_t latents, const SelectionRequest& request,
                        float* min_selected_score) {
   if (min_selected_score) *min_selected_score = -1.0f;
+  check_selection_request(request);
   switch (request.selection) {
     case Selection::positive:
       return select_elementwise(backend, pre, rows, latents, [&](float p, std::int64_t f) {
         return p > 0.0f && allowed(request, f);
       });
     case Selection::per_row_top_k:
-      if (request.k <= 0)
-        throw Error(fmt::format("TopK selection: k must be positive, got {}", request.k));
       return select_per_row_top_k(backend, pre, rows, latents, request);
     case Selection::per_batch_top_k:
-      if (request.k <= 0)
-        throw Error(fmt::format("BatchTopK selection: k must be positive, got {}", request.k));
-      if (request.allowed) throw Error("BatchTopK selection does not take a latent mask");
       return select_per_batch_top_k(backend, pre, rows, latents, request, min_selected_score);
     case Selection::batch_threshold:
       return select_elementwise(backend, pre, rows, latents, [&](float p, std::int64_t f) {
