@@ -519,11 +519,15 @@ void constrained_row(const RowConstraint& c, std::int64_t row, const float* grad
   if (c.remove_parallel) {
     float dot = 0.0f, squared_norm = 0.0f;
     for_each_trainable_block(c, row, [&](std::int64_t begin, std::int64_t end) {
-#pragma omp simd reduction(+ : dot, squared_norm)
+      // Local sums: reductions into the captured references would not vectorise.
+      float block_dot = 0.0f, block_squares = 0.0f;
+#pragma omp simd reduction(+ : block_dot, block_squares)
       for (std::int64_t i = begin; i < end; ++i) {
-        dot += gradient[i] * parameter[i];
-        squared_norm += parameter[i] * parameter[i];
+        block_dot += gradient[i] * parameter[i];
+        block_squares += parameter[i] * parameter[i];
       }
+      dot += block_dot;
+      squared_norm += block_squares;
     });
     if (squared_norm != 0.0f) along = dot / squared_norm;
   }
@@ -550,9 +554,11 @@ double CpuBackend::constrained_sum_of_squares(const float* gradient, const float
       double total = 0.0;
       const std::int64_t first = row * constraint.row_width;
       for_each_trainable_block(constraint, row, [&](std::int64_t begin, std::int64_t end) {
-#pragma omp simd reduction(+ : total)
+        double block_total = 0.0;
+#pragma omp simd reduction(+ : block_total)
         for (std::int64_t i = begin - first; i < end - first; ++i)
-          total += static_cast<double>(buffer[i]) * buffer[i];
+          block_total += static_cast<double>(buffer[i]) * buffer[i];
+        total += block_total;
       });
       per_row[row] = total;
     }
@@ -592,8 +598,10 @@ void CpuBackend::adam_update(float* parameter, const float* gradient, float* m, 
           adam(parameter, gradient, m, v, begin, end);
         }
         if (!c.unit_norm) return;
-#pragma omp simd reduction(+ : squared_norm)
-        for (std::int64_t i = begin; i < end; ++i) squared_norm += parameter[i] * parameter[i];
+        float block_squares = 0.0f;
+#pragma omp simd reduction(+ : block_squares)
+        for (std::int64_t i = begin; i < end; ++i) block_squares += parameter[i] * parameter[i];
+        squared_norm += block_squares;
       });
       if (!c.unit_norm || squared_norm == 0.0f) continue;
       const float norm = std::sqrt(squared_norm);
