@@ -67,7 +67,7 @@ void BM_CudaEncoderGemm(benchmark::State& state) {
                      bias = random_array(backend, F, 0.1f, 3),
                      pre(backend, static_cast<std::size_t>(rows * F));
   for (auto _ : state) {
-    backend->encode(x.data(), rows, D, w.data(), bias.data(), F, pre.data());
+    backend->encode(x.data(), rows, D, w.data(), bias.data(), F, /*rectify=*/true, pre.data());
     backend->synchronize();
   }
   state.counters["FLOP/s"] = benchmark::Counter(

@@ -67,7 +67,8 @@ void BM_EncoderGemm(benchmark::State& state) {
   DeviceArray<float> pre(backend, static_cast<std::size_t>(rows * config.latents));
   for (auto _ : state) {
     backend->encode(x.data(), rows, config.input_width(), model.parameters().encoder_weight.data(),
-                    model.parameters().encoder_bias.data(), config.latents, pre.data());
+                    model.parameters().encoder_bias.data(), config.latents,
+                    config.activation != Activation::jumprelu, pre.data());
     benchmark::ClobberMemory();
   }
   set_counters(state, rows);

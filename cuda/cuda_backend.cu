@@ -182,8 +182,8 @@ void CudaBackend::denormalise(const float* xn, std::int64_t rows, int sources, i
 
 void CudaBackend::encode(const float* xn, std::int64_t rows, std::int64_t input_width,
                          const float* encoder, const float* bias, std::int64_t latents,
-                         float* pre) {
-  gemm_->run(xn, rows, input_width, encoder, bias, latents, pre, precision_);
+                         bool rectify, float* pre) {
+  gemm_->run(xn, rows, input_width, encoder, bias, latents, rectify, pre, precision_);
 }
 
 void CudaBackend::squared_error(const float* recon, const float* target, std::int64_t rows,

@@ -33,10 +33,13 @@ __global__ void to_bfloat16(const float* in, std::int64_t n, __nv_bfloat16* out)
     out[i] = __float2bfloat16_rn(in[i]);
 }
 
-__global__ void add_bias(float* pre, std::int64_t n, std::int64_t latents, const float* bias) {
+__global__ void add_bias(float* pre, std::int64_t n, std::int64_t latents, const float* bias,
+                         bool rectify) {
   for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x)
-    pre[i] += bias[i % latents];
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const float biased = pre[i] + bias[i % latents];
+    pre[i] = rectify ? fmaxf(biased, 0.0f) : biased;
+  }
 }
 
 // CUB's two-phase calls: ask the size, take the workspace, run.
@@ -213,8 +216,8 @@ struct MatmulPreference {
 }  // namespace
 
 void EncoderGemm::run(const float* xn, std::int64_t rows, std::int64_t input_width,
-                      const float* encoder, const float* bias, std::int64_t latents, float* pre,
-                      MatmulPrecision precision) {
+                      const float* encoder, const float* bias, std::int64_t latents, bool rectify,
+                      float* pre, MatmulPrecision precision) {
   State& s = *state_;
   if (rows == 0 || latents == 0) return;
   // Row-major pre[rows, F] is column-major F × rows: pre = op(A)·B with A = encoder seen as a
@@ -248,7 +251,8 @@ void EncoderGemm::run(const float* xn, std::int64_t rows, std::int64_t input_wid
       operation.handle, CUBLASLT_MATMUL_DESC_TRANSA, &transpose, sizeof transpose));
   CROSSCODER_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(
       operation.handle, CUBLASLT_MATMUL_DESC_TRANSB, &keep, sizeof keep));
-  const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
+  const cublasLtEpilogue_t epilogue =
+      rectify ? CUBLASLT_EPILOGUE_RELU_BIAS : CUBLASLT_EPILOGUE_BIAS;
   CROSSCODER_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(
       operation.handle, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof epilogue));
   CROSSCODER_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(
@@ -291,7 +295,8 @@ void EncoderGemm::run(const float* xn, std::int64_t rows, std::int64_t input_wid
                                        static_cast<int>(D), &zero, pre, CUDA_R_32F,
                                        static_cast<int>(F), compute, CUBLAS_GEMM_DEFAULT));
   const std::int64_t n = rows * latents;
-  add_bias<<<elementwise_blocks(n), kElementwiseThreads, 0, s.stream>>>(pre, n, latents, bias);
+  add_bias<<<elementwise_blocks(n), kElementwiseThreads, 0, s.stream>>>(pre, n, latents, bias,
+                                                                        rectify);
   CROSSCODER_CUDA_CHECK_LAUNCH();
 }
 

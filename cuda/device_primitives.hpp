@@ -61,8 +61,10 @@ class EncoderGemm {
   EncoderGemm(const EncoderGemm&) = delete;
   EncoderGemm& operator=(const EncoderGemm&) = delete;
 
+  /// `rectify`: max(pre, 0) in the epilogue too.
   void run(const float* xn, std::int64_t rows, std::int64_t input_width, const float* encoder,
-           const float* bias, std::int64_t latents, float* pre, MatmulPrecision precision);
+           const float* bias, std::int64_t latents, bool rectify, float* pre,
+           MatmulPrecision precision);
 
  private:
   struct State;

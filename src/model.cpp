@@ -150,8 +150,11 @@ void Crosscoder::latent_score_weights(float* weights) const {
 
 void Crosscoder::preactivations(const float* x, std::int64_t rows, float* xn, float* pre) const {
   normalise(x, rows, xn);
+  // Every selection but JumpReLU's (whose straight-through support reaches below zero) sees
+  // only max(pre, 0), so the GEMM's epilogue may clip.
+  const bool rectify = config_.activation != Activation::jumprelu;
   backend_->encode(xn, rows, config_.input_width(), parameters_.encoder_weight.data(),
-                   parameters_.encoder_bias.data(), config_.latents, pre);
+                   parameters_.encoder_bias.data(), config_.latents, rectify, pre);
 }
 
 SelectionRequest Crosscoder::selection_request(int k, bool training,

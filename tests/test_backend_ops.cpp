@@ -96,21 +96,26 @@ TEST_P(BackendOps, NormaliseAndDenormalise) {
   }
 }
 
-TEST_P(BackendOps, EncodeIsTheDenseProductPlusBias) {
+TEST_P(BackendOps, EncodeIsTheDenseProductPlusBiasRectifiedOnRequest) {
   const std::int64_t rows = 29, D = 70, F = 53;
   const std::vector<float> x = normal(rows * D), w = normal(F * D, 0.2f), bias = normal(F);
   auto dx = upload(x), dw = upload(w), db = upload(bias);
-  DeviceArray<float> pre(backend_, static_cast<std::size_t>(rows * F));
-  backend_->encode(dx.data(), rows, D, dw.data(), db.data(), F, pre.data());
-  std::vector<double> want(static_cast<std::size_t>(rows * F));
-  for (std::int64_t b = 0; b < rows; ++b)
-    for (std::int64_t f = 0; f < F; ++f) {
-      double total = bias[f];
-      for (std::int64_t j = 0; j < D; ++j)
-        total += static_cast<double>(x[b * D + j]) * w[f * D + j];
-      want[b * F + f] = total;
-    }
-  expect_close(pre.download(), want, 1e-5, "encode");
+  for (const bool rectify : {false, true}) {
+    DeviceArray<float> pre(backend_, static_cast<std::size_t>(rows * F));
+    backend_->encode(dx.data(), rows, D, dw.data(), db.data(), F, rectify, pre.data());
+    std::vector<double> want(static_cast<std::size_t>(rows * F));
+    std::int64_t negative = 0;
+    for (std::int64_t b = 0; b < rows; ++b)
+      for (std::int64_t f = 0; f < F; ++f) {
+        double total = bias[f];
+        for (std::int64_t j = 0; j < D; ++j)
+          total += static_cast<double>(x[b * D + j]) * w[f * D + j];
+        negative += total < 0.0 ? 1 : 0;
+        want[b * F + f] = rectify ? std::max(total, 0.0) : total;
+      }
+    ASSERT_GT(negative, rows * F / 4);  // the rectification has work to do
+    expect_close(pre.download(), want, 1e-5, rectify ? "encode, rectified" : "encode");
+  }
 }
 
 // The reduced-precision GEMMs, by normalised error ‖got − want‖ / ‖want‖ against float64 with
@@ -137,7 +142,7 @@ TEST_P(BackendOps, EncodeInEachMatmulPrecision) {
     SCOPED_TRACE(std::string(to_string(precision)));
     backend_->set_matmul_precision(precision);
     DeviceArray<float> pre(backend_, static_cast<std::size_t>(rows * F));
-    backend_->encode(dx.data(), rows, D, dw.data(), db.data(), F, pre.data());
+    backend_->encode(dx.data(), rows, D, dw.data(), db.data(), F, false, pre.data());
     const std::vector<float> got = pre.download();
     double error = 0.0, norm = 0.0;
     for (std::size_t i = 0; i < got.size(); ++i) {

@@ -46,16 +46,26 @@ Options parse(int argc, char** argv) {
       if (i + 1 >= argc) throw Error("missing value after " + arg);
       return argv[++i];
     };
-    if (arg == "--model") o.model = value();
-    else if (arg == "--data") o.data = value();
-    else if (arg == "--batch") o.batch = std::stoll(value());
-    else if (arg == "--steps") o.steps = std::stoll(value());
-    else if (arg == "--serve") o.serve = true;
-    else if (arg == "--lr") o.lr = std::stof(value());
-    else if (arg == "--gradient-clip") o.gradient_clip = std::stof(value());
-    else if (arg == "--aux-k") o.aux_k = std::stoi(value());
-    else if (arg == "--auxk-coefficient") o.auxk_coefficient = std::stof(value());
-    else if (arg == "--dead-after-tokens") o.dead_after_tokens = std::stoll(value());
+    if (arg == "--model")
+      o.model = value();
+    else if (arg == "--data")
+      o.data = value();
+    else if (arg == "--batch")
+      o.batch = std::stoll(value());
+    else if (arg == "--steps")
+      o.steps = std::stoll(value());
+    else if (arg == "--serve")
+      o.serve = true;
+    else if (arg == "--lr")
+      o.lr = std::stof(value());
+    else if (arg == "--gradient-clip")
+      o.gradient_clip = std::stof(value());
+    else if (arg == "--aux-k")
+      o.aux_k = std::stoi(value());
+    else if (arg == "--auxk-coefficient")
+      o.auxk_coefficient = std::stof(value());
+    else if (arg == "--dead-after-tokens")
+      o.dead_after_tokens = std::stoll(value());
     else if (arg == "-h" || arg == "--help") {
       std::fputs(kUsage, stdout);
       std::exit(0);
@@ -114,8 +124,8 @@ int main(int argc, char** argv) try {
       std::printf(
           "{\"step\":%lld,\"loss\":%.9g,\"reconstruction\":%.9g,\"auxk\":%.9g,\"l0\":%.6g,"
           "\"dead_fraction\":%.6g,\"gradient_norm\":%.9g,\"ms\":%.3f}\n",
-          static_cast<long long>(r.step), r.loss, r.reconstruction, r.auxk, r.l0,
-          r.dead_fraction, r.gradient_norm, ms);
+          static_cast<long long>(r.step), r.loss, r.reconstruction, r.auxk, r.l0, r.dead_fraction,
+          r.gradient_norm, ms);
       std::fflush(stdout);
     }
   };
@@ -127,7 +137,8 @@ int main(int argc, char** argv) try {
     for (std::int64_t i = 0; i < n; ++i) {
       const auto start = Clock::now();
       backend->encode(x.data(), o.batch, D, model.parameters().encoder_weight.data(),
-                      model.parameters().encoder_bias.data(), c.latents, pre.data());
+                      model.parameters().encoder_bias.data(), c.latents,
+                      c.activation != Activation::jumprelu, pre.data());
       std::printf("{\"gemm_ms\":%.3f}\n", milliseconds_since(start));
       std::fflush(stdout);
     }
@@ -144,9 +155,12 @@ int main(int argc, char** argv) try {
   while (std::cin >> command) {
     if (command == "quit") break;
     if (!(std::cin >> n)) throw Error("expected a count after " + command);
-    if (command == "step") run_steps(n);
-    else if (command == "gemm") run_gemm(n);
-    else throw Error("unknown command " + command);
+    if (command == "step")
+      run_steps(n);
+    else if (command == "gemm")
+      run_gemm(n);
+    else
+      throw Error("unknown command " + command);
     std::printf("{\"done\":true}\n");
     std::fflush(stdout);
   }

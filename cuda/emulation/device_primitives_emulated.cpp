@@ -98,8 +98,8 @@ EncoderGemm::EncoderGemm(cudaStream_t) : state_(std::make_unique<State>()) {}
 EncoderGemm::~EncoderGemm() = default;
 
 void EncoderGemm::run(const float* xn, std::int64_t rows, std::int64_t input_width,
-                      const float* encoder, const float* bias, std::int64_t latents, float* pre,
-                      MatmulPrecision precision) {
+                      const float* encoder, const float* bias, std::int64_t latents, bool rectify,
+                      float* pre, MatmulPrecision precision) {
   const int kept = precision == MatmulPrecision::tf32       ? 10
                    : precision == MatmulPrecision::bfloat16 ? 7
                                                             : 23;
@@ -109,7 +109,8 @@ void EncoderGemm::run(const float* xn, std::int64_t rows, std::int64_t input_wid
       float total = 0.0f;
       for (std::int64_t j = 0; j < input_width; ++j)
         total += operand(xn[b * input_width + j]) * operand(encoder[f * input_width + j]);
-      pre[b * latents + f] = total + bias[f];
+      const float biased = total + bias[f];
+      pre[b * latents + f] = rectify && !(biased > 0.0f) ? 0.0f : biased;
     }
   }
 }

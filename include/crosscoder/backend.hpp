@@ -182,10 +182,11 @@ class Backend {
   /// Inverse of normalise: x[b, m·d + i] = xn[b, m·d + i] / scale[m] + mean[m·d + i].
   virtual void denormalise(const float* xn, std::int64_t rows, int sources, int width,
                            const float* scale, const float* mean, float* x) = 0;
-  /// The dense encoder step: pre[b, f] = Σ_j xn[b, j]·encoder[f, j] + bias[f].
-  /// `encoder` is [F, D] (one contiguous row per latent).
+  /// The dense encoder step: pre[b, f] = Σ_j xn[b, j]·encoder[f, j] + bias[f], and, when
+  /// `rectify`, max(pre, 0) in the same pass (the GEMM's epilogue on CUDA), for the variants
+  /// whose selections see only max(pre, 0). `encoder` is [F, D] (one contiguous row per latent).
   virtual void encode(const float* xn, std::int64_t rows, std::int64_t input_width,
-                      const float* encoder, const float* bias, std::int64_t latents,
+                      const float* encoder, const float* bias, std::int64_t latents, bool rectify,
                       float* pre) = 0;
   /// Picks active latents from pre[rows, F] as `request` says.
   /// @param min_selected_score if not null, receives the smallest positive selected score

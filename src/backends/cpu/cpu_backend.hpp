@@ -28,7 +28,7 @@ class CpuBackend final : public Backend, public std::enable_shared_from_this<Cpu
   void denormalise(const float* xn, std::int64_t rows, int sources, int width, const float* scale,
                    const float* mean, float* x) override;
   void encode(const float* xn, std::int64_t rows, std::int64_t input_width, const float* encoder,
-              const float* bias, std::int64_t latents, float* pre) override;
+              const float* bias, std::int64_t latents, bool rectify, float* pre) override;
   SparseCodes select(const float* pre, std::int64_t rows, std::int64_t latents,
                      const SelectionRequest& request, float* min_selected_score) override;
   SparseCodes select_top_entries(const SparseCodes& codes, std::int64_t count, const float* weight,

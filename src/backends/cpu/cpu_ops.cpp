@@ -100,7 +100,8 @@ void CpuBackend::denormalise(const float* xn, std::int64_t rows, int sources, in
 }
 
 void CpuBackend::encode(const float* xn, std::int64_t rows, std::int64_t input_width,
-                        const float* encoder, const float* bias, std::int64_t latents, float* pre) {
+                        const float* encoder, const float* bias, std::int64_t latents, bool rectify,
+                        float* pre) {
   RowMap out(pre, rows, latents);
 #if CROSSCODER_WITH_OPENBLAS
   constexpr auto kLargest = static_cast<std::int64_t>(std::numeric_limits<blasint>::max());
@@ -116,7 +117,12 @@ void CpuBackend::encode(const float* xn, std::int64_t rows, std::int64_t input_w
         ConstRowMap(xn, rows, input_width) * ConstRowMap(encoder, latents, input_width).transpose();
   }
   const Eigen::Map<const Eigen::RowVectorXf> b(bias, latents);
-  out.rowwise() += b;
+  if (rectify) {
+#pragma omp parallel for schedule(static)
+    for (std::int64_t row = 0; row < rows; ++row) out.row(row) = (out.row(row) + b).cwiseMax(0.0f);
+  } else {
+    out.rowwise() += b;
+  }
 }
 
 SparseCodes CpuBackend::select(const float* pre, std::int64_t rows, std::int64_t latents,
