@@ -226,57 +226,18 @@ StepReport Trainer::forward_backward(std::span<const float> x, std::int64_t rows
               scratch("grad_recon", B * D)};
   const SelectionRequest request =
       model_.selection_request(report.k, /*training=*/true, scratch("score_weights", F));
-  // BatchTopK over tiles: each tile keeps its best B·k candidates (all that the batch's
-  // selection can take from it), and the batch's best B·k are chosen among those.
-  const bool tiled_batch_top_k = tile < B && request.selection == Selection::per_batch_top_k;
-
   // AuxK's dead latents (from the counters before this step) and JumpReLU's straight-through
   // support also come from the pre-activations.
-  const bool unit_decoder =
-      c.activation == Activation::topk || c.activation == Activation::batchtopk;
   DeviceArray<std::uint8_t> dead_mask;
-  SelectionRequest aux;
-  if (unit_decoder && config_.auxk_coefficient > 0.0f) {
-    std::vector<std::uint8_t> dead(static_cast<std::size_t>(F), 0);
-    bool any_dead = false;
-    for (std::int64_t f = 0; f < F; ++f) {
-      dead[f] = tokens_since_fired_[f] >= config_.dead_after_tokens ? 1 : 0;
-      any_dead = any_dead || dead[f] != 0;
-    }
-    if (any_dead) {
-      dead_mask = DeviceArray<std::uint8_t>(backend_, std::span<const std::uint8_t>(dead));
-      aux.selection = Selection::per_row_top_k;
-      aux.k = config_.aux_k > 0 ? config_.aux_k : std::max<std::int64_t>(1, D / 2);
-      aux.allowed = dead_mask.data();
-      aux.positive_only = true;  // zero activations add nothing to the AuxK loss or its gradient
-    }
-  }
+  const SelectionRequest aux = auxk_request(dead_mask);
   SelectionRequest near;
   if (c.activation == Activation::jumprelu) {
     near.selection = Selection::near_threshold;
     near.threshold = p.threshold.data();
     near.bandwidth = c.jumprelu_bandwidth;
   }
-  std::vector<SparseCodes> main_parts, aux_parts, near_parts;
-  for (std::int64_t first = 0; first < B; first += tile) {
-    const std::int64_t rows_here = std::min(tile, B - first);
-    model_.preactivations(raw.data() + first * D, rows_here, batch.xn.data() + first * D,
-                          batch.pre.data());
-    SelectionRequest tile_request = request;
-    if (tiled_batch_top_k) tile_request.k = (B * request.k + rows_here - 1) / rows_here;
-    main_parts.push_back(be.select(batch.pre.data(), rows_here, F, tile_request,
-                                   tiled_batch_top_k ? nullptr : &last_min_selected_score_));
-    if (aux.allowed) aux_parts.push_back(be.select(batch.pre.data(), rows_here, F, aux, nullptr));
-    if (near.threshold)
-      near_parts.push_back(be.select(batch.pre.data(), rows_here, F, near, nullptr));
-  }
-  const auto join = [&](std::vector<SparseCodes>& parts) {
-    return parts.size() == 1 ? std::move(parts.front()) : concatenate_rows(backend_, parts);
-  };
-  SparseCodes codes = join(main_parts);
-  if (tiled_batch_top_k) {
-    codes = be.select_top_entries(codes, B * request.k, request.weight, &last_min_selected_score_);
-  }
+  TileSelections selected = encode_and_select(raw.data(), batch, tile, request, aux, near);
+  const SparseCodes& codes = selected.main;
   reconstruction_terms(batch, codes, report);
   report.l0 = static_cast<double>(codes.nnz) / static_cast<double>(B);
 
@@ -306,11 +267,11 @@ StepReport Trainer::forward_backward(std::span<const float> x, std::int64_t rows
                            c.sources, c.width, gradients_.decoder_weight.data());
       break;
     case Activation::jumprelu:
-      jumprelu_terms(batch, join(near_parts), codes.nnz, report);
+      jumprelu_terms(batch, selected.near, codes.nnz, report);
       break;
     case Activation::topk:
     case Activation::batchtopk:
-      if (aux.allowed) auxk_terms(batch, join(aux_parts), report);
+      if (aux.allowed) auxk_terms(batch, selected.aux, report);
       break;
   }
 
@@ -322,6 +283,63 @@ StepReport Trainer::forward_backward(std::span<const float> x, std::int64_t rows
   }
   report.dead_fraction = static_cast<double>(dead_now) / static_cast<double>(F);
   return report;
+}
+
+SelectionRequest Trainer::auxk_request(DeviceArray<std::uint8_t>& dead_mask) const {
+  const CrosscoderConfig& c = model_.config();
+  SelectionRequest aux;  // `positive` with no mask: unused
+  const bool unit_decoder =
+      c.activation == Activation::topk || c.activation == Activation::batchtopk;
+  if (!unit_decoder || !(config_.auxk_coefficient > 0.0f)) return aux;
+  std::vector<std::uint8_t> dead(tokens_since_fired_.size(), 0);
+  bool any_dead = false;
+  for (std::size_t f = 0; f < dead.size(); ++f) {
+    dead[f] = tokens_since_fired_[f] >= config_.dead_after_tokens ? 1 : 0;
+    any_dead = any_dead || dead[f] != 0;
+  }
+  if (!any_dead) return aux;
+  dead_mask = DeviceArray<std::uint8_t>(backend_, std::span<const std::uint8_t>(dead));
+  aux.selection = Selection::per_row_top_k;
+  aux.k = config_.aux_k > 0 ? config_.aux_k : std::max<std::int64_t>(1, c.input_width() / 2);
+  aux.allowed = dead_mask.data();
+  aux.positive_only = true;  // zero activations add nothing to the AuxK loss or its gradient
+  return aux;
+}
+
+Trainer::TileSelections Trainer::encode_and_select(const float* raw, Batch& batch,
+                                                   std::int64_t tile,
+                                                   const SelectionRequest& request,
+                                                   const SelectionRequest& aux,
+                                                   const SelectionRequest& near) {
+  const CrosscoderConfig& c = model_.config();
+  Backend& be = *backend_;
+  const std::int64_t B = batch.rows, D = c.input_width(), F = c.latents;
+  // BatchTopK over tiles: each tile keeps its best B·k candidates (all that the batch's
+  // selection can take from it), and the batch's best B·k are chosen among those.
+  const bool tiled_batch_top_k = tile < B && request.selection == Selection::per_batch_top_k;
+  std::vector<SparseCodes> main_parts, aux_parts, near_parts;
+  for (std::int64_t first = 0; first < B; first += tile) {
+    const std::int64_t rows_here = std::min(tile, B - first);
+    model_.preactivations(raw + first * D, rows_here, batch.xn.data() + first * D,
+                          batch.pre.data());
+    SelectionRequest tile_request = request;
+    if (tiled_batch_top_k) tile_request.k = (B * request.k + rows_here - 1) / rows_here;
+    main_parts.push_back(be.select(batch.pre.data(), rows_here, F, tile_request,
+                                   tiled_batch_top_k ? nullptr : &last_min_selected_score_));
+    if (aux.allowed) aux_parts.push_back(be.select(batch.pre.data(), rows_here, F, aux, nullptr));
+    if (near.threshold)
+      near_parts.push_back(be.select(batch.pre.data(), rows_here, F, near, nullptr));
+  }
+  const auto join = [&](std::vector<SparseCodes>& parts) {
+    if (parts.empty()) return SparseCodes{};
+    return parts.size() == 1 ? std::move(parts.front()) : concatenate_rows(backend_, parts);
+  };
+  TileSelections selected{join(main_parts), join(aux_parts), join(near_parts)};
+  if (tiled_batch_top_k) {
+    selected.main = be.select_top_entries(selected.main, B * request.k, request.weight,
+                                          &last_min_selected_score_);
+  }
+  return selected;
 }
 
 void Trainer::reconstruction_terms(Batch& batch, const SparseCodes& codes, StepReport& report) {

@@ -119,7 +119,22 @@ class Trainer {
     DeviceArray<float>& recon;       // [B, D] reconstruction
     DeviceArray<float>& grad_recon;  // [B, D] ∂L/∂recon
   };
+  // The codes a step needs from the pre-activations, over the whole batch.
+  struct TileSelections {
+    SparseCodes main;  // the activation's selection
+    SparseCodes aux;   // AuxK's dead latents (empty unless requested)
+    SparseCodes near;  // JumpReLU's straight-through support (empty unless requested)
+  };
   StepReport forward_backward(std::span<const float> x, std::int64_t rows);
+  /// AuxK's selection over the dead latents, whose mask it writes into `dead_mask`; a request
+  /// without a mask when AuxK does not run this step.
+  SelectionRequest auxk_request(DeviceArray<std::uint8_t>& dead_mask) const;
+  /// Normalises and encodes the batch `tile` rows at a time into batch.xn and batch.pre, making
+  /// each requested selection on every tile (`aux` and `near` when they have a mask or
+  /// thresholds).
+  TileSelections encode_and_select(const float* raw, Batch& batch, std::int64_t tile,
+                                   const SelectionRequest& request, const SelectionRequest& aux,
+                                   const SelectionRequest& near);
   void reconstruction_terms(Batch& batch, const SparseCodes& codes, StepReport& report);
   /// The decoder-norm-weighted L1 penalty; returns ∂penalty/∂a per latent [F] (backend memory)
   /// and leaves its decoder gradient factors in the scratch buffer "l1_factor".
