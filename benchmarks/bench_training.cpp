@@ -39,13 +39,13 @@ void set_counters(benchmark::State& state, std::int64_t rows) {
       benchmark::Counter(static_cast<double>(rows), benchmark::Counter::kIsIterationInvariantRate);
 }
 
-// Args: d (per source), F, k, B, activation (0 relu, 1 topk, 2 batchtopk).
-void BM_TrainingStep(benchmark::State& state) {
+void run_training_steps(benchmark::State& state, std::int64_t tile_rows) {
   const CrosscoderConfig config = config_from(state);
   const std::int64_t rows = state.range(3);
   Crosscoder model(config, make_backend(BackendKind::cpu), 1);
   TrainConfig train;
   train.batch_size = rows;
+  train.tile_rows = tile_rows;
   train.steps = 1'000'000;
   train.dead_after_tokens = 4 * rows;  // some latents go dead, so AuxK runs as in real training
   Trainer trainer(model, train);
@@ -55,6 +55,12 @@ void BM_TrainingStep(benchmark::State& state) {
   set_counters(state, rows);
   state.SetLabel(std::string(to_string(config.activation)));
 }
+
+// Args: d (per source), F, k, B, activation (0 relu, 1 topk, 2 batchtopk).
+void BM_TrainingStep(benchmark::State& state) { run_training_steps(state, 0); }
+
+// Args: as BM_TrainingStep, then the rows per tile of the batch (TrainConfig::tile_rows).
+void BM_TrainingStepInTiles(benchmark::State& state) { run_training_steps(state, state.range(5)); }
 
 // The dense encoder GEMM alone: the floor of a training step.
 void BM_EncoderGemm(benchmark::State& state) {
@@ -158,6 +164,13 @@ void shapes(benchmark::internal::Benchmark* b, bool large) {
 }
 
 BENCHMARK(BM_TrainingStep)->Apply([](auto* b) { shapes(b, true); }) -> MinTime(2.0);
+// Tiles of the batch at the reference shape: whether pre-activations that stay in cache pay for
+// the smaller GEMMs and, for BatchTopK, the tiles' candidates.
+BENCHMARK(BM_TrainingStepInTiles)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->MinTime(2.0)
+    ->ArgsProduct({{512}, {16384}, {64}, {1024}, {1, 2}, {128, 512}});
 BENCHMARK(BM_EncoderGemm)->Apply([](auto* b) { shapes(b, true); });
 BENCHMARK(BM_Select)->Apply([](auto* b) { shapes(b, false); });
 BENCHMARK(BM_ParameterUpdate)
