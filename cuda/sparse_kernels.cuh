@@ -11,6 +11,17 @@
 
 namespace crosscoder::CROSSCODER_CUDA_NS {
 
+/// Column j of bias + Σ value[e]·decoder[latent[e], :] over the entries [begin, end) of a row.
+__device__ __forceinline__ float decoded_element(const std::int32_t* latent, const float* value,
+                                                 std::int64_t begin, std::int64_t end,
+                                                 const float* decoder, const float* bias,
+                                                 std::int64_t width, std::int64_t j) {
+  float total = bias ? bias[j] : 0.0f;
+  for (std::int64_t e = begin; e < end; ++e)
+    total += value[e] * decoder[static_cast<std::int64_t>(latent[e]) * width + j];
+  return total;
+}
+
 /// out[row, :] = bias + Σ value[e]·decoder[latent[e], :]; one block per row, the columns
 /// spread over the threads (coalesced reads of each active decoder row).
 __global__ void sparse_decode(const std::int64_t* row_ptr, const std::int32_t* latent,
@@ -18,12 +29,8 @@ __global__ void sparse_decode(const std::int64_t* row_ptr, const std::int32_t* l
                               std::int64_t width, float* out) {
   const std::int64_t row = blockIdx.x;
   const std::int64_t begin = row_ptr[row], end = row_ptr[row + 1];
-  for (std::int64_t j = threadIdx.x; j < width; j += kThreads) {
-    float total = bias ? bias[j] : 0.0f;
-    for (std::int64_t e = begin; e < end; ++e)
-      total += value[e] * decoder[static_cast<std::int64_t>(latent[e]) * width + j];
-    out[row * width + j] = total;
-  }
+  for (std::int64_t j = threadIdx.x; j < width; j += kThreads)
+    out[row * width + j] = decoded_element(latent, value, begin, end, decoder, bias, width, j);
 }
 
 /// What sparse_reconstruct reads and writes (device pointers).
@@ -54,9 +61,7 @@ __global__ void sparse_reconstruct(ReconstructArgs a) {
     double squared_error = 0.0, energy = 0.0;
     for (int i = threadIdx.x; i < a.width; i += kThreads) {
       const std::int64_t j = static_cast<std::int64_t>(m) * a.width + i;
-      float total = a.bias ? a.bias[j] : 0.0f;
-      for (std::int64_t e = begin; e < end; ++e)
-        total += a.value[e] * a.decoder[static_cast<std::int64_t>(a.latent[e]) * D + j];
+      const float total = decoded_element(a.latent, a.value, begin, end, a.decoder, a.bias, D, j);
       a.recon[row * D + j] = total;
       const float target = a.target[row * D + j];
       const float difference = total - target;

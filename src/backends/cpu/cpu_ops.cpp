@@ -64,6 +64,20 @@ std::int64_t max_latent_plus_one(const SparseCodes& codes) {
   return largest + 1;
 }
 
+// out[:] = bias + Σ value[e]·decoder[latent[e], :] over row b's entries (bias may be null).
+void decode_row(const std::int64_t* row_ptr, const std::int32_t* latent, const float* value,
+                std::int64_t b, const float* decoder, const float* bias, std::int64_t width,
+                float* out) {
+  VectorMap row(out, width);
+  if (bias) {
+    row = ConstVectorMap(bias, width);
+  } else {
+    row.setZero();
+  }
+  for (std::int64_t e = row_ptr[b]; e < row_ptr[b + 1]; ++e)
+    row.noalias() += value[e] * ConstVectorMap(decoder + latent[e] * width, width);
+}
+
 }  // namespace
 
 namespace {
@@ -187,17 +201,8 @@ void CpuBackend::decode(const SparseCodes& codes, const float* decoder, const fl
   const std::int32_t* latent = codes.latent.data();
   const float* value = codes.value.data();
 #pragma omp parallel for schedule(static)
-  for (std::int64_t b = 0; b < codes.rows; ++b) {
-    VectorMap row(out + b * output_width, output_width);
-    if (bias) {
-      row = ConstVectorMap(bias, output_width);
-    } else {
-      row.setZero();
-    }
-    for (std::int64_t e = row_ptr[b]; e < row_ptr[b + 1]; ++e) {
-      row.noalias() += value[e] * ConstVectorMap(decoder + latent[e] * output_width, output_width);
-    }
-  }
+  for (std::int64_t b = 0; b < codes.rows; ++b)
+    decode_row(row_ptr, latent, value, b, decoder, bias, output_width, out + b * output_width);
 }
 
 void CpuBackend::squared_error(const float* recon, const float* target, std::int64_t rows,
@@ -236,14 +241,7 @@ void CpuBackend::reconstruct(const SparseCodes& codes, const ReconstructionReque
   std::vector<double> energy_per_row(r.target_energy ? static_cast<std::size_t>(rows * M) : 0);
 #pragma omp parallel for schedule(static)
   for (std::int64_t b = 0; b < rows; ++b) {
-    VectorMap out(r.recon + b * D, D);
-    if (r.bias) {
-      out = ConstVectorMap(r.bias, D);
-    } else {
-      out.setZero();
-    }
-    for (std::int64_t e = row_ptr[b]; e < row_ptr[b + 1]; ++e)
-      out.noalias() += value[e] * ConstVectorMap(r.decoder + latent[e] * D, D);
+    decode_row(row_ptr, latent, value, b, r.decoder, r.bias, D, r.recon + b * D);
     for (int m = 0; m < M; ++m) {
       const std::int64_t offset = b * D + static_cast<std::int64_t>(m) * r.width;
       const float* target = r.target + offset;
