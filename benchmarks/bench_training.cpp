@@ -157,6 +157,71 @@ void BM_ParameterUpdate(benchmark::State& state) {
   state.SetLabel(labels[variant]);
 }
 
+// The step's sparse passes on the codes of a BatchTopK selection (B·k entries over F latents),
+// with the caches emptied between iterations as the optimiser's 940 MB stream empties them in a
+// step: variant 0 reconstruct (decode fused with the squared error), 1 sparse_backward, 2
+// sparse_backward also writing the row statistics the clipping norm is taken from.
+void BM_SparsePasses(benchmark::State& state) {
+  const CrosscoderConfig config = config_from(state);
+  const std::int64_t rows = state.range(3), D = config.input_width(), F = config.latents;
+  auto backend = make_backend(BackendKind::cpu);
+  const std::vector<float> pre = random_batch(rows, F, 3);
+  SelectionRequest request;
+  request.selection = Selection::per_batch_top_k;
+  request.k = config.k;
+  const SparseCodes codes = backend->select(pre.data(), rows, F, request, nullptr);
+  const std::vector<float> host_decoder = random_batch(F, D, 4),
+                           host_rows = random_batch(rows, D, 5);
+  DeviceArray<float> decoder(backend, std::span<const float>(host_decoder));
+  DeviceArray<float> target(backend, std::span<const float>(host_rows));
+  DeviceArray<float> recon(backend, static_cast<std::size_t>(rows * D)),
+      grad(backend, static_cast<std::size_t>(rows * D));
+  DeviceArray<float> d_decoder(backend, static_cast<std::size_t>(F * D)),
+      d_encoder(backend, static_cast<std::size_t>(F * D)),
+      d_bias(backend, static_cast<std::size_t>(F));
+  DeviceArray<double> statistics(backend, static_cast<std::size_t>(F * 2 * 4));
+  std::vector<float> flush(std::size_t{64} << 20, 1.0f);  // 256 MiB, beyond the L3
+  const std::int64_t variant = state.range(4);
+  std::vector<double> sse(2);
+  for (auto _ : state) {
+    state.PauseTiming();
+    float sink = 0.0f;
+    for (std::size_t i = 0; i < flush.size(); i += 16) sink += flush[i] += 1.0f;
+    benchmark::DoNotOptimize(sink);
+    state.ResumeTiming();
+    if (variant == 0) {
+      ReconstructionRequest r;
+      r.decoder = decoder.data();
+      r.target = target.data();
+      r.sources = 2;
+      r.width = config.width;
+      r.gradient_scale = 1.0f;
+      r.recon = recon.data();
+      r.grad = grad.data();
+      r.squared_error = sse.data();
+      backend->reconstruct(codes, r);
+      continue;
+    }
+    SparseBackwardRequest r;
+    r.grad_out = target.data();
+    r.decoder = decoder.data();
+    r.xn = target.data();
+    r.latents = F;
+    r.width = D;
+    r.d_decoder = d_decoder.data();
+    r.d_encoder = d_encoder.data();
+    r.d_bias = d_bias.data();
+    if (variant == 2) {
+      r.row_statistics = statistics.data();
+      r.statistics_blocks = 2;
+    }
+    backend->sparse_backward(codes, r);
+  }
+  set_counters(state, rows);
+  const char* labels[] = {"reconstruct", "sparse_backward", "sparse_backward with row statistics"};
+  state.SetLabel(labels[variant]);
+}
+
 void shapes(benchmark::internal::Benchmark* b, bool large) {
   b->Unit(benchmark::kMillisecond)->UseRealTime();
   for (int activation : {1, 2}) b->Args({512, 16384, 64, 1024, activation});
@@ -173,6 +238,10 @@ BENCHMARK(BM_TrainingStepInTiles)
     ->ArgsProduct({{512}, {16384}, {64}, {1024}, {1, 2}, {128, 512}});
 BENCHMARK(BM_EncoderGemm)->Apply([](auto* b) { shapes(b, true); });
 BENCHMARK(BM_Select)->Apply([](auto* b) { shapes(b, false); });
+BENCHMARK(BM_SparsePasses)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->ArgsProduct({{512}, {16384}, {64}, {1024}, {0, 1, 2}});
 BENCHMARK(BM_ParameterUpdate)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime()

@@ -567,6 +567,7 @@ void CudaBackend::reconstruct(const SparseCodes& codes, const ReconstructionRequ
 
 void CudaBackend::sparse_backward(const SparseCodes& codes, const SparseBackwardRequest& r) {
   const std::int64_t F = r.latents, W = r.width;
+  detail::check_row_statistics(r);
   const LatentGroups grouped = group_by_latent(codes);
   if (grouped.groups > 0) {
     const std::int32_t largest = read_one(grouped.group_latent.data() + grouped.groups - 1);
@@ -580,6 +581,9 @@ void CudaBackend::sparse_backward(const SparseCodes& codes, const SparseBackward
       fill_zero(r.d_encoder, bytes);
       if (r.d_decoder) fill_zero(r.d_decoder, bytes);
       fill_zero(r.d_bias, static_cast<std::size_t>(F) * sizeof(float));
+      if (r.row_statistics)
+        fill_zero(r.row_statistics,
+                  static_cast<std::size_t>(F * r.statistics_blocks * 4) * sizeof(double));
     }
     return;
   }
@@ -606,7 +610,9 @@ void CudaBackend::sparse_backward(const SparseCodes& codes, const SparseBackward
                                 r.d_encoder,
                                 r.d_bias,
                                 r.d_value,
-                                d_pre.data()};
+                                d_pre.data(),
+                                r.row_statistics,
+                                r.statistics_blocks};
   CROSSCODER_LAUNCH(sparse_backward_kernel, grid_of(r.accumulate ? grouped.groups : F),
                     dim3(kThreads), 0, stream_, args);
 }

@@ -176,9 +176,46 @@ struct SparseBackwardArgs {
   float* d_decoder;  ///< or null
   float* d_encoder;
   float* d_bias;
-  float* d_value;  ///< [nnz] or null
-  float* d_pre;    ///< [nnz] scratch: ∂L/∂pre per entry
+  float* d_value;          ///< [nnz] or null
+  float* d_pre;            ///< [nnz] scratch: ∂L/∂pre per entry
+  double* row_statistics;  ///< [F·statistics_blocks·4] or null (SparseBackwardRequest)
+  int statistics_blocks;
 };
+
+/// The SparseBackwardRequest::row_statistics of latent f, from the gradient rows the block has
+/// written (every thread of the block calls this: it synchronises).
+__device__ void write_row_statistics(const SparseBackwardArgs& a, std::int64_t f) {
+  __shared__ double partial[4][kThreads];
+  const unsigned t = threadIdx.x;
+  const std::int64_t W = a.width;
+  const std::int64_t block_width = W / a.statistics_blocks;
+  __syncthreads();  // the rows' elements were written by other threads of the block
+  for (int m = 0; m < a.statistics_blocks; ++m) {
+    double sums[4] = {0.0, 0.0, 0.0, 0.0};
+    for (std::int64_t j = m * block_width + t; j < (m + 1) * block_width; j += kThreads) {
+      const double e = a.d_encoder[f * W + j];
+      sums[0] += e * e;
+      if (a.d_decoder) {
+        const double g = a.d_decoder[f * W + j], d = a.decoder[f * W + j];
+        sums[1] += g * g;
+        sums[2] += g * d;
+        sums[3] += d * d;
+      }
+    }
+    CROSSCODER_UNROLL
+    for (int i = 0; i < 4; ++i) partial[i][t] = sums[i];
+    __syncthreads();
+    for (unsigned half = kThreads / 2; half > 0; half /= 2) {
+      if (t < half) {
+        CROSSCODER_UNROLL
+        for (int i = 0; i < 4; ++i) partial[i][t] += partial[i][t + half];
+      }
+      __syncthreads();
+    }
+    if (t < 4) a.row_statistics[(f * a.statistics_blocks + m) * 4 + t] = partial[t][0];
+    __syncthreads();  // partial free for the next block
+  }
+}
 
 /// Entries whose decoder-row dot products one block reduces together (one tree of barriers for
 /// this many entries rather than one per entry).
@@ -205,6 +242,10 @@ __global__ void sparse_backward_kernel(SparseBackwardArgs a) {
       if (a.d_decoder) a.d_decoder[f * W + j] = 0.0f;
     }
     if (t == 0) a.d_bias[f] = 0.0f;
+    if (a.row_statistics) {
+      for (std::int64_t i = t; i < 4 * a.statistics_blocks; i += kThreads)
+        a.row_statistics[f * a.statistics_blocks * 4 + i] = 0.0;
+    }
     return;
   }
   const std::int64_t begin = a.groups.group_begin[g], end = a.groups.group_begin[g + 1];
@@ -267,6 +308,7 @@ __global__ void sparse_backward_kernel(SparseBackwardArgs a) {
     }
     a.d_bias[f] = (a.accumulate ? a.d_bias[f] : 0.0f) + bias_gradient;
   }
+  if (a.row_statistics) write_row_statistics(a, f);
 }
 
 /// sums[f] and counts[f] of each latent group (other latents left as they are); one thread

@@ -151,7 +151,10 @@ Trainer::Trainer(Crosscoder& model, const TrainConfig& config)
     }
     trainable_blocks_ =
         DeviceArray<std::uint8_t>(backend_, std::span<const std::uint8_t>(trainable));
+    trainable_blocks_host_ = std::move(trainable);
   }
+  row_statistics_ = DeviceArray<double>(
+      backend_, static_cast<std::size_t>(c.latents) * static_cast<std::size_t>(c.sources) * 4);
 }
 
 float Trainer::learning_rate_at(std::int64_t t) const noexcept {
@@ -259,6 +262,13 @@ StepReport Trainer::forward_backward(std::span<const float> x, std::int64_t rows
   backward.d_bias = gradients_.encoder_bias.data();
   if (c.activation == Activation::relu)
     backward.value_gradient_offset = l1_terms(batch, latent_sums, report);
+  // The clipping norm comes from the pass's row sums unless something rewrites the rows
+  // afterwards (the ReLU penalty's decoder term); AuxK's pass updates the sums of its rows.
+  statistics_hold_ = c.activation != Activation::relu;
+  if (statistics_hold_) {
+    backward.row_statistics = row_statistics_.data();
+    backward.statistics_blocks = c.sources;
+  }
   be.sparse_backward(codes, backward);
   switch (c.activation) {
     case Activation::relu:
@@ -480,6 +490,10 @@ void Trainer::auxk_terms(const Batch& batch, const SparseCodes& aux_codes, StepR
   backward.d_decoder = gradients_.decoder_weight.data();
   backward.d_encoder = gradients_.encoder_weight.data();
   backward.d_bias = gradients_.encoder_bias.data();
+  if (statistics_hold_) {
+    backward.row_statistics = row_statistics_.data();
+    backward.statistics_blocks = c.sources;
+  }
   be.sparse_backward(aux_codes, backward);
 }
 
@@ -513,7 +527,10 @@ void Trainer::apply_update(StepReport& report) {
 
   double squared_norm = 0.0;
   const auto parameter_slots = slots(p, gradients_);
+  if (statistics_hold_) squared_norm = constrained_weight_squares();
   for (const ParameterSlot& slot : parameter_slots) {
+    const bool weights = slot.parameter == &p.encoder_weight || slot.parameter == &p.decoder_weight;
+    if (statistics_hold_ && weights) continue;
     squared_norm += be.constrained_sum_of_squares(slot.gradient->data(), slot.parameter->data(),
                                                   static_cast<std::int64_t>(slot.gradient->size()),
                                                   constraint_of(slot.parameter));
@@ -552,6 +569,32 @@ void Trainer::apply_update(StepReport& report) {
                                                          last_min_selected_score_);
   }
   step_ = report.step;
+}
+
+double Trainer::constrained_weight_squares() const {
+  // Per latent: Σ g² over the encoder's trainable blocks, and over the decoder's, less, for
+  // unit-norm rows, the part along the row: ‖g − (g·d/‖d‖²)·d‖² = Σg² − (Σg·d)²/Σd².
+  const CrosscoderConfig& c = model_.config();
+  const bool remove_parallel =
+      c.activation == Activation::topk || c.activation == Activation::batchtopk;
+  const std::vector<double> statistics = row_statistics_.download();
+  const int M = c.sources;
+  double total = 0.0;
+  for (std::int64_t f = 0; f < c.latents; ++f) {
+    double encoder = 0.0, decoder = 0.0, along = 0.0, row = 0.0;
+    for (int m = 0; m < M; ++m) {
+      const std::size_t block = static_cast<std::size_t>(f * M + m);
+      if (!trainable_blocks_host_.empty() && trainable_blocks_host_[block] == 0) continue;
+      const double* s = statistics.data() + block * 4;
+      encoder += s[0];
+      decoder += s[1];
+      along += s[2];
+      row += s[3];
+    }
+    if (remove_parallel && row > 0.0) decoder = std::max(0.0, decoder - along * along / row);
+    total += encoder + decoder;
+  }
+  return total;
 }
 
 StepReport Trainer::step(std::span<const float> x, std::int64_t rows) {

@@ -166,49 +166,53 @@ TEST_P(BackendOps, EncodeInEachMatmulPrecision) {
 }
 
 TEST_P(BackendOps, SparseDecodeAndItsBackward) {
-  const std::int64_t rows = 41, F = 23, D = 19;
-  HostSparseCodes host;
-  const SparseCodes codes = random_codes(rows, F, host);
-  const std::vector<float> decoder = normal(F * D), bias = normal(D), upstream = normal(rows * D);
-  auto ddec = upload(decoder), dbias = upload(bias), dup = upload(upstream);
+  // F = 5: many entries per latent (the CUDA backend's groups are long); 301: about one each.
+  for (const std::int64_t F : {std::int64_t{5}, std::int64_t{23}, std::int64_t{301}}) {
+    SCOPED_TRACE("F = " + std::to_string(F));
+    const std::int64_t rows = 41, D = 19;
+    HostSparseCodes host;
+    const SparseCodes codes = random_codes(rows, F, host);
+    const std::vector<float> decoder = normal(F * D), bias = normal(D), upstream = normal(rows * D);
+    auto ddec = upload(decoder), dbias = upload(bias), dup = upload(upstream);
 
-  DeviceArray<float> out(backend_, static_cast<std::size_t>(rows * D));
-  backend_->decode(codes, ddec.data(), dbias.data(), D, out.data());
-  std::vector<double> want(static_cast<std::size_t>(rows * D));
-  for (std::int64_t b = 0; b < rows; ++b)
-    for (std::int64_t j = 0; j < D; ++j) {
-      double total = bias[j];
-      for (std::int64_t e = host.row_ptr[b]; e < host.row_ptr[b + 1]; ++e)
-        total += static_cast<double>(host.value[e]) * decoder[host.latent[e] * D + j];
-      want[b * D + j] = total;
-    }
-  expect_close(out.download(), want, 1e-5, "decode");
-
-  // Backward: d_value[e] = decoder[latent]·upstream[row]; d_decoder accumulates onto what is
-  // there (start from random values to check that it adds).
-  const std::vector<float> start = normal(F * D);
-  auto d_decoder = upload(start);
-  DeviceArray<float> d_value(backend_, static_cast<std::size_t>(codes.nnz));
-  backend_->decoder_backward(codes, dup.data(), ddec.data(), D, d_value.data(), d_decoder.data());
-  std::vector<double> want_value(static_cast<std::size_t>(codes.nnz));
-  std::vector<double> want_decoder(start.begin(), start.end());
-  for (std::int64_t b = 0; b < rows; ++b)
-    for (std::int64_t e = host.row_ptr[b]; e < host.row_ptr[b + 1]; ++e) {
-      const std::int32_t f = host.latent[e];
-      double dot = 0.0;
+    DeviceArray<float> out(backend_, static_cast<std::size_t>(rows * D));
+    backend_->decode(codes, ddec.data(), dbias.data(), D, out.data());
+    std::vector<double> want(static_cast<std::size_t>(rows * D));
+    for (std::int64_t b = 0; b < rows; ++b)
       for (std::int64_t j = 0; j < D; ++j) {
-        dot += static_cast<double>(decoder[f * D + j]) * upstream[b * D + j];
-        want_decoder[f * D + j] += static_cast<double>(host.value[e]) * upstream[b * D + j];
+        double total = bias[j];
+        for (std::int64_t e = host.row_ptr[b]; e < host.row_ptr[b + 1]; ++e)
+          total += static_cast<double>(host.value[e]) * decoder[host.latent[e] * D + j];
+        want[b * D + j] = total;
       }
-      want_value[e] = dot;
-    }
-  expect_close(d_value.download(), want_value, 1e-5, "decoder_backward d_value");
-  expect_close(d_decoder.download(), want_decoder, 1e-5, "decoder_backward d_decoder");
+    expect_close(out.download(), want, 1e-5, "decode");
 
-  // Without d_decoder only d_value is produced.
-  DeviceArray<float> d_value_only(backend_, static_cast<std::size_t>(codes.nnz));
-  backend_->decoder_backward(codes, dup.data(), ddec.data(), D, d_value_only.data(), nullptr);
-  expect_close(d_value_only.download(), want_value, 1e-5, "decoder_backward d_value only");
+    // Backward: d_value[e] = decoder[latent]·upstream[row]; d_decoder accumulates onto what is
+    // there (start from random values to check that it adds).
+    const std::vector<float> start = normal(F * D);
+    auto d_decoder = upload(start);
+    DeviceArray<float> d_value(backend_, static_cast<std::size_t>(codes.nnz));
+    backend_->decoder_backward(codes, dup.data(), ddec.data(), D, d_value.data(), d_decoder.data());
+    std::vector<double> want_value(static_cast<std::size_t>(codes.nnz));
+    std::vector<double> want_decoder(start.begin(), start.end());
+    for (std::int64_t b = 0; b < rows; ++b)
+      for (std::int64_t e = host.row_ptr[b]; e < host.row_ptr[b + 1]; ++e) {
+        const std::int32_t f = host.latent[e];
+        double dot = 0.0;
+        for (std::int64_t j = 0; j < D; ++j) {
+          dot += static_cast<double>(decoder[f * D + j]) * upstream[b * D + j];
+          want_decoder[f * D + j] += static_cast<double>(host.value[e]) * upstream[b * D + j];
+        }
+        want_value[e] = dot;
+      }
+    expect_close(d_value.download(), want_value, 1e-5, "decoder_backward d_value");
+    expect_close(d_decoder.download(), want_decoder, 1e-5, "decoder_backward d_decoder");
+
+    // Without d_decoder only d_value is produced.
+    DeviceArray<float> d_value_only(backend_, static_cast<std::size_t>(codes.nnz));
+    backend_->decoder_backward(codes, dup.data(), ddec.data(), D, d_value_only.data(), nullptr);
+    expect_close(d_value_only.download(), want_value, 1e-5, "decoder_backward d_value only");
+  }
 }
 
 TEST_P(BackendOps, SparseEncoderBackwardAccumulates) {
@@ -477,55 +481,59 @@ TEST_P(BackendOps, AdamUpdateUnderEveryRowConstraint) {
 }
 
 TEST_P(BackendOps, ReconstructFusesTheDecoderWithTheSquaredError) {
-  const std::int64_t rows = 39, F = 29;
-  const int M = 2, d = 23, D = M * d;
-  HostSparseCodes host;
-  const SparseCodes codes = random_codes(rows, F, host);
-  const std::vector<float> decoder = normal(F * D), bias = normal(D),
-                           target = normal(rows * D, 2.0f);
-  auto ddec = upload(decoder), dbias = upload(bias), dtarget = upload(target);
-  for (const bool with_bias : {true, false}) {
-    SCOPED_TRACE(with_bias ? "with bias" : "without bias");
-    DeviceArray<float> recon(backend_, target.size()), grad(backend_, target.size());
-    std::vector<double> sse(M), energy(M);
-    ReconstructionRequest request;
-    request.decoder = ddec.data();
-    request.bias = with_bias ? dbias.data() : nullptr;
-    request.target = dtarget.data();
-    request.sources = M;
-    request.width = d;
-    request.gradient_scale = -0.625f;
-    request.recon = recon.data();
-    request.grad = grad.data();
-    request.squared_error = sse.data();
-    request.target_energy = energy.data();
-    backend_->reconstruct(codes, request);
-    std::vector<double> want_recon(target.size()), want_grad(target.size()), want_sse(M, 0.0),
-        want_energy(M, 0.0);
-    for (std::int64_t b = 0; b < rows; ++b)
-      for (std::int64_t j = 0; j < D; ++j) {
-        double total = with_bias ? bias[j] : 0.0;
-        for (std::int64_t e = host.row_ptr[b]; e < host.row_ptr[b + 1]; ++e)
-          total += static_cast<double>(host.value[e]) * decoder[host.latent[e] * D + j];
-        const double difference = total - target[b * D + j];
-        want_recon[b * D + j] = total;
-        want_grad[b * D + j] = -0.625 * difference;
-        want_sse[j / d] += difference * difference;
-        want_energy[j / d] += static_cast<double>(target[b * D + j]) * target[b * D + j];
+  // Many entries per latent (F = 5) and about one each (F = 301).
+  for (const std::int64_t F : {std::int64_t{5}, std::int64_t{29}, std::int64_t{301}}) {
+    SCOPED_TRACE("F = " + std::to_string(F));
+    const std::int64_t rows = 39;
+    const int M = 2, d = 23, D = M * d;
+    HostSparseCodes host;
+    const SparseCodes codes = random_codes(rows, F, host);
+    const std::vector<float> decoder = normal(F * D), bias = normal(D),
+                             target = normal(rows * D, 2.0f);
+    auto ddec = upload(decoder), dbias = upload(bias), dtarget = upload(target);
+    for (const bool with_bias : {true, false}) {
+      SCOPED_TRACE(with_bias ? "with bias" : "without bias");
+      DeviceArray<float> recon(backend_, target.size()), grad(backend_, target.size());
+      std::vector<double> sse(M), energy(M);
+      ReconstructionRequest request;
+      request.decoder = ddec.data();
+      request.bias = with_bias ? dbias.data() : nullptr;
+      request.target = dtarget.data();
+      request.sources = M;
+      request.width = d;
+      request.gradient_scale = -0.625f;
+      request.recon = recon.data();
+      request.grad = grad.data();
+      request.squared_error = sse.data();
+      request.target_energy = energy.data();
+      backend_->reconstruct(codes, request);
+      std::vector<double> want_recon(target.size()), want_grad(target.size()), want_sse(M, 0.0),
+          want_energy(M, 0.0);
+      for (std::int64_t b = 0; b < rows; ++b)
+        for (std::int64_t j = 0; j < D; ++j) {
+          double total = with_bias ? bias[j] : 0.0;
+          for (std::int64_t e = host.row_ptr[b]; e < host.row_ptr[b + 1]; ++e)
+            total += static_cast<double>(host.value[e]) * decoder[host.latent[e] * D + j];
+          const double difference = total - target[b * D + j];
+          want_recon[b * D + j] = total;
+          want_grad[b * D + j] = -0.625 * difference;
+          want_sse[j / d] += difference * difference;
+          want_energy[j / d] += static_cast<double>(target[b * D + j]) * target[b * D + j];
+        }
+      expect_close(recon.download(), want_recon, 1e-5, "reconstruct recon");
+      expect_close(grad.download(), want_grad, 1e-5, "reconstruct gradient");
+      for (int m = 0; m < M; ++m) {
+        EXPECT_NEAR(sse[m], want_sse[m], 1e-5 * want_sse[m]) << m;
+        EXPECT_NEAR(energy[m], want_energy[m], 1e-9 * want_energy[m]) << m;
       }
-    expect_close(recon.download(), want_recon, 1e-5, "reconstruct recon");
-    expect_close(grad.download(), want_grad, 1e-5, "reconstruct gradient");
-    for (int m = 0; m < M; ++m) {
-      EXPECT_NEAR(sse[m], want_sse[m], 1e-5 * want_sse[m]) << m;
-      EXPECT_NEAR(energy[m], want_energy[m], 1e-9 * want_energy[m]) << m;
+      // Optional outputs left out: no gradient, no energy.
+      request.grad = nullptr;
+      request.target_energy = nullptr;
+      std::vector<double> sse_only(M);
+      request.squared_error = sse_only.data();
+      backend_->reconstruct(codes, request);
+      for (int m = 0; m < M; ++m) EXPECT_NEAR(sse_only[m], want_sse[m], 1e-5 * want_sse[m]) << m;
     }
-    // Optional outputs left out: no gradient, no energy.
-    request.grad = nullptr;
-    request.target_energy = nullptr;
-    std::vector<double> sse_only(M);
-    request.squared_error = sse_only.data();
-    backend_->reconstruct(codes, request);
-    for (int m = 0; m < M; ++m) EXPECT_NEAR(sse_only[m], want_sse[m], 1e-5 * want_sse[m]) << m;
   }
 }
 
@@ -611,6 +619,79 @@ TEST_P(BackendOps, SparseBackwardFusesDecoderActivationAndEncoder) {
   // Codes naming a latent beyond F are an error, not a write out of bounds.
   request.latents = 5;
   EXPECT_THROW(backend_->sparse_backward(codes, request), Error);
+}
+
+TEST_P(BackendOps, SparseBackwardRowStatisticsDescribeTheRowsItLeaves) {
+  // D = 30 in 1, 2 or 3 blocks; F above the codes' latent count, so some latents have none.
+  const std::int64_t rows = 37, F = 23, D = 30;
+  HostSparseCodes host;
+  const SparseCodes codes = random_codes(rows, F - 3, host);
+  const std::vector<float> decoder = normal(F * D), upstream = normal(rows * D),
+                           xn = normal(rows * D);
+  auto ddec = upload(decoder), dup = upload(upstream), dxn = upload(xn);
+  std::vector<bool> has_entries(static_cast<std::size_t>(F), false);
+  for (std::int32_t f : host.latent) has_entries[static_cast<std::size_t>(f)] = true;
+  const auto request_for = [&](DeviceArray<float>& d_dec, DeviceArray<float>& d_enc,
+                               DeviceArray<float>& d_bias, DeviceArray<double>& statistics,
+                               int blocks) {
+    SparseBackwardRequest request;
+    request.grad_out = dup.data();
+    request.decoder = ddec.data();
+    request.xn = dxn.data();
+    request.latents = F;
+    request.width = D;
+    request.d_decoder = d_dec.data();
+    request.d_encoder = d_enc.data();
+    request.d_bias = d_bias.data();
+    request.row_statistics = statistics.data();
+    request.statistics_blocks = blocks;
+    return request;
+  };
+  for (const int blocks : {1, 2, 3}) {
+    for (const bool accumulate : {false, true}) {
+      SCOPED_TRACE(std::to_string(blocks) +
+                   (accumulate ? " blocks, accumulating" : " blocks, overwriting"));
+      auto d_dec = upload(normal(F * D)), d_enc = upload(normal(F * D)), d_bias = upload(normal(F));
+      const std::vector<float> sentinel = normal(F * blocks * 4);
+      DeviceArray<double> statistics(
+          backend_, std::span<const double>(std::vector<double>(sentinel.begin(), sentinel.end())));
+      SparseBackwardRequest request = request_for(d_dec, d_enc, d_bias, statistics, blocks);
+      request.accumulate = accumulate;
+      backend_->sparse_backward(codes, request);
+      // The reference: the sums over the rows the pass left, in float64.
+      const std::vector<float> enc = d_enc.download(), dec = d_dec.download();
+      const std::vector<double> got = statistics.download();
+      const std::int64_t width = D / blocks;
+      for (std::int64_t f = 0; f < F; ++f) {
+        for (int m = 0; m < blocks; ++m) {
+          double want[4] = {0.0, 0.0, 0.0, 0.0};
+          for (std::int64_t j = m * width; j < (m + 1) * width; ++j) {
+            const double e = enc[f * D + j], g = dec[f * D + j], d = decoder[f * D + j];
+            want[0] += e * e;
+            want[1] += g * g;
+            want[2] += g * d;
+            want[3] += d * d;
+          }
+          for (int i = 0; i < 4; ++i) {
+            const std::size_t at = static_cast<std::size_t>((f * blocks + m) * 4 + i);
+            if (accumulate && !has_entries[static_cast<std::size_t>(f)]) {
+              EXPECT_EQ(got[at], static_cast<double>(sentinel[at])) << "untouched latent " << f;
+            } else if (!accumulate && !has_entries[static_cast<std::size_t>(f)]) {
+              EXPECT_EQ(got[at], 0.0) << "latent " << f << " without entries";
+            } else {
+              EXPECT_NEAR(got[at], want[i], 1e-9 * (1.0 + std::abs(want[i])))
+                  << "latent " << f << " block " << m << " sum " << i;
+            }
+          }
+        }
+      }
+    }
+  }
+  // Blocks that do not divide the row are an error naming them.
+  DeviceArray<double> statistics(backend_, static_cast<std::size_t>(F * 4 * 4));
+  auto d_dec = upload(normal(F * D)), d_enc = upload(normal(F * D)), d_bias = upload(normal(F));
+  EXPECT_THROW(backend_->sparse_backward(codes, request_for(d_dec, d_enc, d_bias, statistics, 4)),
+               Error);
 }
 
 CROSSCODER_INSTANTIATE_FOR_BACKENDS(BackendOps);

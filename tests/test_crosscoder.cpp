@@ -395,6 +395,63 @@ TEST(TrainingSchedules, WarmupDecayAndKAnnealingFollowTheirDefinitions) {
   }
 }
 
+TEST(TrainingSchedules, GradientNormIsTheConstrainedGradientsNorm) {
+  // The step's norm (from the sparse backward's row sums where they hold) against float64 over
+  // the raw gradients as the optimiser constrains them: frozen blocks of exclusive latents left
+  // out, unit-norm decoder rows without their component along the row. Dead latents after a
+  // few steps, so that AuxK's accumulating pass contributes too.
+  for (const Activation activation :
+       {Activation::relu, Activation::topk, Activation::batchtopk, Activation::jumprelu}) {
+    for (const bool dedicated : {false, true}) {
+      SCOPED_TRACE(std::string(to_string(activation)) + (dedicated ? ", dedicated" : ""));
+      CrosscoderConfig c = small_config(activation, dedicated);
+      c.latents = 96;  // 2 of 96 per row: most latents stay silent, so AuxK has dead ones
+      c.k = 2;
+      std::mt19937_64 rng(fresh_seed());
+      const int rows = 32;
+      TrainConfig t;
+      t.gradient_clip = 0.0f;
+      t.dead_after_tokens = rows;
+      t.aux_k = 6;
+      Crosscoder model(c, make_backend(BackendKind::cpu), rng());
+      Trainer trainer(model, t);
+      for (int warm = 0; warm < 3; ++warm)
+        trainer.step(testing::random_activations(rows, c.sources, c.width, rng), rows);
+      const std::vector<float> x = testing::random_activations(rows, c.sources, c.width, rng);
+      const StepReport probe = trainer.compute_gradients(x, rows);
+      const Gradients& g = trainer.gradients();
+      const std::vector<float> decoder = model.parameters().decoder_weight.download();
+      const std::vector<float> d_enc = g.encoder_weight.download(),
+                               d_dec = g.decoder_weight.download();
+      const bool unit = activation == Activation::topk || activation == Activation::batchtopk;
+      const int D = static_cast<int>(c.input_width());
+      double squared = 0.0;
+      for (int f = 0; f < c.latents; ++f) {
+        double along = 0.0, row = 0.0;
+        for (int j = 0; j < D; ++j) {
+          if (!c.latent_uses_source(f, j / c.width)) continue;
+          along += static_cast<double>(d_dec[f * D + j]) * decoder[f * D + j];
+          row += static_cast<double>(decoder[f * D + j]) * decoder[f * D + j];
+        }
+        const double scale = unit && row > 0.0 ? along / row : 0.0;
+        for (int j = 0; j < D; ++j) {
+          if (!c.latent_uses_source(f, j / c.width)) continue;
+          const double projected = d_dec[f * D + j] - scale * decoder[f * D + j];
+          squared +=
+              static_cast<double>(d_enc[f * D + j]) * d_enc[f * D + j] + projected * projected;
+        }
+      }
+      for (const DeviceArray<float>* a : {&g.encoder_bias, &g.decoder_bias, &g.threshold})
+        for (float v : a->download()) squared += static_cast<double>(v) * v;
+      const StepReport r = trainer.step(x, rows);
+      if (unit) {
+        EXPECT_GT(probe.auxk, 0.0) << "AuxK should have run";
+      }
+      EXPECT_NEAR(r.gradient_norm, std::sqrt(squared), 1e-5 * std::sqrt(squared));
+    }
+  }
+}
+
 TEST(TrainingSchedules, GradientClippingScalesTheGradientAdamSees) {
   // On the first Adam step the update is lr·ĝ/(|ĝ| + ε) with ĝ the (clipped) gradient, so with
   // ε = 1 clipping to a tenth of the norm changes every update in a predictable way.

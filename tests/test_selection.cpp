@@ -46,38 +46,43 @@ std::vector<float> normal_preactivations(std::int64_t rows, std::int64_t latents
 void check_per_row_top_k(const std::shared_ptr<Backend>& backend, const std::vector<float>& host,
                          std::int64_t rows, std::int64_t latents, std::int64_t k,
                          std::mt19937_64& rng) {
-  std::vector<std::uint8_t> mask(latents);
-  for (auto& m : mask) m = static_cast<std::uint8_t>(rng() % 3 != 0);
+  // Masks admitting about 2/3 of the latents and about 1/16 (as AuxK's dead latents: the CPU
+  // backend then reads the mask as a list).
   DeviceArray<float> pre(backend, std::span<const float>(host));
-  DeviceArray<std::uint8_t> allowed(backend, std::span<const std::uint8_t>(mask));
-  for (const auto& [masked, positive_only] : {std::pair{false, false}, std::pair{true, false},
-                                              std::pair{false, true}, std::pair{true, true}}) {
-    SelectionRequest request;
-    request.selection = Selection::per_row_top_k;
-    request.k = k;
-    request.allowed = masked ? allowed.data() : nullptr;
-    request.positive_only = positive_only;
-    const Entries got = entries_of(backend->select(pre.data(), rows, latents, request, nullptr));
-    for (std::int64_t b = 0; b < rows; ++b) {
-      std::vector<std::pair<float, std::int32_t>> order;
-      for (std::int64_t f = 0; f < latents; ++f)
-        if (!masked || mask[f])
-          order.push_back({std::max(host[b * latents + f], 0.0f), static_cast<std::int32_t>(f)});
-      std::stable_sort(order.begin(), order.end(),
-                       [](auto& a, auto& c) { return a.first > c.first; });
-      std::int64_t expected = std::min<std::int64_t>(k, static_cast<std::int64_t>(order.size()));
-      if (positive_only) {
-        expected = std::min<std::int64_t>(
-            expected,
-            std::count_if(order.begin(), order.end(), [](auto& e) { return e.first > 0; }));
-      }
-      ASSERT_EQ(got[b].size(), static_cast<std::size_t>(expected))
-          << "row " << b << (masked ? " (masked)" : "") << (positive_only ? " (positive)" : "");
-      for (std::size_t i = 0; i < got[b].size(); ++i) {
-        ASSERT_EQ(got[b][i].first, order[i].second)
-            << "row " << b << " rank " << i << (masked ? " (masked)" : "")
-            << (positive_only ? " (positive)" : "");
-        ASSERT_EQ(got[b][i].second, order[i].first);
+  for (const int admit_one_in : {0, 3, 16}) {
+    std::vector<std::uint8_t> mask(latents);
+    for (auto& m : mask)
+      m = static_cast<std::uint8_t>(admit_one_in == 3 ? rng() % 3 != 0 : rng() % 16 == 0);
+    DeviceArray<std::uint8_t> allowed(backend, std::span<const std::uint8_t>(mask));
+    const bool masked = admit_one_in != 0;
+    for (const bool positive_only : {false, true}) {
+      SelectionRequest request;
+      request.selection = Selection::per_row_top_k;
+      request.k = k;
+      request.allowed = masked ? allowed.data() : nullptr;
+      request.positive_only = positive_only;
+      const Entries got = entries_of(backend->select(pre.data(), rows, latents, request, nullptr));
+      for (std::int64_t b = 0; b < rows; ++b) {
+        std::vector<std::pair<float, std::int32_t>> order;
+        for (std::int64_t f = 0; f < latents; ++f)
+          if (!masked || mask[f])
+            order.push_back({std::max(host[b * latents + f], 0.0f), static_cast<std::int32_t>(f)});
+        std::stable_sort(order.begin(), order.end(),
+                         [](auto& a, auto& c) { return a.first > c.first; });
+        std::int64_t expected = std::min<std::int64_t>(k, static_cast<std::int64_t>(order.size()));
+        if (positive_only) {
+          expected = std::min<std::int64_t>(
+              expected,
+              std::count_if(order.begin(), order.end(), [](auto& e) { return e.first > 0; }));
+        }
+        ASSERT_EQ(got[b].size(), static_cast<std::size_t>(expected))
+            << "row " << b << (masked ? " (masked)" : "") << (positive_only ? " (positive)" : "");
+        for (std::size_t i = 0; i < got[b].size(); ++i) {
+          ASSERT_EQ(got[b][i].first, order[i].second)
+              << "row " << b << " rank " << i << (masked ? " (masked)" : "")
+              << (positive_only ? " (positive)" : "");
+          ASSERT_EQ(got[b][i].second, order[i].first);
+        }
       }
     }
   }

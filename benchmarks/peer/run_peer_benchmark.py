@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import gc
 import json
 import os
 import statistics
@@ -69,6 +70,10 @@ def parse_args():
     p.add_argument("--workdir", default=None, help="for the weights and data files "
                    "(default: a temporary directory, removed afterwards)")
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--one-at-a-time", action="store_true",
+                   help="keep one implementation in memory at a time (fresh instances taking "
+                   "turns, each timed at step warmup+1); automatic for shapes whose "
+                   "implementations do not fit in memory together but do one by one")
     p.add_argument("--force", action="store_true", help="run shapes that look too large for "
                    "the memory available")
     return p.parse_args()
@@ -203,7 +208,9 @@ def estimated_bytes(shape, peers) -> int:
     d, F, k, B = shape
     D = SOURCES * d
     per_model = 8 * F * D * 4  # encoder and decoder: weights, gradients, two Adam moments
-    per_peer_step = 14 * B * F * 4  # dense B×F buffers of the forward/backward (dictionary_learning)
+    # dense B×F buffers of the forward/backward: peak RSS over 3 steps at 512x16384x64x4096
+    # was the weights' 8·F·D floats plus 6.8 (dictionary_learning) and 7.1 (sparsify) B×F
+    per_peer_step = 8 * B * F * 4
     implementations = len(peers) + len({LIBRARY_ACTIVATION[p] for p in peers})
     return implementations * per_model + len(peers) * per_peer_step + 3 * B * F * 4
 
@@ -223,40 +230,67 @@ def peer_kwargs(peer: str, dead_batches: int) -> dict:
     return {"dead_feature_window": dead_batches - 1} if peer == "saelens" else {}
 
 
+def side_bytes(shape, peers) -> dict:
+    """The largest single implementation's memory and the shared inputs' (the initial weights,
+    kept for the peers): what one-at-a-time timing needs."""
+    d, F, k, B = shape
+    D = SOURCES * d
+    per_model = 8 * F * D * 4
+    data = ARGS.batches * B * D * 4
+    return {"largest": per_model + 8 * B * F * 4, "shared": 2 * F * D * 4 + data}
+
+
 def time_shape(shape, peers, workdir: Path) -> dict:
     d, F, k, B = shape
     D = SOURCES * d
     dead_batches = ARGS.dead_after_batches or 4
     need, have = estimated_bytes(shape, peers), available_bytes()
+    alone = side_bytes(shape, peers)
+    fits_together = need <= 0.9 * have
+    fits_alone = alone["largest"] + alone["shared"] <= 0.9 * have
+    one_at_a_time = ARGS.one_at_a_time or (not fits_together and fits_alone)
     print(f"\n== {shape_name(shape)} (d={d}/source, D={D}, F={F}, k={k}, B={B}); "
           f"about {need / 2**30:.1f} GiB needed, {have / 2**30:.1f} GiB available", flush=True)
-    if need > 0.9 * have and not ARGS.force:
+    if one_at_a_time:
+        print(f"   one implementation alive at a time (about "
+              f"{(alone['largest'] + alone['shared']) / 2**30:.1f} GiB): each timed step is "
+              f"step {ARGS.warmup + 1} from the initial weights of a fresh instance, the "
+              f"implementations taking turns", flush=True)
+    if not (fits_alone if one_at_a_time else fits_together) and not ARGS.force:
         print("   skipped (--force runs it anyway)")
         return {"shape": shape_name(shape), "skipped": "memory"}
     data_path = workdir / f"data-{shape_name(shape)}.npy"
     x_all = write_data(data_path, d, ARGS.batches * B, seed=1)
     batches = [x_all[i * B:(i + 1) * B] for i in range(ARGS.batches)]
 
-    impls = {}  # name -> callable running one step and returning its seconds
-    libraries = {}
+    # name -> how to bring the implementation up: ("library", argv) or ("peer", peer name)
+    recipes = {}
     weights = None
     for activation in sorted({LIBRARY_ACTIVATION[p] for p in peers}):
         model_path = workdir / f"model-{shape_name(shape)}-{activation}.safetensors"
         weights = write_weights(model_path, d, F, k, activation, seed=0)
         peer_for = next(p for p in peers if LIBRARY_ACTIVATION[p] == activation)
         opts = options_for(peer_for, shape, dead_batches, ARGS.preset == "library")
-        libraries[activation] = Library(library_args(model_path, data_path, B, opts))
+        recipes[f"crosscoder ({activation})"] = ("library", library_args(model_path, data_path,
+                                                                         B, opts))
     for peer in peers:
-        opts = options_for(peer, shape, dead_batches, ARGS.preset == "library")
-        model = make_peer(peer, weights, opts, **peer_kwargs(peer, dead_batches))
-        inputs = [peer_input(peer, x) for x in batches]
-        impls[peer] = ("peer", model, inputs)
-    for activation, library in libraries.items():
-        impls[f"crosscoder ({activation})"] = ("library", library, None)
-    del weights
+        recipes[peer] = ("peer", peer)
+    names = [*peers, *(n for n in recipes if n.startswith("crosscoder"))]
 
-    def run(name, counter):
-        kind, obj, inputs = impls[name]
+    def bring_up(name):
+        kind, what = recipes[name]
+        if kind == "library":
+            return ("library", Library(what), None)
+        opts = options_for(what, shape, dead_batches, ARGS.preset == "library")
+        model = make_peer(what, weights, opts, **peer_kwargs(what, dead_batches))
+        return ("peer", model, [peer_input(what, x) for x in batches])
+
+    def tear_down(impl):
+        if impl[0] == "library":
+            impl[1].close()
+
+    def run(impl, counter):
+        kind, obj, inputs = impl
         if kind == "library":
             report = obj.command("step", 1)[0]
             return report["ms"] / 1e3, report
@@ -264,30 +298,51 @@ def time_shape(shape, peers, workdir: Path) -> dict:
         report = obj.step(inputs[counter % len(inputs)])
         return time.perf_counter() - start, report
 
-    names = list(impls)
-    steps_done = dict.fromkeys(names, 0)
     times = {name: [] for name in names}
     last = {}
-    for round_ in range(ARGS.warmup + ARGS.reps):
-        order = names if round_ % 2 == 0 else names[::-1]  # alternate, and alternate the order
-        for name in order:
-            seconds, report = run(name, steps_done[name])
-            steps_done[name] += 1
-            last[name] = report
-            if round_ >= ARGS.warmup:
+    gemm_times = {name: [] for name in [*(n for n in names if n.startswith("crosscoder")),
+                                        "torch"]}
+    if one_at_a_time:
+        for round_ in range(ARGS.reps):
+            order = names if round_ % 2 == 0 else names[::-1]
+            for name in order:
+                impl = bring_up(name)
+                for step in range(ARGS.warmup + 1):
+                    seconds, last[name] = run(impl, step)
                 times[name].append(seconds)
-        print(f"   round {round_ + 1}/{ARGS.warmup + ARGS.reps}"
-              f"{' (warm-up)' if round_ < ARGS.warmup else ''}: "
-              + ", ".join(f"{n} {times[n][-1] * 1e3:.0f} ms" if round_ >= ARGS.warmup else n
-                          for n in order), flush=True)
+                if impl[0] == "library" and ARGS.gemm_reps > 0:
+                    gemm_times[name].append(impl[1].command("gemm", 1)[0]["gemm_ms"] / 1e3)
+                tear_down(impl)
+                del impl
+                gc.collect()  # the peer's tensors, before the next implementation allocates
+            print(f"   round {round_ + 1}/{ARGS.reps}: "
+                  + ", ".join(f"{n} {times[n][-1] * 1e3:.0f} ms" for n in order), flush=True)
+        impls = {}
+    else:
+        impls = {name: bring_up(name) for name in names}
+        steps_done = dict.fromkeys(names, 0)
+        for round_ in range(ARGS.warmup + ARGS.reps):
+            order = names if round_ % 2 == 0 else names[::-1]  # alternate, and alternate the order
+            for name in order:
+                seconds, report = run(impls[name], steps_done[name])
+                steps_done[name] += 1
+                last[name] = report
+                if round_ >= ARGS.warmup:
+                    times[name].append(seconds)
+            print(f"   round {round_ + 1}/{ARGS.warmup + ARGS.reps}"
+                  f"{' (warm-up)' if round_ < ARGS.warmup else ''}: "
+                  + ", ".join(f"{n} {times[n][-1] * 1e3:.0f} ms" if round_ >= ARGS.warmup else n
+                              for n in order), flush=True)
+    libraries = {name[12:-1]: impl[1] for name, impl in impls.items() if impl[0] == "library"}
+    del weights
 
     gemm = {}
     if ARGS.gemm_reps > 0:
         # the encoder GEMM alone (x·W_enc + b, B×D by D×F), the library's and torch's,
-        # alternating after one warm-up call each
+        # alternating after one warm-up call each (one at a time: the library's was taken
+        # after each of its timed steps)
         x = batches[0].reshape(B, D)
         w, bias = torch.randn(D, F) / D**0.5, torch.zeros(F)
-        gemm_times = {name: [] for name in [*(f"crosscoder ({a})" for a in libraries), "torch"]}
         for rep in range(ARGS.gemm_reps + 1):
             for activation, library in libraries.items():
                 ms = library.command("gemm", 1)[0]["gemm_ms"]
@@ -297,13 +352,14 @@ def time_shape(shape, peers, workdir: Path) -> dict:
             torch.addmm(bias, x, w)
             if rep > 0:
                 gemm_times["torch"].append(time.perf_counter() - start)
-        gemm = {name: statistics.median(t) for name, t in gemm_times.items()}
+        gemm = {name: statistics.median(t) for name, t in gemm_times.items() if t}
         del w
-    for library in libraries.values():
-        library.close()
+    for impl in impls.values():
+        tear_down(impl)
 
     result = {"shape": shape_name(shape), "d": d, "F": F, "k": k, "B": B,
               "preset": ARGS.preset, "reps": ARGS.reps, "warmup": ARGS.warmup,
+              "one_at_a_time": one_at_a_time,
               "median_s": {n: statistics.median(t) for n, t in times.items()},
               "times_s": times, "gemm_s": gemm,
               "last_step": {n: {key: last[n].get(key) for key in

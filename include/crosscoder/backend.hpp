@@ -137,6 +137,14 @@ struct SparseBackwardRequest {
   float* d_encoder = nullptr;  ///< [F, D] Σ_e ∂L/∂pre[e]·xn[row(e)]
   float* d_bias = nullptr;     ///< [F]    Σ_e ∂L/∂pre[e]
   float* d_value = nullptr;    ///< [nnz] receives ∂L/∂a = decoder row·grad_out row, or null
+  /// [F·statistics_blocks·4] doubles in backend memory, or null. For latent f and block m (of
+  /// statistics_blocks equal parts of a row), at ((f·blocks + m)·4 + i): the sums over that
+  /// block of d_encoder², d_decoder², d_decoder·decoder and decoder² (i = 0…3), taken from the
+  /// rows as this pass leaves them. Latents without entries get zeros when overwriting and
+  /// keep theirs when accumulating. The clipping norm under any RowConstraint follows from
+  /// these, so the optimiser need not read the gradients twice.
+  double* row_statistics = nullptr;
+  int statistics_blocks = 1;  ///< must divide width
 };
 
 /// Abstract compute backend. Not thread-safe: use one backend per thread of work.

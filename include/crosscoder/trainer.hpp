@@ -149,6 +149,9 @@ class Trainer {
   /// step costs page faults and kernel page zeroing (measured: 3.5% of a step).
   DeviceArray<float>& scratch(const std::string& name, std::int64_t size);
   void apply_update(StepReport& report);
+  /// The weight matrices' squared gradient norm as the optimiser's row constraints have it,
+  /// from row_statistics_.
+  double constrained_weight_squares() const;
 
   Crosscoder& model_;
   TrainConfig config_;
@@ -158,6 +161,12 @@ class Trainer {
   std::map<std::string, DeviceArray<float>> scratch_;
   /// [F · M]: 1 where latent f has weights for source m; empty without model-exclusive latents.
   DeviceArray<std::uint8_t> trainable_blocks_;
+  std::vector<std::uint8_t> trainable_blocks_host_;  // the same, on the host
+  /// [F · M · 4]: the sparse backward's sums over each (latent, source) block of the gradient
+  /// rows (SparseBackwardRequest::row_statistics), from which apply_update takes the clipping
+  /// norm when `statistics_hold_` says nothing changed the rows after that pass.
+  DeviceArray<double> row_statistics_;
+  bool statistics_hold_ = false;
   std::vector<std::int64_t> tokens_since_fired_;
   std::vector<std::int64_t> fired_this_step_;
   float last_min_selected_score_ = -1.0f;

@@ -47,6 +47,13 @@ std::int64_t check_row_constraint(const RowConstraint& constraint, std::int64_t 
   return n / width;
 }
 
+void check_row_statistics(const SparseBackwardRequest& request) {
+  if (!request.row_statistics) return;
+  if (request.statistics_blocks < 1 || request.width % request.statistics_blocks != 0)
+    throw Error(fmt::format("sparse_backward: {} statistics blocks do not divide the row width {}",
+                            request.statistics_blocks, request.width));
+}
+
 AdamCorrections adam_corrections(const AdamStep& step) {
   const auto t = static_cast<double>(step.step);
   AdamCorrections corrections;

@@ -19,6 +19,10 @@ void check_selection_request(const SelectionRequest& request);
 std::int64_t check_row_constraint(const RowConstraint& constraint, std::int64_t n,
                                   const char* operation);
 
+/// Throws Error when a sparse backward request asks for row statistics over blocks that do not
+/// divide its row width.
+void check_row_statistics(const SparseBackwardRequest& request);
+
 /// Adam's bias-corrected step size lr / (1 − β1^t) and √(1 − β2^t), from double-precision
 /// powers; the update is then p −= step_size · m / (√v / root_correction2 + ε).
 struct AdamCorrections {

@@ -78,6 +78,35 @@ void decode_row(const std::int64_t* row_ptr, const std::int32_t* latent, const f
     row.noalias() += value[e] * ConstVectorMap(decoder + latent[e] * width, width);
 }
 
+// statistics[m·4 + i], for each of `blocks` equal parts m of a row: Σ encoder_gradient²,
+// Σ decoder_gradient², Σ decoder_gradient·decoder and Σ decoder² (SparseBackwardRequest).
+void write_row_statistics(const float* encoder_gradient, const float* decoder_gradient,
+                          const float* decoder, std::int64_t width, int blocks,
+                          double* statistics) {
+  const std::int64_t block_width = width / blocks;
+  for (int m = 0; m < blocks; ++m) {
+    const std::int64_t begin = m * block_width, end = begin + block_width;
+    double encoder_squares = 0.0, decoder_squares = 0.0, along = 0.0, row_squares = 0.0;
+#pragma omp simd reduction(+ : encoder_squares)
+    for (std::int64_t i = begin; i < end; ++i)
+      encoder_squares += static_cast<double>(encoder_gradient[i]) * encoder_gradient[i];
+    if (decoder_gradient) {
+#pragma omp simd reduction(+ : decoder_squares, along, row_squares)
+      for (std::int64_t i = begin; i < end; ++i) {
+        const auto g = static_cast<double>(decoder_gradient[i]);
+        const auto d = static_cast<double>(decoder[i]);
+        decoder_squares += g * g;
+        along += g * d;
+        row_squares += d * d;
+      }
+    }
+    statistics[m * 4 + 0] = encoder_squares;
+    statistics[m * 4 + 1] = decoder_squares;
+    statistics[m * 4 + 2] = along;
+    statistics[m * 4 + 3] = row_squares;
+  }
+}
+
 }  // namespace
 
 namespace {
@@ -280,16 +309,20 @@ void CpuBackend::sparse_backward(const SparseCodes& codes, const SparseBackwardR
   if (max_latent_plus_one(codes) > F)
     throw Error(fmt::format("sparse_backward: the codes name latent {} of {}",
                             max_latent_plus_one(codes) - 1, F));
+  check_row_statistics(r);
   const EntriesByLatent grouped = group_by_latent(codes, F);
   const float* value = codes.value.data();
+  const int blocks = r.statistics_blocks;
 #pragma omp parallel for schedule(dynamic, 16)
   for (std::int64_t f = 0; f < F; ++f) {
     VectorMap encoder_row(r.d_encoder + f * D, D);
     float* decoder_gradient = r.d_decoder ? r.d_decoder + f * D : nullptr;
+    double* statistics = r.row_statistics ? r.row_statistics + f * blocks * 4 : nullptr;
     if (!r.accumulate) {
       encoder_row.setZero();
       if (decoder_gradient) VectorMap(decoder_gradient, D).setZero();
       r.d_bias[f] = 0.0f;
+      if (statistics) std::fill(statistics, statistics + blocks * 4, 0.0);
     }
     if (grouped.begin[f] == grouped.begin[f + 1]) continue;
     const ConstVectorMap decoder_row(r.decoder + f * D, D);
@@ -307,6 +340,12 @@ void CpuBackend::sparse_backward(const SparseCodes& codes, const SparseBackwardR
       bias_gradient += d_pre;
     }
     r.d_bias[f] += bias_gradient;
+    if (statistics) {
+      // The rows are still in L1: these sums spare the clipping norm a pass over both
+      // gradients and the decoder.
+      write_row_statistics(encoder_row.data(), decoder_gradient, r.decoder + f * D, D, blocks,
+                           statistics);
+    }
   }
 }
 

@@ -186,6 +186,14 @@ SparseCodes select_per_row_top_k(const std::shared_ptr<Backend>& backend, const 
   const std::int64_t k = std::min(request.k, competitors);
   std::vector<std::vector<Candidate>> picked(static_cast<std::size_t>(rows));
   if (k == 0) return write_selection(backend, rows, picked, nullptr);
+  // A mask that admits few latents (AuxK's dead ones: typically a few percent) is read as a list,
+  // so each row costs a cache line per admitted latent instead of a pass over all F scores.
+  std::vector<std::int32_t> admitted;
+  if (request.allowed && competitors * 8 <= latents) {
+    admitted.reserve(static_cast<std::size_t>(competitors));
+    for (std::int64_t f = 0; f < latents; ++f)
+      if (request.allowed[f]) admitted.push_back(static_cast<std::int32_t>(f));
+  }
 
 #pragma omp parallel
   {
@@ -220,6 +228,11 @@ SparseCodes select_per_row_top_k(const std::shared_ptr<Backend>& backend, const 
           std::push_heap(heap.begin(), heap.end(), worse_on_top);
         }
       };
+      if (!admitted.empty()) {
+        for (const std::int32_t latent : admitted) consider(latent);  // ascending, as below
+        picked[b] = heap;
+        continue;
+      }
       // Once the heap is full, a block of 16 none of whose values beats the worst kept score
       // cannot enter (later latents lose ties), nor, for positive_only, a block with no positive
       // value: one vectorised comparison skips such a block.
