@@ -228,6 +228,11 @@ class Backend {
   /// ∂L/∂pre[e] = ∂L/∂a[e] where value[e] > 0, else 0; the decoder, encoder and encoder-bias
   /// gradients as `request` says. Each decoder and encoder gradient row is written once.
   virtual void sparse_backward(const SparseCodes& codes, const SparseBackwardRequest& request) = 0;
+  // decoder_backward, encoder_backward and constrain_decoder are the unfused primitives for
+  // training loops of one's own (a custom loss on the reconstruction or the codes): the
+  // Trainer uses the fused sparse_backward and adam_update instead, and JumpReLU's threshold
+  // estimator uses decoder_backward.
+
   /// Sparse decoder backward for upstream gradient grad_out[rows, D]:
   /// d_value[e] = decoder[latent[e]]·grad_out[row(e)], and, when d_decoder is not null,
   /// d_decoder[latent[e]] += value[e]·grad_out[row(e)] (reading each decoder row once).
