@@ -486,7 +486,12 @@ def main():
         if ARGS.check:
             results = [check_shape(s, peers, workdir) for s in shapes]
         else:
-            results = [time_shape(s, peers, workdir) for s in shapes]
+            results = []
+            for shape in shapes:
+                results.append(time_shape(shape, peers, workdir))
+                # written after every shape: a later shape killed for memory loses only itself
+                if ARGS.json:
+                    Path(ARGS.json).write_text(json.dumps(results, indent=1))
             print_table(results)
     print(f"load average at the end {os.getloadavg()[0]:.2f}")
     if ARGS.json:
