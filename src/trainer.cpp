@@ -591,7 +591,10 @@ double Trainer::constrained_weight_squares() const {
       along += s[2];
       row += s[3];
     }
-    if (remove_parallel && row > 0.0) decoder = std::max(0.0, decoder - along * along / row);
+    if (remove_parallel && row > 0.0) {
+      decoder -= along * along / row;
+      if (decoder < 0.0) decoder = 0.0;  // rounding; a NaN stays NaN, for the finiteness check
+    }
     total += encoder + decoder;
   }
   return total;
