@@ -116,6 +116,16 @@ std::vector<ParameterSlot> slots(CrosscoderParameters& p, Gradients& g) {
   return list;
 }
 
+// TopK and BatchTopK keep unit-norm decoder rows: their gradient loses its component along
+// the row, the rows are renormalised after each step, and AuxK runs.
+bool unit_norm_decoder(Activation activation) {
+  return activation == Activation::topk || activation == Activation::batchtopk;
+}
+
+// Whether the clipping norm can come from the sparse backward's row sums: not for ReLU, whose
+// L1 term rewrites the decoder gradient after that pass.
+bool norm_from_row_statistics(Activation activation) { return activation != Activation::relu; }
+
 }  // namespace
 
 Trainer::Trainer(Crosscoder& model, const TrainConfig& config)
@@ -251,24 +261,9 @@ StepReport Trainer::forward_backward(std::span<const float> x, std::int64_t rows
   gradients_.decoder_bias.upload(std::vector<float>(bias_gradient.begin(), bias_gradient.end()));
   std::vector<float> latent_sums(static_cast<std::size_t>(F));
   be.latent_totals(codes, F, latent_sums.data(), fired_this_step_.data());
-  SparseBackwardRequest backward;
-  backward.grad_out = batch.grad_recon.data();
-  backward.decoder = p.decoder_weight.data();
-  backward.xn = batch.xn.data();
-  backward.latents = F;
-  backward.width = D;
-  backward.d_decoder = gradients_.decoder_weight.data();
-  backward.d_encoder = gradients_.encoder_weight.data();
-  backward.d_bias = gradients_.encoder_bias.data();
+  SparseBackwardRequest backward = gradient_rows_request(batch, batch.grad_recon.data());
   if (c.activation == Activation::relu)
     backward.value_gradient_offset = l1_terms(batch, latent_sums, report);
-  // The clipping norm comes from the pass's row sums unless something rewrites the rows
-  // afterwards (the ReLU penalty's decoder term); AuxK's pass updates the sums of its rows.
-  statistics_hold_ = c.activation != Activation::relu;
-  if (statistics_hold_) {
-    backward.row_statistics = row_statistics_.data();
-    backward.statistics_blocks = c.sources;
-  }
   be.sparse_backward(codes, backward);
   switch (c.activation) {
     case Activation::relu:
@@ -295,12 +290,28 @@ StepReport Trainer::forward_backward(std::span<const float> x, std::int64_t rows
   return report;
 }
 
+SparseBackwardRequest Trainer::gradient_rows_request(const Batch& batch, const float* grad_out) {
+  const CrosscoderConfig& c = model_.config();
+  SparseBackwardRequest request;
+  request.grad_out = grad_out;
+  request.decoder = model_.parameters().decoder_weight.data();
+  request.xn = batch.xn.data();
+  request.latents = c.latents;
+  request.width = c.input_width();
+  request.d_decoder = gradients_.decoder_weight.data();
+  request.d_encoder = gradients_.encoder_weight.data();
+  request.d_bias = gradients_.encoder_bias.data();
+  if (norm_from_row_statistics(c.activation)) {
+    request.row_statistics = row_statistics_.data();
+    request.statistics_blocks = c.sources;
+  }
+  return request;
+}
+
 SelectionRequest Trainer::auxk_request(DeviceArray<std::uint8_t>& dead_mask) const {
   const CrosscoderConfig& c = model_.config();
   SelectionRequest aux;  // `positive` with no mask: unused
-  const bool unit_decoder =
-      c.activation == Activation::topk || c.activation == Activation::batchtopk;
-  if (!unit_decoder || !(config_.auxk_coefficient > 0.0f)) return aux;
+  if (!unit_norm_decoder(c.activation) || !(config_.auxk_coefficient > 0.0f)) return aux;
   std::vector<std::uint8_t> dead(tokens_since_fired_.size(), 0);
   bool any_dead = false;
   for (std::size_t f = 0; f < dead.size(); ++f) {
@@ -449,7 +460,7 @@ void Trainer::auxk_terms(const Batch& batch, const SparseCodes& aux_codes, StepR
   const CrosscoderConfig& c = model_.config();
   Backend& be = *backend_;
   const CrosscoderParameters& p = model_.parameters();
-  const std::int64_t B = batch.rows, D = c.input_width(), F = c.latents;
+  const std::int64_t B = batch.rows, D = c.input_width();
   const int M = c.sources;
 
   DeviceArray<float>& residual = scratch("residual", B * D);  // e = x − x̂ (detached)
@@ -480,20 +491,8 @@ void Trainer::auxk_terms(const Batch& batch, const SparseCodes& aux_codes, StepR
   for (double sse : aux_sse) aux_total += sse;
   report.auxk = config_.auxk_coefficient * (aux_total / static_cast<double>(B)) / denominator;
 
-  SparseBackwardRequest backward;
-  backward.grad_out = grad_aux.data();
-  backward.decoder = p.decoder_weight.data();
-  backward.xn = batch.xn.data();
-  backward.latents = F;
-  backward.width = D;
-  backward.accumulate = true;
-  backward.d_decoder = gradients_.decoder_weight.data();
-  backward.d_encoder = gradients_.encoder_weight.data();
-  backward.d_bias = gradients_.encoder_bias.data();
-  if (statistics_hold_) {
-    backward.row_statistics = row_statistics_.data();
-    backward.statistics_blocks = c.sources;
-  }
+  SparseBackwardRequest backward = gradient_rows_request(batch, grad_aux.data());
+  backward.accumulate = true;  // onto the main pass's rows, updating their row sums
   be.sparse_backward(aux_codes, backward);
 }
 
@@ -508,13 +507,14 @@ void Trainer::apply_update(StepReport& report) {
   // partitions: an exclusive latent's blocks for the sources it does not own are frozen, so
   // those weights (zero at initialisation) stay exactly zero. TopK/BatchTopK: the decoder's
   // gradient loses its component along each row, and the rows return to unit norm.
-  const bool unit_decoder =
-      c.activation == Activation::topk || c.activation == Activation::batchtopk;
+  const bool unit_decoder = unit_norm_decoder(c.activation);
+  const auto is_weight_matrix = [&](const DeviceArray<float>* parameter) {
+    return parameter == &p.encoder_weight || parameter == &p.decoder_weight;
+  };
   const auto constraint_of = [&](const DeviceArray<float>* parameter) {
     RowConstraint constraint;
-    const bool weights = parameter == &p.encoder_weight || parameter == &p.decoder_weight;
     const bool unit = unit_decoder && parameter == &p.decoder_weight;
-    if (!weights || (!unit && trainable_blocks_.empty())) return constraint;
+    if (!is_weight_matrix(parameter) || (!unit && trainable_blocks_.empty())) return constraint;
     constraint.row_width = D;
     constraint.remove_parallel = unit;
     constraint.unit_norm = unit;
@@ -527,10 +527,11 @@ void Trainer::apply_update(StepReport& report) {
 
   double squared_norm = 0.0;
   const auto parameter_slots = slots(p, gradients_);
-  if (statistics_hold_) squared_norm = constrained_weight_squares();
+  // The weight matrices' part from the sparse backward's row sums where they hold.
+  const bool from_row_statistics = norm_from_row_statistics(c.activation);
+  if (from_row_statistics) squared_norm = constrained_weight_squares();
   for (const ParameterSlot& slot : parameter_slots) {
-    const bool weights = slot.parameter == &p.encoder_weight || slot.parameter == &p.decoder_weight;
-    if (statistics_hold_ && weights) continue;
+    if (from_row_statistics && is_weight_matrix(slot.parameter)) continue;
     squared_norm += be.constrained_sum_of_squares(slot.gradient->data(), slot.parameter->data(),
                                                   static_cast<std::int64_t>(slot.gradient->size()),
                                                   constraint_of(slot.parameter));
@@ -575,8 +576,7 @@ double Trainer::constrained_weight_squares() const {
   // Per latent: Σ g² over the encoder's trainable blocks, and over the decoder's, less, for
   // unit-norm rows, the part along the row: ‖g − (g·d/‖d‖²)·d‖² = Σg² − (Σg·d)²/Σd².
   const CrosscoderConfig& c = model_.config();
-  const bool remove_parallel =
-      c.activation == Activation::topk || c.activation == Activation::batchtopk;
+  const bool remove_parallel = unit_norm_decoder(c.activation);
   const std::vector<double> statistics = row_statistics_.download();
   const int M = c.sources;
   double total = 0.0;

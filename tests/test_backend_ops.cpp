@@ -61,6 +61,20 @@ class BackendOps : public ::testing::TestWithParam<BackendKind> {
     return codes;
   }
 
+  // The inputs of a sparse backward pass (its outputs left for the test to set).
+  static SparseBackwardRequest backward_inputs(const DeviceArray<float>& upstream,
+                                               const DeviceArray<float>& decoder,
+                                               const DeviceArray<float>& xn, std::int64_t latents,
+                                               std::int64_t width) {
+    SparseBackwardRequest request;
+    request.grad_out = upstream.data();
+    request.decoder = decoder.data();
+    request.xn = xn.data();
+    request.latents = latents;
+    request.width = width;
+    return request;
+  }
+
   std::shared_ptr<Backend> backend_;
   std::mt19937_64 rng_;
 };
@@ -570,15 +584,7 @@ TEST_P(BackendOps, SparseBackwardFusesDecoderActivationAndEncoder) {
         }
       }
   };
-  const auto inputs = [&] {
-    SparseBackwardRequest request;
-    request.grad_out = dup.data();
-    request.decoder = ddec.data();
-    request.xn = dxn.data();
-    request.latents = F;
-    request.width = D;
-    return request;
-  };
+  const auto inputs = [&] { return backward_inputs(dup, ddec, dxn, F, D); };
   for (const bool accumulate : {false, true}) {
     SCOPED_TRACE(accumulate ? "accumulating" : "overwriting");
     const std::vector<float> start_dec = normal(F * D), start_enc = normal(F * D),
@@ -634,12 +640,7 @@ TEST_P(BackendOps, SparseBackwardRowStatisticsDescribeTheRowsItLeaves) {
   const auto request_for = [&](DeviceArray<float>& d_dec, DeviceArray<float>& d_enc,
                                DeviceArray<float>& d_bias, DeviceArray<double>& statistics,
                                int blocks) {
-    SparseBackwardRequest request;
-    request.grad_out = dup.data();
-    request.decoder = ddec.data();
-    request.xn = dxn.data();
-    request.latents = F;
-    request.width = D;
+    SparseBackwardRequest request = backward_inputs(dup, ddec, dxn, F, D);
     request.d_decoder = d_dec.data();
     request.d_encoder = d_enc.data();
     request.d_bias = d_bias.data();

@@ -204,15 +204,25 @@ def available_bytes() -> int:
     return 1 << 62
 
 
+def model_bytes(shape) -> int:
+    """One implementation's encoder and decoder: weights, gradients, two Adam moments."""
+    d, F, k, B = shape
+    return 8 * F * SOURCES * d * 4
+
+
+def peer_step_bytes(shape) -> int:
+    """A peer's dense B×F buffers of the forward/backward: peak RSS over 3 steps at
+    512x16384x64x4096 was the weights' 8·F·D floats plus 6.8 (dictionary_learning) and 7.1
+    (sparsify) B×F."""
+    d, F, k, B = shape
+    return 8 * B * F * 4
+
+
 def estimated_bytes(shape, peers) -> int:
     d, F, k, B = shape
-    D = SOURCES * d
-    per_model = 8 * F * D * 4  # encoder and decoder: weights, gradients, two Adam moments
-    # dense B×F buffers of the forward/backward: peak RSS over 3 steps at 512x16384x64x4096
-    # was the weights' 8·F·D floats plus 6.8 (dictionary_learning) and 7.1 (sparsify) B×F
-    per_peer_step = 8 * B * F * 4
     implementations = len(peers) + len({LIBRARY_ACTIVATION[p] for p in peers})
-    return implementations * per_model + len(peers) * per_peer_step + 3 * B * F * 4
+    return (implementations * model_bytes(shape) + len(peers) * peer_step_bytes(shape)
+            + 3 * B * F * 4)
 
 
 def options_for(peer: str, shape, dead_batches: int, preset_library: bool) -> StepOptions:
@@ -230,14 +240,12 @@ def peer_kwargs(peer: str, dead_batches: int) -> dict:
     return {"dead_feature_window": dead_batches - 1} if peer == "saelens" else {}
 
 
-def side_bytes(shape, peers) -> dict:
-    """The largest single implementation's memory and the shared inputs' (the initial weights,
-    kept for the peers): what one-at-a-time timing needs."""
+def one_at_a_time_bytes(shape) -> int:
+    """What one-at-a-time timing needs: the largest single implementation (a peer) and the
+    inputs kept throughout (the initial weights, for the peers, and the batches)."""
     d, F, k, B = shape
     D = SOURCES * d
-    per_model = 8 * F * D * 4
-    data = ARGS.batches * B * D * 4
-    return {"largest": per_model + 8 * B * F * 4, "shared": 2 * F * D * 4 + data}
+    return model_bytes(shape) + peer_step_bytes(shape) + 2 * F * D * 4 + ARGS.batches * B * D * 4
 
 
 def time_shape(shape, peers, workdir: Path) -> dict:
@@ -245,15 +253,15 @@ def time_shape(shape, peers, workdir: Path) -> dict:
     D = SOURCES * d
     dead_batches = ARGS.dead_after_batches or 4
     need, have = estimated_bytes(shape, peers), available_bytes()
-    alone = side_bytes(shape, peers)
+    alone = one_at_a_time_bytes(shape)
     fits_together = need <= 0.9 * have
-    fits_alone = alone["largest"] + alone["shared"] <= 0.9 * have
+    fits_alone = alone <= 0.9 * have
     one_at_a_time = ARGS.one_at_a_time or (not fits_together and fits_alone)
     print(f"\n== {shape_name(shape)} (d={d}/source, D={D}, F={F}, k={k}, B={B}); "
           f"about {need / 2**30:.1f} GiB needed, {have / 2**30:.1f} GiB available", flush=True)
     if one_at_a_time:
         print(f"   one implementation alive at a time (about "
-              f"{(alone['largest'] + alone['shared']) / 2**30:.1f} GiB): each timed step is "
+              f"{alone / 2**30:.1f} GiB): each timed step is "
               f"step {ARGS.warmup + 1} from the initial weights of a fresh instance, the "
               f"implementations taking turns", flush=True)
     if not (fits_alone if one_at_a_time else fits_together) and not ARGS.force:
@@ -333,7 +341,7 @@ def time_shape(shape, peers, workdir: Path) -> dict:
                   f"{' (warm-up)' if round_ < ARGS.warmup else ''}: "
                   + ", ".join(f"{n} {times[n][-1] * 1e3:.0f} ms" if round_ >= ARGS.warmup else n
                               for n in order), flush=True)
-    libraries = {name[12:-1]: impl[1] for name, impl in impls.items() if impl[0] == "library"}
+    libraries = {name: impl[1] for name, impl in impls.items() if impl[0] == "library"}
     del weights
 
     gemm = {}
@@ -344,10 +352,10 @@ def time_shape(shape, peers, workdir: Path) -> dict:
         x = batches[0].reshape(B, D)
         w, bias = torch.randn(D, F) / D**0.5, torch.zeros(F)
         for rep in range(ARGS.gemm_reps + 1):
-            for activation, library in libraries.items():
+            for name, library in libraries.items():
                 ms = library.command("gemm", 1)[0]["gemm_ms"]
                 if rep > 0:
-                    gemm_times[f"crosscoder ({activation})"].append(ms / 1e3)
+                    gemm_times[name].append(ms / 1e3)
             start = time.perf_counter()
             torch.addmm(bias, x, w)
             if rep > 0:

@@ -143,6 +143,9 @@ class Trainer {
   void jumprelu_terms(const Batch& batch, const SparseCodes& near_threshold, std::int64_t active,
                       StepReport& report);
   void auxk_terms(const Batch& batch, const SparseCodes& aux_codes, StepReport& report);
+  /// A sparse backward request that writes this trainer's gradient rows (and their row sums)
+  /// from upstream gradient `grad_out` [B, D] and the batch's normalised input.
+  SparseBackwardRequest gradient_rows_request(const Batch& batch, const float* grad_out);
   /// The rows of one tile of a `rows`-row batch (TrainConfig::tile_rows).
   std::int64_t rows_per_tile(std::int64_t rows) const noexcept;
   /// A named working buffer of `size` floats, kept between steps: a fresh B×F allocation each
@@ -164,9 +167,8 @@ class Trainer {
   std::vector<std::uint8_t> trainable_blocks_host_;  // the same, on the host
   /// [F · M · 4]: the sparse backward's sums over each (latent, source) block of the gradient
   /// rows (SparseBackwardRequest::row_statistics), from which apply_update takes the clipping
-  /// norm when `statistics_hold_` says nothing changed the rows after that pass.
+  /// norm for every activation whose rows nothing changes after that pass (all but ReLU).
   DeviceArray<double> row_statistics_;
-  bool statistics_hold_ = false;
   std::vector<std::int64_t> tokens_since_fired_;
   std::vector<std::int64_t> fired_this_step_;
   float last_min_selected_score_ = -1.0f;
