@@ -2,6 +2,8 @@
 // Shapes: D = 2·d, F latents, k active, B rows. Pick with --benchmark_filter.
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
+#include <chrono>
 #include <random>
 #include <string>
 #include <vector>
@@ -34,6 +36,14 @@ CrosscoderConfig config_from(const benchmark::State& state) {
   return config;
 }
 
+TrainConfig benchmark_training(std::int64_t rows) {
+  TrainConfig train;
+  train.batch_size = rows;
+  train.steps = 1'000'000;
+  train.dead_after_tokens = 4 * rows;  // some latents go dead, so AuxK runs as in real training
+  return train;
+}
+
 void set_counters(benchmark::State& state, std::int64_t rows) {
   state.counters["tokens/s"] =
       benchmark::Counter(static_cast<double>(rows), benchmark::Counter::kIsIterationInvariantRate);
@@ -43,16 +53,51 @@ void run_training_steps(benchmark::State& state, std::int64_t tile_rows) {
   const CrosscoderConfig config = config_from(state);
   const std::int64_t rows = state.range(3);
   Crosscoder model(config, make_backend(BackendKind::cpu), 1);
-  TrainConfig train;
-  train.batch_size = rows;
+  TrainConfig train = benchmark_training(rows);
   train.tile_rows = tile_rows;
-  train.steps = 1'000'000;
-  train.dead_after_tokens = 4 * rows;  // some latents go dead, so AuxK runs as in real training
   Trainer trainer(model, train);
   const std::vector<float> batch = random_batch(rows, config.input_width(), 7);
   for (int warm = 0; warm < 5; ++warm) trainer.step(batch, rows);
   for (auto _ : state) benchmark::DoNotOptimize(trainer.step(batch, rows).loss);
   set_counters(state, rows);
+  state.SetLabel(std::string(to_string(config.activation)));
+}
+
+double median(std::vector<double> values) {
+  std::nth_element(values.begin(), values.begin() + values.size() / 2, values.end());
+  return values[values.size() / 2];
+}
+
+// The target, step ÷ encoder GEMM, from one process: each iteration times the encoder
+// GEMM alone and then a whole training step, so that the two see the same state of a shared,
+// noisy host; the counters are the medians of each and the median of the per-iteration ratios.
+void BM_StepOverGemm(benchmark::State& state) {
+  using Clock = std::chrono::steady_clock;
+  const CrosscoderConfig config = config_from(state);
+  const std::int64_t rows = state.range(3);
+  auto backend = make_backend(BackendKind::cpu);
+  Crosscoder model(config, backend, 1);
+  Trainer trainer(model, benchmark_training(rows));
+  const std::vector<float> batch = random_batch(rows, config.input_width(), 7);
+  DeviceArray<float> x(backend, std::span<const float>(batch));
+  DeviceArray<float> pre(backend, static_cast<std::size_t>(rows * config.latents));
+  for (int warm = 0; warm < 5; ++warm) trainer.step(batch, rows);
+  std::vector<double> gemm_ms, step_ms, ratios;
+  for (auto _ : state) {
+    const auto start = Clock::now();
+    backend->encode(x.data(), rows, config.input_width(), model.parameters().encoder_weight.data(),
+                    model.parameters().encoder_bias.data(), config.latents, true, pre.data());
+    const auto between = Clock::now();
+    benchmark::DoNotOptimize(trainer.step(batch, rows).loss);
+    const auto end = Clock::now();
+    gemm_ms.push_back(std::chrono::duration<double, std::milli>(between - start).count());
+    step_ms.push_back(std::chrono::duration<double, std::milli>(end - between).count());
+    ratios.push_back(step_ms.back() / gemm_ms.back());
+    state.SetIterationTime(step_ms.back() / 1e3);
+  }
+  state.counters["gemm_ms"] = median(gemm_ms);
+  state.counters["step_ms"] = median(step_ms);
+  state.counters["step/gemm"] = median(ratios);
   state.SetLabel(std::string(to_string(config.activation)));
 }
 
@@ -160,15 +205,29 @@ void BM_ParameterUpdate(benchmark::State& state) {
 // The step's sparse passes on the codes of a BatchTopK selection (B·k entries over F latents),
 // with the caches emptied between iterations as the optimiser's 940 MB stream empties them in a
 // step: variant 0 reconstruct (decode fused with the squared error), 1 sparse_backward, 2
-// sparse_backward also writing the row statistics the clipping norm is taken from.
+// sparse_backward also writing the row statistics the clipping norm is taken from; on AuxK's
+// codes (few latents, many entries each), 3 the accumulating sparse_backward and 4 reconstruct.
 void BM_SparsePasses(benchmark::State& state) {
   const CrosscoderConfig config = config_from(state);
   const std::int64_t rows = state.range(3), D = config.input_width(), F = config.latents;
   auto backend = make_backend(BackendKind::cpu);
   const std::vector<float> pre = random_batch(rows, F, 3);
+  const std::int64_t variant = state.range(4);
+  const bool auxk = variant >= 3;
   SelectionRequest request;
   request.selection = Selection::per_batch_top_k;
   request.k = config.k;
+  // AuxK's codes: the positive pre-activations of 2% of the latents (dead ones), up to D/2 a row
+  // (as the trainer selects them), so a few hundred latents carry hundreds of entries each.
+  std::vector<std::uint8_t> dead(static_cast<std::size_t>(F), 0);
+  for (std::int64_t f = 0; f < F; f += 50) dead[static_cast<std::size_t>(f)] = 1;
+  DeviceArray<std::uint8_t> dead_mask(backend, std::span<const std::uint8_t>(dead));
+  if (auxk) {
+    request.selection = Selection::per_row_top_k;
+    request.k = D / 2;
+    request.allowed = dead_mask.data();
+    request.positive_only = true;
+  }
   const SparseCodes codes = backend->select(pre.data(), rows, F, request, nullptr);
   const std::vector<float> host_decoder = random_batch(F, D, 4),
                            host_rows = random_batch(rows, D, 5);
@@ -181,7 +240,6 @@ void BM_SparsePasses(benchmark::State& state) {
       d_bias(backend, static_cast<std::size_t>(F));
   DeviceArray<double> statistics(backend, static_cast<std::size_t>(F * 2 * 4));
   std::vector<float> flush(std::size_t{64} << 20, 1.0f);  // 256 MiB, beyond the L3
-  const std::int64_t variant = state.range(4);
   std::vector<double> sse(2);
   for (auto _ : state) {
     state.PauseTiming();
@@ -189,7 +247,7 @@ void BM_SparsePasses(benchmark::State& state) {
     for (std::size_t i = 0; i < flush.size(); i += 16) sink += flush[i] += 1.0f;
     benchmark::DoNotOptimize(sink);
     state.ResumeTiming();
-    if (variant == 0) {
+    if (variant == 0 || variant == 4) {
       ReconstructionRequest r;
       r.decoder = decoder.data();
       r.target = target.data();
@@ -211,15 +269,18 @@ void BM_SparsePasses(benchmark::State& state) {
     r.d_decoder = d_decoder.data();
     r.d_encoder = d_encoder.data();
     r.d_bias = d_bias.data();
-    if (variant == 2) {
+    if (variant >= 2) {
       r.row_statistics = statistics.data();
       r.statistics_blocks = 2;
     }
+    r.accumulate = auxk;
     backend->sparse_backward(codes, r);
   }
   set_counters(state, rows);
-  const char* labels[] = {"reconstruct", "sparse_backward", "sparse_backward with row statistics"};
-  state.SetLabel(labels[variant]);
+  const char* labels[] = {"reconstruct", "sparse_backward", "sparse_backward with row statistics",
+                          "AuxK: sparse_backward accumulating, row statistics",
+                          "AuxK: reconstruct"};
+  state.SetLabel(std::string(labels[variant]) + " (" + std::to_string(codes.nnz) + " entries)");
 }
 
 void shapes(benchmark::internal::Benchmark* b, bool large) {
@@ -229,6 +290,11 @@ void shapes(benchmark::internal::Benchmark* b, bool large) {
 }
 
 BENCHMARK(BM_TrainingStep)->Apply([](auto* b) { shapes(b, true); }) -> MinTime(2.0);
+BENCHMARK(BM_StepOverGemm)
+    ->Unit(benchmark::kMillisecond)
+    ->UseManualTime()
+    ->Iterations(12)
+    ->ArgsProduct({{512}, {16384}, {64}, {1024}, {1, 2}});
 // Tiles of the batch at the reference shape: whether pre-activations that stay in cache pay for
 // the smaller GEMMs and, for BatchTopK, the tiles' candidates.
 BENCHMARK(BM_TrainingStepInTiles)
@@ -241,7 +307,7 @@ BENCHMARK(BM_Select)->Apply([](auto* b) { shapes(b, false); });
 BENCHMARK(BM_SparsePasses)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime()
-    ->ArgsProduct({{512}, {16384}, {64}, {1024}, {0, 1, 2}});
+    ->ArgsProduct({{512}, {16384}, {64}, {1024}, {0, 1, 2, 3, 4}});
 BENCHMARK(BM_ParameterUpdate)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime()
