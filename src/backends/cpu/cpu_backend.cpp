@@ -10,6 +10,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include "crosscoder/error.hpp"
 
@@ -17,7 +20,15 @@ namespace crosscoder::detail {
 
 namespace {
 constexpr std::size_t kAlignment = 64;  // a cache line; also enough for AVX-512 loads
-}
+// Arrays from this size on (weights, gradients, moments, pre-activations) are placed on 2 MiB
+// boundaries and offered to the kernel's transparent huge pages: the sparse passes read rows
+// scattered over 64 MiB, which 4 KiB pages turn into a TLB miss each.
+constexpr std::size_t kHugePage = std::size_t{2} << 20;
+constexpr std::size_t kHugeFrom = 2 * kHugePage;
+// Large blocks start 1…31 steps of a page and a cache line past a huge page's start.
+constexpr std::size_t kColourStep = 4096 + 64;
+constexpr std::size_t kColours = 31;
+}  // namespace
 
 CpuBackend::CpuBackend() = default;
 
@@ -32,16 +43,34 @@ std::string CpuBackend::describe() const {
 }
 
 void* CpuBackend::allocate(std::size_t bytes) {
-  const std::size_t rounded = (bytes + kAlignment - 1) / kAlignment * kAlignment;
-  void* pointer = std::aligned_alloc(kAlignment, rounded == 0 ? kAlignment : rounded);
-  if (pointer == nullptr) {
+  // Each block keeps its malloc'd base in the word before the address handed out.
+  const bool huge = bytes >= kHugeFrom;
+  const std::size_t alignment = huge ? kHugePage : kAlignment;
+  // Inside 2 MiB pages, arrays that start at the same offset share cache sets all along, which
+  // the optimiser's lock-step streams over parameters, gradients and moments then fight over:
+  // each large block starts at its own offset.
+  const std::size_t offset = huge ? kColourStep * (1 + next_colour_++ % kColours) : kAlignment;
+  const std::size_t total = (bytes + offset + alignment - 1) / alignment * alignment;
+  auto* base = static_cast<char*>(std::aligned_alloc(alignment, total));
+  if (base == nullptr) {
     throw Error(fmt::format("CPU backend: out of memory allocating {} bytes ({:.1f} MiB)", bytes,
                             static_cast<double>(bytes) / (1024.0 * 1024.0)));
   }
-  return pointer;
+#if defined(MADV_HUGEPAGE)
+  // Advice only: where the kernel has no huge pages to give, the memory stays as it is.
+  if (huge) madvise(base, total, MADV_HUGEPAGE);
+#endif
+  char* block = base + offset;
+  std::memcpy(block - sizeof(void*), &base, sizeof(void*));
+  return block;
 }
 
-void CpuBackend::deallocate(void* pointer) noexcept { std::free(pointer); }
+void CpuBackend::deallocate(void* pointer) noexcept {
+  if (pointer == nullptr) return;
+  void* base = nullptr;
+  std::memcpy(&base, static_cast<char*>(pointer) - sizeof(void*), sizeof(void*));
+  std::free(base);
+}
 
 void CpuBackend::copy_to_device(void* device_dst, const void* host_src, std::size_t bytes) {
   if (bytes > 0) std::memcpy(device_dst, host_src, bytes);

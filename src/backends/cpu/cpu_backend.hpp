@@ -58,6 +58,9 @@ class CpuBackend final : public Backend, public std::enable_shared_from_this<Cpu
                                     const RowConstraint& constraint) override;
   void adam_update(float* parameter, const float* gradient, float* m, float* v, std::int64_t n,
                    const AdamStep& step) override;
+
+ private:
+  std::size_t next_colour_ = 0;  // which offset the next large block starts at (allocate)
 };
 
 std::shared_ptr<Backend> make_cpu_backend();

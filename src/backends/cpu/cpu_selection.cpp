@@ -246,8 +246,23 @@ SparseCodes select_per_row_top_k(const std::shared_ptr<Backend>& backend, const 
         }
       };
       if (!admitted.empty()) {
-        for (const std::int32_t latent : admitted) consider(latent);  // ascending, as below
-        picked[b] = heap;
+        // The admitted scores are gathered first: independent loads, whose cache misses overlap,
+        // where the heap's updates between them had serialised them. Then the k best, or all
+        // when no more compete.
+        candidates.clear();
+        for (const std::int32_t latent : admitted) {
+          const float value = positive_part(row[latent]);
+          candidates.push_back({value, latent, value});
+        }
+        if (request.positive_only) {
+          std::erase_if(candidates, [](const Candidate& c) { return !(c.score > 0.0f); });
+        }
+        if (static_cast<std::int64_t>(candidates.size()) > k) {
+          std::nth_element(candidates.begin(), candidates.begin() + (k - 1), candidates.end(),
+                           ranks_higher);
+          candidates.resize(static_cast<std::size_t>(k));
+        }
+        picked[b] = candidates;
         continue;
       }
       // Once the heap is full, a block of 16 none of whose values beats the worst kept score
