@@ -310,6 +310,16 @@ def time_shape(shape, peers, workdir: Path) -> dict:
     last = {}
     gemm_times = {name: [] for name in [*(n for n in names if n.startswith("crosscoder")),
                                         "torch"]}
+    # step ÷ GEMM per round: the library's GEMM alone is timed right after each of its timed
+    # steps, so that both see the same moment of a shared host
+    ratios = {name: [] for name in names if name.startswith("crosscoder")}
+
+    def time_gemm_after(name, impl, seconds):
+        if impl[0] == "library" and ARGS.gemm_reps > 0:
+            gemm_s = impl[1].command("gemm", 1)[0]["gemm_ms"] / 1e3
+            gemm_times[name].append(gemm_s)
+            ratios[name].append(seconds / gemm_s)
+
     if one_at_a_time:
         for round_ in range(ARGS.reps):
             order = names if round_ % 2 == 0 else names[::-1]
@@ -318,8 +328,7 @@ def time_shape(shape, peers, workdir: Path) -> dict:
                 for step in range(ARGS.warmup + 1):
                     seconds, last[name] = run(impl, step)
                 times[name].append(seconds)
-                if impl[0] == "library" and ARGS.gemm_reps > 0:
-                    gemm_times[name].append(impl[1].command("gemm", 1)[0]["gemm_ms"] / 1e3)
+                time_gemm_after(name, impl, seconds)
                 tear_down(impl)
                 del impl
                 gc.collect()  # the peer's tensors, before the next implementation allocates
@@ -337,6 +346,7 @@ def time_shape(shape, peers, workdir: Path) -> dict:
                 last[name] = report
                 if round_ >= ARGS.warmup:
                     times[name].append(seconds)
+                    time_gemm_after(name, impls[name], seconds)
             print(f"   round {round_ + 1}/{ARGS.warmup + ARGS.reps}"
                   f"{' (warm-up)' if round_ < ARGS.warmup else ''}: "
                   + ", ".join(f"{n} {times[n][-1] * 1e3:.0f} ms" if round_ >= ARGS.warmup else n
@@ -346,9 +356,9 @@ def time_shape(shape, peers, workdir: Path) -> dict:
 
     gemm = {}
     if ARGS.gemm_reps > 0:
-        # the encoder GEMM alone (x·W_enc + b, B×D by D×F), the library's and torch's,
-        # alternating after one warm-up call each (one at a time: the library's was taken
-        # after each of its timed steps)
+        # torch's encoder GEMM alone (x·W_enc + b, B×D by D×F), alternating with the
+        # library's after one warm-up call each (the library's were also taken after each of
+        # its timed steps)
         x = batches[0].reshape(B, D)
         w, bias = torch.randn(D, F) / D**0.5, torch.zeros(F)
         for rep in range(ARGS.gemm_reps + 1):
@@ -370,6 +380,7 @@ def time_shape(shape, peers, workdir: Path) -> dict:
               "one_at_a_time": one_at_a_time,
               "median_s": {n: statistics.median(t) for n, t in times.items()},
               "times_s": times, "gemm_s": gemm,
+              "step_over_gemm": {n: statistics.median(r) for n, r in ratios.items() if r},
               "last_step": {n: {key: last[n].get(key) for key in
                                 ("loss", "auxk", "dead", "dead_fraction", "l0")} for n in names}}
     for peer in peers:
@@ -377,8 +388,9 @@ def time_shape(shape, peers, workdir: Path) -> dict:
         peer_s, ours_s = result["median_s"][peer], result["median_s"][ours]
         line = (f"   {peer}: median {peer_s * 1e3:.0f} ms, {ours}: median {ours_s * 1e3:.0f} ms, "
                 f"peer/ours = {peer_s / ours_s:.2f}")
-        if ours in gemm:
-            line += f"; our step / our encoder GEMM = {ours_s / gemm[ours]:.2f}"
+        if ratios.get(ours):
+            line += (f"; our step / our encoder GEMM = {statistics.median(ratios[ours]):.2f} "
+                     "(median of the rounds' ratios)")
         print(line)
     if gemm:
         print("   encoder GEMM alone (B x D x F): " + ", ".join(
@@ -399,9 +411,11 @@ def print_table(results):
             p, o = r["median_s"][peer], r["median_s"][ours]
             g = r["gemm_s"].get(ours)
             t = r["gemm_s"].get("torch")
+            # older results have no per-round ratios: the ratio of the medians
+            ratio = r.get("step_over_gemm", {}).get(ours) or (o / g if g else None)
             print(f"| {r['d']}, {r['F']}, {r['k']}, {r['B']} | {peer} | {p * 1e3:,.0f} ms | "
                   f"{o * 1e3:,.0f} ms ({ours[12:-1]}) | {p / o:.2f} | "
-                  + (f"{o / g:.2f} | {g * 1e3:,.0f} ms | " if g else "| | ")
+                  + (f"{ratio:.2f} | {g * 1e3:,.0f} ms | " if g else "| | ")
                   + (f"{t * 1e3:,.0f} ms |" if t else " |"))
 
 

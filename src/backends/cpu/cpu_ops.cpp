@@ -150,6 +150,7 @@ constexpr double kCrowdedFill = 0.25;
 
 bool crowded(const SparseCodes& codes, std::int64_t latents, CrowdedLatents& out) {
   constexpr std::int64_t kFewestLatents = 8;  // below this the GEMM's set-up is not repaid
+  constexpr double kLargestBlock = 64.0 * (1 << 20);  // floats: the dense block stays ≤ 256 MiB
   const std::int32_t* latent = codes.latent.data();
   out.column.assign(static_cast<std::size_t>(latents), -1);
   std::int64_t count = 0;
@@ -159,9 +160,9 @@ bool crowded(const SparseCodes& codes, std::int64_t latents, CrowdedLatents& out
       ++count;
     }
   }
-  if (count < kFewestLatents ||
-      static_cast<double>(codes.nnz) <
-          kCrowdedFill * static_cast<double>(codes.rows) * static_cast<double>(count))
+  const double block = static_cast<double>(codes.rows) * static_cast<double>(count);
+  if (count < kFewestLatents || block > kLargestBlock ||
+      static_cast<double>(codes.nnz) < kCrowdedFill * block)
     return false;
   out.active.clear();
   for (std::int64_t f = 0; f < latents; ++f) {
