@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds what the GPU checks need into build-gpu/bundle, a folder small enough to carry to an
 # offline GPU host that lacks Debian's libraries: the test and benchmark programs, the library,
-# and the shared libraries they load from the system (fmt, OpenMP, Benchmark, libstdc++). The
+# and the shared libraries they load from the system (fmt, OpenMP, Benchmark, libstdc++), and
+# the library's side of the PyTorch comparison (benchmarks/peer; the GPU host's python3 has torch). The
 # CUDA runtime and cuBLAS are left out: the GPU host has its own CUDA 13 toolkit (and cuBLASLt
 # alone is 540 MB, far over what the device tool carries). The CPU code is built for the
 # baseline x86-64 (the GPU host's CPU may lack AVX-512) with Eigen's GEMM (OpenBLAS would add
@@ -14,13 +15,14 @@ cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DCROSSCODER_CUDA=ON -DCROSSCO
   -DCROSSCODER_BLAS=Eigen \
   -DCROSSCODER_BUILD_EXAMPLES=ON -DCROSSCODER_BUILD_TESTS=ON -DCROSSCODER_BUILD_BENCHMARKS=ON
 cmake --build "$build" --parallel "${JOBS:-$(nproc)}" \
-  --target crosscoder_tests crosscoder_cuda_emulation_tests bench_cuda bench_training crosscoder_cli
+  --target crosscoder_tests crosscoder_cuda_emulation_tests bench_cuda bench_training crosscoder_cli \
+  peer_crosscoder_step
 bundle="$build/bundle"
 rm -rf "$bundle"
 mkdir -p "$bundle/lib"
 programs=("$build/tests/crosscoder_tests" "$build/tests/crosscoder_cuda_emulation_tests"
           "$build/benchmarks/bench_cuda" "$build/benchmarks/bench_training"
-          "$build/examples/crosscoder")
+          "$build/examples/crosscoder" "$build/benchmarks/peer/peer_crosscoder_step")
 cp "${programs[@]}" "$bundle/"
 # Every shared library the programs load, except the C library's own, the CUDA driver (the GPU
 # host's own, matched to its kernel module) and the CUDA toolkit's (there too).

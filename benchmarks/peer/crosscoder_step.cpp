@@ -25,9 +25,10 @@ using Clock = std::chrono::steady_clock;
 const char* kUsage =
     "usage: peer_crosscoder_step --model FILE.safetensors --data FILE.npy --batch B\n"
     "         [--steps N] [--serve] [--lr 5e-4] [--gradient-clip 1] [--aux-k 0]\n"
-    "         [--auxk-coefficient 0.03125] [--dead-after-tokens 10000000]\n"
+    "         [--auxk-coefficient 0.03125] [--dead-after-tokens 10000000] [--backend cpu]\n"
     "  --data holds [N, M, d] (or [N, M*d]) float32 rows; step i uses rows\n"
-    "  [(i mod (N/B))*B, +B). Learning rate constant (no warm-up, no decay).\n";
+    "  [(i mod (N/B))*B, +B). Learning rate constant (no warm-up, no decay).\n"
+    "  --backend cpu|cuda: where the model trains (times include a device synchronisation).\n";
 
 struct Options {
   std::string model, data;
@@ -36,6 +37,7 @@ struct Options {
   float lr = 5e-4f, gradient_clip = 1.0f, auxk_coefficient = 1.0f / 32;
   int aux_k = 0;
   std::int64_t dead_after_tokens = 10'000'000;
+  BackendKind backend = BackendKind::cpu;
 };
 
 Options parse(int argc, char** argv) {
@@ -66,6 +68,8 @@ Options parse(int argc, char** argv) {
       o.auxk_coefficient = std::stof(value());
     else if (arg == "--dead-after-tokens")
       o.dead_after_tokens = std::stoll(value());
+    else if (arg == "--backend")
+      o.backend = parse_backend_kind(value());
     else if (arg == "-h" || arg == "--help") {
       std::fputs(kUsage, stdout);
       std::exit(0);
@@ -85,7 +89,7 @@ double milliseconds_since(Clock::time_point start) {
 
 int main(int argc, char** argv) try {
   const Options o = parse(argc, argv);
-  auto backend = make_backend(BackendKind::cpu);
+  auto backend = make_backend(o.backend);
   Crosscoder model = Crosscoder::load(o.model, backend);
   const CrosscoderConfig& c = model.config();
   const std::int64_t D = c.input_width();
@@ -118,8 +122,10 @@ int main(int argc, char** argv) try {
 
   const auto run_steps = [&](std::int64_t n) {
     for (std::int64_t i = 0; i < n; ++i) {
+      backend->synchronize();
       const auto start = Clock::now();
       const StepReport r = trainer.step(batch_at(trainer.steps_done()), o.batch);
+      backend->synchronize();  // a GPU's queue drained, so the time is the step's
       const double ms = milliseconds_since(start);
       std::printf(
           "{\"step\":%lld,\"loss\":%.9g,\"reconstruction\":%.9g,\"auxk\":%.9g,\"l0\":%.6g,"
@@ -135,10 +141,12 @@ int main(int argc, char** argv) try {
   const auto run_gemm = [&](std::int64_t n) {
     x.upload(batch_at(trainer.steps_done()));
     for (std::int64_t i = 0; i < n; ++i) {
+      backend->synchronize();
       const auto start = Clock::now();
       backend->encode(x.data(), o.batch, D, model.parameters().encoder_weight.data(),
                       model.parameters().encoder_bias.data(), c.latents,
                       c.activation != Activation::jumprelu, pre.data());
+      backend->synchronize();
       std::printf("{\"gemm_ms\":%.3f}\n", milliseconds_since(start));
       std::fflush(stdout);
     }

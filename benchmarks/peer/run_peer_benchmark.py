@@ -61,6 +61,9 @@ def parse_args():
                    help="a latent silent for this many batches is dead (default: 4 when timing, "
                    "as bench_training; 1 for --check), so that AuxK runs")
     p.add_argument("--threads", type=int, default=2, help="torch and OpenMP threads")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where both sides train: the peers' torch device and the library's "
+                   "backend (cuda: one GPU, the library's CUDA backend against torch with CUDA)")
     p.add_argument("--check", action="store_true",
                    help="loss equivalence instead of timing (library preset, float32 and float64 "
                    "peers against the library)")
@@ -92,6 +95,19 @@ from dictionary_learning_step import (  # noqa: E402
     LIBRARY_ACTIVATION, PEERS, StepOptions, make_peer, peer_input)
 
 torch.set_num_threads(ARGS.threads)
+if ARGS.device == "cuda":
+    if not torch.cuda.is_available():
+        sys.exit("run_peer_benchmark.py: --device cuda, but torch sees no CUDA device "
+                 f"(torch {torch.__version__})")
+    # the peers' own tensors (counters, buffers, indices) are made where their weights live
+    torch.set_default_device("cuda")
+DEVICE = torch.device(ARGS.device)
+
+
+def synchronize():
+    """Waits for the GPU's queued work, so that a wall-clock reading covers it (no-op on CPU)."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
 
 
 # ---- inputs -----------------------------------------------------------------------------------
@@ -160,7 +176,7 @@ def library_args(model: Path, data: Path, B: int, opts: StepOptions) -> list[str
     return [str(find_binary()), "--model", str(model), "--data", str(data), "--batch", str(B),
             "--lr", repr(opts.lr), "--gradient-clip", repr(opts.gradient_clip),
             "--aux-k", str(opts.aux_k), "--auxk-coefficient", repr(opts.auxk_alpha),
-            "--dead-after-tokens", str(opts.dead_after_tokens)]
+            "--dead-after-tokens", str(opts.dead_after_tokens), "--backend", ARGS.device]
 
 
 class Library:
@@ -197,6 +213,9 @@ class Library:
 
 
 def available_bytes() -> int:
+    """Free memory where the implementations live: the GPU's on --device cuda, else the host's."""
+    if DEVICE.type == "cuda":
+        return torch.cuda.mem_get_info()[0]
     with open("/proc/meminfo") as f:
         for line in f:
             if line.startswith("MemAvailable:"):
@@ -290,8 +309,9 @@ def time_shape(shape, peers, workdir: Path) -> dict:
         if kind == "library":
             return ("library", Library(what), None)
         opts = options_for(what, shape, dead_batches, ARGS.preset == "library")
-        model = make_peer(what, weights, opts, **peer_kwargs(what, dead_batches))
-        return ("peer", model, [peer_input(what, x) for x in batches])
+        model = make_peer(what, {name: w.to(DEVICE) for name, w in weights.items()}, opts,
+                          **peer_kwargs(what, dead_batches))
+        return ("peer", model, [peer_input(what, x).to(DEVICE) for x in batches])
 
     def tear_down(impl):
         if impl[0] == "library":
@@ -302,8 +322,10 @@ def time_shape(shape, peers, workdir: Path) -> dict:
         if kind == "library":
             report = obj.command("step", 1)[0]
             return report["ms"] / 1e3, report
+        synchronize()
         start = time.perf_counter()
         report = obj.step(inputs[counter % len(inputs)])
+        synchronize()  # step() ends in loss.item(), which waits already; this says so
         return time.perf_counter() - start, report
 
     times = {name: [] for name in names}
@@ -359,15 +381,17 @@ def time_shape(shape, peers, workdir: Path) -> dict:
         # torch's encoder GEMM alone (x·W_enc + b, B×D by D×F), alternating with the
         # library's after one warm-up call each (the library's were also taken after each of
         # its timed steps)
-        x = batches[0].reshape(B, D)
-        w, bias = torch.randn(D, F) / D**0.5, torch.zeros(F)
+        x = batches[0].reshape(B, D).to(DEVICE)
+        w, bias = torch.randn(D, F, device=DEVICE) / D**0.5, torch.zeros(F, device=DEVICE)
         for rep in range(ARGS.gemm_reps + 1):
             for name, library in libraries.items():
                 ms = library.command("gemm", 1)[0]["gemm_ms"]
                 if rep > 0:
                     gemm_times[name].append(ms / 1e3)
+            synchronize()
             start = time.perf_counter()
             torch.addmm(bias, x, w)
+            synchronize()
             if rep > 0:
                 gemm_times["torch"].append(time.perf_counter() - start)
         gemm = {name: statistics.median(t) for name, t in gemm_times.items() if t}
@@ -444,8 +468,9 @@ def check_shape(shape, peers, workdir: Path) -> dict:
         ours = [json.loads(line) for line in completed.stdout.splitlines()]
         runs = {}
         for dtype in (torch.float32, torch.float64):
-            model = make_peer(peer, weights, opts, dtype=dtype, **peer_kwargs(peer, dead_batches))
-            runs[dtype] = [model.step(peer_input(peer, x).to(dtype)) for x in batches]
+            model = make_peer(peer, {name: w.to(DEVICE) for name, w in weights.items()}, opts,
+                              dtype=dtype, **peer_kwargs(peer, dead_batches))
+            runs[dtype] = [model.step(peer_input(peer, x).to(DEVICE, dtype)) for x in batches]
             del model
         print(f"-- {peer} vs crosscoder ({activation})")
         print("   step | crosscoder loss | peer f32 loss | peer f64 loss | |ours-f64|/f64 | "
