@@ -62,8 +62,13 @@ float threshold_from_sample(std::vector<float>& sample, std::int64_t wanted,
   return sample[static_cast<std::size_t>(position)];
 }
 
-// Bit j set where score j of the 16 at `row` (times `weight`'s, when not null) is at least
-// `threshold`: one vector comparison where the CPU has AVX-512.
+// A BatchTopK candidate's score: row[f]·weight[f], or row[f] when there are no weights.
+float weighted_score(const float* row, const float* weight, std::int64_t f) {
+  return weight ? row[f] * weight[f] : row[f];
+}
+
+// Bit j set where weighted_score(row, weight, j), j < 16, is at least `threshold`: one vector
+// comparison where the CPU has AVX-512.
 std::uint32_t at_least_mask16(const float* row, const float* weight, float threshold) {
 #if defined(__AVX512F__)
   __m512 scores = _mm512_loadu_ps(row);
@@ -71,16 +76,14 @@ std::uint32_t at_least_mask16(const float* row, const float* weight, float thres
   return _mm512_cmp_ps_mask(scores, _mm512_set1_ps(threshold), _CMP_GE_OQ);
 #else
   std::uint32_t mask = 0;
-  for (int j = 0; j < 16; ++j) {
-    const float score = weight ? row[j] * weight[j] : row[j];
-    mask |= static_cast<std::uint32_t>(score >= threshold) << j;
-  }
+  for (int j = 0; j < 16; ++j)
+    mask |= static_cast<std::uint32_t>(weighted_score(row, weight, j) >= threshold) << j;
   return mask;
 #endif
 }
 
-// Calls visit(f), f ascending, for every f < n whose score row[f]·weight[f] (row[f] when weight
-// is null) is at least threshold. Most blocks of 16 have no such score and cost one comparison.
+// Calls visit(f), f ascending, for every f < n whose weighted_score is at least threshold. Most
+// blocks of 16 have no such score and cost one comparison.
 template <typename Visit>
 void for_each_at_least(const float* row, const float* weight, std::int64_t n, float threshold,
                        Visit visit) {
@@ -92,7 +95,7 @@ void for_each_at_least(const float* row, const float* weight, std::int64_t n, fl
       visit(f + std::countr_zero(mask));
   }
   for (; f < n; ++f) {
-    if ((weight ? row[f] * weight[f] : row[f]) >= threshold) visit(f);
+    if (weighted_score(row, weight, f) >= threshold) visit(f);
   }
 }
 
@@ -395,7 +398,7 @@ std::vector<std::vector<Candidate>> batch_candidates_above(const float* pre, con
     const float* row = pre + b * latents;
     for_each_at_least(row, weight, latents, threshold, [&](std::int64_t f) {
       candidates[b].push_back(
-          {weight ? row[f] * weight[f] : row[f], static_cast<std::int32_t>(f), row[f]});
+          {weighted_score(row, weight, f), static_cast<std::int32_t>(f), row[f]});
     });
   }
   return candidates;
