@@ -149,7 +149,7 @@ struct CrowdedLatents {
 constexpr double kCrowdedFill = 0.25;
 
 bool crowded(const SparseCodes& codes, std::int64_t latents, CrowdedLatents& out) {
-  constexpr std::int64_t kFewestLatents = 8;  // below this the GEMM's set-up is not repaid
+  constexpr std::int64_t kFewestLatents = 8;          // below this the GEMM's set-up is not repaid
   constexpr double kLargestBlock = 64.0 * (1 << 20);  // floats: the dense block stays ≤ 256 MiB
   const std::int32_t* latent = codes.latent.data();
   out.column.assign(static_cast<std::size_t>(latents), -1);
@@ -397,6 +397,19 @@ void CpuBackend::reconstruct(const SparseCodes& codes, const ReconstructionReque
 
 namespace {
 
+// What an overwriting sparse_backward leaves for latent f before adding its entries: zero
+// gradient rows, bias gradient and row statistics.
+void clear_latent_gradients(const SparseBackwardRequest& r, std::int64_t f) {
+  const std::int64_t D = r.width;
+  std::fill_n(r.d_encoder + f * D, D, 0.0f);
+  if (r.d_decoder) std::fill_n(r.d_decoder + f * D, D, 0.0f);
+  r.d_bias[f] = 0.0f;
+  if (r.row_statistics) {
+    const int blocks = r.statistics_blocks;
+    std::fill_n(r.row_statistics + f * blocks * 4, blocks * 4, 0.0);
+  }
+}
+
 // sparse_backward for crowded codes: with A the codes' values and Δ their ∂L/∂pre as dense
 // [rows, active] matrices and W the active latents' decoder rows, ∂L/∂a = G·Wᵀ at the entries,
 // the decoder's gradient rows Aᵀ·G and the encoder's Δᵀ·X, three GEMMs.
@@ -429,38 +442,20 @@ void sparse_backward_by_gemm(const SparseCodes& codes, const CrowdedLatents& den
   const int blocks = r.statistics_blocks;
 #pragma omp parallel for schedule(static)
   for (std::int64_t f = 0; f < F; ++f) {
+    if (!r.accumulate) clear_latent_gradients(r, f);
     const std::int32_t j = dense.column[f];
-    double* statistics = r.row_statistics ? r.row_statistics + f * blocks * 4 : nullptr;
-    VectorMap encoder_row(r.d_encoder + f * D, D);
+    if (j < 0) continue;
+    float* encoder_row = r.d_encoder + f * D;
     float* decoder_row = r.d_decoder ? r.d_decoder + f * D : nullptr;
-    if (j < 0) {
-      if (r.accumulate) continue;
-      encoder_row.setZero();
-      if (decoder_row) VectorMap(decoder_row, D).setZero();
-      r.d_bias[f] = 0.0f;
-      if (statistics) std::fill(statistics, statistics + blocks * 4, 0.0);
-      continue;
-    }
-    const ConstVectorMap encoder_part(encoder_rows.data() + j * D, D);
-    if (r.accumulate) {
-      encoder_row += encoder_part;
-    } else {
-      encoder_row = encoder_part;
-    }
-    if (decoder_row) {
-      const ConstVectorMap decoder_part(decoder_gradient.data() + j * D, D);
-      if (r.accumulate) {
-        VectorMap(decoder_row, D) += decoder_part;
-      } else {
-        VectorMap(decoder_row, D) = decoder_part;
-      }
-    }
+    VectorMap(encoder_row, D) += ConstVectorMap(encoder_rows.data() + j * D, D);
+    if (decoder_row)
+      VectorMap(decoder_row, D) += ConstVectorMap(decoder_gradient.data() + j * D, D);
     float bias_gradient = 0.0f;
     for (std::int64_t b = 0; b < rows; ++b) bias_gradient += d_pre[b * count + j];
-    r.d_bias[f] = r.accumulate ? r.d_bias[f] + bias_gradient : bias_gradient;
-    if (statistics)
-      write_row_statistics(encoder_row.data(), decoder_row, r.decoder + f * D, D, blocks,
-                           statistics);
+    r.d_bias[f] += bias_gradient;
+    if (r.row_statistics)
+      write_row_statistics(encoder_row, decoder_row, r.decoder + f * D, D, blocks,
+                           r.row_statistics + f * blocks * 4);
   }
 }
 
@@ -488,12 +483,7 @@ void CpuBackend::sparse_backward(const SparseCodes& codes, const SparseBackwardR
     VectorMap encoder_row(r.d_encoder + f * D, D);
     float* decoder_gradient = r.d_decoder ? r.d_decoder + f * D : nullptr;
     double* statistics = r.row_statistics ? r.row_statistics + f * blocks * 4 : nullptr;
-    if (!r.accumulate) {
-      encoder_row.setZero();
-      if (decoder_gradient) VectorMap(decoder_gradient, D).setZero();
-      r.d_bias[f] = 0.0f;
-      if (statistics) std::fill(statistics, statistics + blocks * 4, 0.0);
-    }
+    if (!r.accumulate) clear_latent_gradients(r, f);
     if (grouped.begin[f] == grouped.begin[f + 1]) continue;
     const ConstVectorMap decoder_row(r.decoder + f * D, D);
     const float offset = r.value_gradient_offset ? r.value_gradient_offset[f] : 0.0f;
