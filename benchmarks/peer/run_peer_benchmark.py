@@ -114,6 +114,10 @@ def synchronize():
 # ---- inputs -----------------------------------------------------------------------------------
 
 
+# The checkpoint tensors the peers are built from.
+PEER_TENSORS = ("encoder.weight", "encoder.bias", "decoder.weight", "decoder.bias")
+
+
 def write_weights(path: Path, d: int, F: int, k: int, activation: str, seed: int) -> dict:
     """The library's initialisation (docs/training.md): unit-norm Gaussian decoder rows over all
     D columns, encoder = decoder transpose, zero biases; identity normaliser. Written as a
@@ -140,15 +144,13 @@ def write_weights(path: Path, d: int, F: int, k: int, activation: str, seed: int
                 "config": json.dumps(config), "normaliser_fitted": "true"}
     save_file(tensors, str(path), metadata=metadata)
     del rows, by_source
-    return {name: torch.from_numpy(tensors[name]) for name in
-            ("encoder.weight", "encoder.bias", "decoder.weight", "decoder.bias")}
+    return {name: torch.from_numpy(tensors[name]) for name in PEER_TENSORS}
 
 
 def load_initial_weights(path: Path) -> dict:
     """The peers' tensors of a checkpoint from write_weights, read back from its file."""
     tensors = load_file(str(path))
-    return {name: tensors[name] for name in
-            ("encoder.weight", "encoder.bias", "decoder.weight", "decoder.bias")}
+    return {name: tensors[name] for name in PEER_TENSORS}
 
 
 def write_data(path: Path, d: int, rows: int, seed: int) -> torch.Tensor:
