@@ -303,19 +303,13 @@ def time_shape(shape, peers, workdir: Path) -> dict:
 
     # name -> how to bring the implementation up: ("library", argv) or ("peer", peer name)
     recipes = {}
-    weights = None
     for activation in sorted({LIBRARY_ACTIVATION[p] for p in peers}):
         model_path = workdir / f"model-{shape_name(shape)}-{activation}.safetensors"
-        weights = write_weights(model_path, d, F, k, activation, seed=0)
+        write_weights(model_path, d, F, k, activation, seed=0)  # the same tensors for each
         peer_for = next(p for p in peers if LIBRARY_ACTIVATION[p] == activation)
         opts = options_for(peer_for, shape, dead_batches, ARGS.preset == "library")
         recipes[f"crosscoder ({activation})"] = ("library", library_args(model_path, data_path,
                                                                          B, opts))
-    if one_at_a_time:
-        # one implementation's 8·F·D floats fit where two did not: the runner does not also hold
-        # the peers' 2·F·D initial floats (every checkpoint written above holds the same ones)
-        weights = None
-        gc.collect()
     for peer in peers:
         recipes[peer] = ("peer", peer)
     names = [*peers, *(n for n in recipes if n.startswith("crosscoder"))]
@@ -325,7 +319,9 @@ def time_shape(shape, peers, workdir: Path) -> dict:
         if kind == "library":
             return ("library", Library(what), None)
         opts = options_for(what, shape, dead_batches, ARGS.preset == "library")
-        initial = weights if weights is not None else load_initial_weights(model_path)
+        # read back at each bring-up rather than held beside the implementations: one at a
+        # time, one implementation's 8·F·D floats then fit where the 2·F·D more would not
+        initial = load_initial_weights(model_path)
         model = make_peer(what, {name: w.to(DEVICE) for name, w in initial.items()}, opts,
                           **peer_kwargs(what, dead_batches))
         del initial
@@ -392,7 +388,6 @@ def time_shape(shape, peers, workdir: Path) -> dict:
                   + ", ".join(f"{n} {times[n][-1] * 1e3:.0f} ms" if round_ >= ARGS.warmup else n
                               for n in order), flush=True)
     libraries = {name: impl[1] for name, impl in impls.items() if impl[0] == "library"}
-    del weights
 
     gemm = {}
     if ARGS.gemm_reps > 0:
