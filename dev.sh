@@ -61,8 +61,8 @@ cmake --build "$build_dir" --parallel "$jobs"
 
 case "$mode" in
   run)
-    "$build_dir/examples/crosscoder" backends
-    "$build_dir/examples/crosscoder" demo "$@"
+    "$build_dir/bin/crosscoder" backends
+    "$build_dir/bin/crosscoder" demo "$@"
     ;;
   test)
     # The Python interop tests need numpy and safetensors in .venv (seconds); the activation

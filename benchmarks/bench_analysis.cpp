@@ -3,6 +3,7 @@
 // alone, and the weight-only metrics. Two sources; pick shapes with --benchmark_filter.
 #include <benchmark/benchmark.h>
 
+#include <filesystem>
 #include <numeric>
 #include <random>
 #include <vector>
@@ -52,8 +53,10 @@ void BM_EncodeOnly(benchmark::State& state) {
   set_rows_per_second(state, rows);
 }
 
-// The `crosscoder diff --data --labels` pass per batch: one inference, then data metrics,
-// contrast and latent scaling of 64 latents.
+// The `crosscoder diff --data --labels` pass per batch (DiffAccumulator, the core of
+// crosscoder::diff): one inference, then data metrics, contrast and latent scaling of 64 latents,
+// and with examples = 1 the latent examples (the CLI's defaults: top 20, 10 samples). Args: d per
+// source, F, k, B, examples.
 void BM_StatisticsPass(benchmark::State& state) {
   const Crosscoder model =
       make_model(static_cast<int>(state.range(0)), static_cast<int>(state.range(1)),
@@ -62,19 +65,53 @@ void BM_StatisticsPass(benchmark::State& state) {
   const std::vector<float> x = random_rows(rows, model.config().input_width(), 7);
   std::vector<std::int8_t> labels(static_cast<std::size_t>(rows));
   for (std::size_t i = 0; i < labels.size(); ++i) labels[i] = static_cast<std::int8_t>(i % 2);
-  DataMetricsAccumulator data(model);
-  ContrastAccumulator contrast(model.config().latents);
-  std::vector<std::int32_t> measured(64);
-  std::iota(measured.begin(), measured.end(), 0);
-  LatentScalingAccumulator scaling(model, measured);
-  for (auto _ : state) {
-    const Crosscoder::Inference inference = model.infer(x, rows);
-    data.add(x, inference);
-    contrast.add(inference.codes, labels);
-    scaling.add(inference);
-  }
-  benchmark::DoNotOptimize(data.result().l0);
+  DiffOptions options;
+  options.scaling = ScalingLatents::listed;
+  options.scaling_latents.resize(64);
+  std::iota(options.scaling_latents.begin(), options.scaling_latents.end(), 0);
+  if (state.range(4) != 0) options.examples = ExampleOptions{};
+  DiffAccumulator pass(model, options, /*with_labels=*/true);
+  for (auto _ : state) pass.add(x, rows, labels);
+  benchmark::DoNotOptimize(pass.result().data->l0);
   set_rows_per_second(state, rows);
+}
+
+// After the pass: the token windows of every kept example (F × (top + samples) reads from the
+// dataset's token ids; here a 1,000,000-row sharded dataset written once). Args: F.
+void BM_AttachWindows(benchmark::State& state) {
+  const std::int64_t F = state.range(0), rows = 1'000'000;
+  const std::filesystem::path directory =
+      std::filesystem::temp_directory_path() / "crosscoder-bench-windows";
+  std::filesystem::remove_all(directory);
+  {
+    ActivationWriterOptions options;
+    options.source_names = {"a", "b"};
+    options.width = 1;
+    options.token_ids = true;
+    ActivationWriter writer(directory, options);
+    writer.append_all(random_rows(rows, 2, 5));
+    std::vector<std::int32_t> tokens(static_cast<std::size_t>(rows));
+    std::iota(tokens.begin(), tokens.end(), 0);
+    writer.append_token_ids(tokens);
+    writer.close();
+  }
+  const ActivationDataset dataset = ActivationDataset::open({directory / "manifest.json"});
+  LatentExamples examples;  // the CLI's defaults, every slot used, rows all over the data
+  examples.latents = F;
+  examples.rows = rows;
+  std::mt19937_64 rng(9);
+  examples.top_rows.resize(static_cast<std::size_t>(F * examples.options.top));
+  examples.sample_rows.resize(static_cast<std::size_t>(F * examples.options.samples));
+  for (auto* slots : {&examples.top_rows, &examples.sample_rows})
+    for (std::int64_t& row : *slots) row = static_cast<std::int64_t>(rng() % rows);
+  for (auto _ : state) {
+    attach_windows(examples, dataset);
+    benchmark::DoNotOptimize(examples.top_windows.data());
+  }
+  state.counters["windows/s"] = benchmark::Counter(
+      static_cast<double>(examples.top_rows.size() + examples.sample_rows.size()),
+      benchmark::Counter::kIsIterationInvariantRate);
+  std::filesystem::remove_all(directory);
 }
 
 // Weight-only metrics (norms, relative norms, cosines, classes). Args: d per source, F.
@@ -91,9 +128,18 @@ BENCHMARK(BM_EncodeOnly)
     ->Args({512, 65536, 64, 4096})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
+// Without and with examples, side by side; d = 2304 per source is the shape (2 × 2304).
 BENCHMARK(BM_StatisticsPass)
-    ->ArgNames({"d", "F", "k", "B"})
-    ->Args({512, 65536, 64, 4096})
+    ->ArgNames({"d", "F", "k", "B", "examples"})
+    ->Args({512, 65536, 64, 4096, 0})
+    ->Args({512, 65536, 64, 4096, 1})
+    ->Args({2304, 65536, 64, 512, 0})
+    ->Args({2304, 65536, 64, 512, 1})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK(BM_AttachWindows)
+    ->ArgNames({"F"})
+    ->Arg(65536)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 BENCHMARK(BM_WeightMetrics)

@@ -85,8 +85,9 @@ void BM_StepOverGemm(benchmark::State& state) {
   std::vector<double> gemm_ms, step_ms, ratios;
   for (auto _ : state) {
     const auto start = Clock::now();
-    backend->encode(x.data(), rows, config.input_width(), model.parameters().encoder_weight.data(),
-                    model.parameters().encoder_bias.data(), config.latents, true, pre.data());
+    backend->ops().encode(x.data(), rows, config.input_width(),
+                          model.parameters().encoder_weight.data(),
+                          model.parameters().encoder_bias.data(), config.latents, true, pre.data());
     const auto between = Clock::now();
     benchmark::DoNotOptimize(trainer.step(batch, rows).loss);
     const auto end = Clock::now();
@@ -104,6 +105,29 @@ void BM_StepOverGemm(benchmark::State& state) {
 // Args: d (per source), F, k, B, activation (0 relu, 1 topk, 2 batchtopk).
 void BM_TrainingStep(benchmark::State& state) { run_training_steps(state, 0); }
 
+// A BatchTopK step with a Matryoshka dictionary of `groups` nested prefixes (sizes doubling, as
+// 1/15, 2/15, 4/15, 8/15 of F for four) against the plain dictionary (groups = 1), one process.
+// Args: d (per source), F, k, B, groups.
+void BM_MatryoshkaStep(benchmark::State& state) {
+  CrosscoderConfig config = config_from(state);
+  config.activation = Activation::batchtopk;
+  const auto groups = static_cast<int>(state.range(4));
+  if (groups > 1) {
+    const int unit = config.latents / ((1 << groups) - 1);
+    for (int g = 0; g + 1 < groups; ++g) config.matryoshka_groups.push_back(unit << g);
+    int used = 0;
+    for (const int size : config.matryoshka_groups) used += size;
+    config.matryoshka_groups.push_back(config.latents - used);
+  }
+  const std::int64_t rows = state.range(3);
+  Crosscoder model(config, make_backend(BackendKind::cpu), 1);
+  Trainer trainer(model, benchmark_training(rows));
+  const std::vector<float> batch = random_batch(rows, config.input_width(), 7);
+  for (int warm = 0; warm < 5; ++warm) trainer.step(batch, rows);
+  for (auto _ : state) benchmark::DoNotOptimize(trainer.step(batch, rows).loss);
+  set_counters(state, rows);
+}
+
 // Args: as BM_TrainingStep, then the rows per tile of the batch (TrainConfig::tile_rows).
 void BM_TrainingStepInTiles(benchmark::State& state) { run_training_steps(state, state.range(5)); }
 
@@ -117,9 +141,10 @@ void BM_EncoderGemm(benchmark::State& state) {
   DeviceArray<float> x(backend, std::span<const float>(host));
   DeviceArray<float> pre(backend, static_cast<std::size_t>(rows * config.latents));
   for (auto _ : state) {
-    backend->encode(x.data(), rows, config.input_width(), model.parameters().encoder_weight.data(),
-                    model.parameters().encoder_bias.data(), config.latents,
-                    config.activation != Activation::jumprelu, pre.data());
+    backend->ops().encode(x.data(), rows, config.input_width(),
+                          model.parameters().encoder_weight.data(),
+                          model.parameters().encoder_bias.data(), config.latents,
+                          config.activation != Activation::jumprelu, pre.data());
     benchmark::ClobberMemory();
   }
   set_counters(state, rows);
@@ -143,7 +168,7 @@ void BM_Select(benchmark::State& state) {
   if (config.activation == Activation::batchtopk) request.weight = weight.data();
   for (auto _ : state)
     benchmark::DoNotOptimize(
-        backend->select(pre.data(), rows, config.latents, request, nullptr).nnz);
+        backend->ops().select(pre.data(), rows, config.latents, request, nullptr).nnz);
   set_counters(state, rows);
 }
 
@@ -151,9 +176,8 @@ void BM_Select(benchmark::State& state) {
 // by memory bandwidth, as the trainer runs them for TopK/BatchTopK: the gradient norm for
 // clipping (the decoder's gradient without its component along each row) and Adam (p, g, m, v
 // read; p, m, v written: 28 bytes a parameter; the decoder's rows projected and renormalised in
-// the same pass). Variant 2 runs the same mathematics as separate passes (the projection
-// rewriting the gradient, plain norms, Adam renormalising the rows), which the fused passes
-// replaced: the side-by-side comparison.
+// the same pass). (The unfused projection pass these replaced, measured side by side in
+// docs/tuning-log.md change 13, left the backend with its last caller.)
 void BM_ParameterUpdate(benchmark::State& state) {
   const CrosscoderConfig config = config_from(state);
   const std::int64_t D = config.input_width(), F = config.latents, n = F * D;
@@ -161,44 +185,35 @@ void BM_ParameterUpdate(benchmark::State& state) {
   const std::vector<float> host = random_batch(F, D, 5);
   std::vector<DeviceArray<float>> arrays;
   for (int i = 0; i < 8; ++i) arrays.emplace_back(backend, std::span<const float>(host));
-  for (auto& a : {2, 3, 6, 7}) backend->clamp_min(arrays[a].data(), n, 0.0f);  // v ≥ 0
+  for (auto& a : {2, 3, 6, 7}) backend->ops().clamp_min(arrays[a].data(), n, 0.0f);  // v ≥ 0
   RowConstraint decoder_rows;
   decoder_rows.row_width = D;
   decoder_rows.remove_parallel = true;
   decoder_rows.unit_norm = true;
-  RowConstraint unit_rows_only = decoder_rows;
-  unit_rows_only.remove_parallel = false;
   AdamStep step;
   const std::int64_t variant = state.range(4);
   for (auto _ : state) {
     ++step.step;
     if (variant == 0) {
-      benchmark::DoNotOptimize(
-          backend->sum_of_squares(arrays[1].data(), n) +
-          backend->constrained_sum_of_squares(arrays[5].data(), arrays[4].data(), n, decoder_rows));
+      benchmark::DoNotOptimize(backend->ops().sum_of_squares(arrays[1].data(), n) +
+                               backend->ops().constrained_sum_of_squares(
+                                   arrays[5].data(), arrays[4].data(), n, decoder_rows));
       continue;
     }
-    if (variant == 2) {
-      backend->constrain_decoder(arrays[4].data(), arrays[5].data(), F, D);
-      benchmark::DoNotOptimize(backend->sum_of_squares(arrays[1].data(), n) +
-                               backend->sum_of_squares(arrays[5].data(), n));
-    }
     step.rows = RowConstraint{};
-    backend->adam_update(arrays[0].data(), arrays[1].data(), arrays[2].data(), arrays[3].data(), n,
-                         step);
-    step.rows = variant == 2 ? unit_rows_only : decoder_rows;
-    backend->adam_update(arrays[4].data(), arrays[5].data(), arrays[6].data(), arrays[7].data(), n,
-                         step);
+    backend->ops().adam_update(arrays[0].data(), arrays[1].data(), arrays[2].data(),
+                               arrays[3].data(), n, step);
+    step.rows = decoder_rows;
+    backend->ops().adam_update(arrays[4].data(), arrays[5].data(), arrays[6].data(),
+                               arrays[7].data(), n, step);
   }
   // Bytes at the floor: the norm reads the encoder's gradient and the decoder's gradient and
-  // rows; Adam moves 28 bytes a parameter; the separate projection reads rows and gradient and
-  // writes the gradient, and its norms read both gradients.
-  const double per_parameter[] = {12.0, 56.0, 56.0 + 12.0 + 8.0};
+  // rows; Adam moves 28 bytes a parameter.
+  const double per_parameter[] = {12.0, 56.0};
   state.counters["GB/s"] = benchmark::Counter(per_parameter[variant] * static_cast<double>(n) / 1e9,
                                               benchmark::Counter::kIsIterationInvariantRate);
   const char* labels[] = {"gradient norm (decoder projected)",
-                          "adam (encoder; decoder projected, unit rows)",
-                          "unfused: projection pass, norms, adam"};
+                          "adam (encoder; decoder projected, unit rows)"};
   state.SetLabel(labels[variant]);
 }
 
@@ -228,7 +243,7 @@ void BM_SparsePasses(benchmark::State& state) {
     request.allowed = dead_mask.data();
     request.positive_only = true;
   }
-  const SparseCodes codes = backend->select(pre.data(), rows, F, request, nullptr);
+  const SparseCodes codes = backend->ops().select(pre.data(), rows, F, request, nullptr);
   const std::vector<float> host_decoder = random_batch(F, D, 4),
                            host_rows = random_batch(rows, D, 5);
   DeviceArray<float> decoder(backend, std::span<const float>(host_decoder));
@@ -257,7 +272,7 @@ void BM_SparsePasses(benchmark::State& state) {
       r.recon = recon.data();
       r.grad = grad.data();
       r.squared_error = sse.data();
-      backend->reconstruct(codes, r);
+      backend->ops().reconstruct(codes, r);
       continue;
     }
     SparseBackwardRequest r;
@@ -274,7 +289,7 @@ void BM_SparsePasses(benchmark::State& state) {
       r.statistics_blocks = 2;
     }
     r.accumulate = auxk;
-    backend->sparse_backward(codes, r);
+    backend->ops().sparse_backward(codes, r);
   }
   set_counters(state, rows);
   const char* labels[] = {"reconstruct", "sparse_backward", "sparse_backward with row statistics",
@@ -302,6 +317,12 @@ BENCHMARK(BM_TrainingStepInTiles)
     ->UseRealTime()
     ->MinTime(2.0)
     ->ArgsProduct({{512}, {16384}, {64}, {1024}, {1, 2}, {128, 512}});
+BENCHMARK(BM_MatryoshkaStep)
+    ->ArgNames({"d", "F", "k", "B", "groups"})
+    ->ArgsProduct({{512}, {16384}, {64}, {1024}, {1, 4}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->MinTime(2.0);
 BENCHMARK(BM_EncoderGemm)->Apply([](auto* b) { shapes(b, true); });
 BENCHMARK(BM_Select)->Apply([](auto* b) { shapes(b, false); });
 BENCHMARK(BM_SparsePasses)
@@ -312,8 +333,7 @@ BENCHMARK(BM_ParameterUpdate)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime()
     ->Args({512, 16384, 64, 1024, 0})
-    ->Args({512, 16384, 64, 1024, 1})
-    ->Args({512, 16384, 64, 1024, 2});
+    ->Args({512, 16384, 64, 1024, 1});
 
 }  // namespace
 

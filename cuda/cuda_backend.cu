@@ -214,13 +214,6 @@ void CudaBackend::add_scaled_blocks(const float* source, const float* factor, st
                     factor, sources, width, target);
 }
 
-void CudaBackend::constrain_decoder(float* decoder, float* gradient, std::int64_t latents,
-                                    std::int64_t width) {
-  if (latents == 0) return;
-  CROSSCODER_LAUNCH(constrain_decoder_kernel, grid_of(latents), dim3(kThreads), 0, stream_, decoder,
-                    gradient, width);
-}
-
 void CudaBackend::column_sums(const float* x, std::int64_t rows, std::int64_t width, double* sums) {
   std::fill(sums, sums + width, 0.0);
   if (rows == 0 || width == 0) return;
@@ -559,7 +552,8 @@ void CudaBackend::reconstruct(const SparseCodes& codes, const ReconstructionRequ
     CROSSCODER_LAUNCH(sum_rows_of_columns, grid_of(M), dim3(kThreads), 0, stream_,
                       partial_energy.data(), rows, static_cast<std::int64_t>(M), totals.data() + M);
   }
-  std::vector<double> host(static_cast<std::size_t>(2 * M));
+  // Only the totals computed: the energy half is written only when it was asked for.
+  std::vector<double> host(static_cast<std::size_t>(r.target_energy ? 2 * M : M));
   copy_to_host(host.data(), totals.data(), host.size() * sizeof(double));
   std::copy(host.begin(), host.begin() + M, r.squared_error);
   if (r.target_energy) std::copy(host.begin() + M, host.end(), r.target_energy);
@@ -625,14 +619,6 @@ void CudaBackend::decoder_backward(const SparseCodes& codes, const float* grad_o
   CROSSCODER_LAUNCH(sparse_decoder_backward, grid_of(grouped.groups), dim3(kThreads), 0, stream_,
                     grouped.view(), codes.value.data(), grad_out, decoder, output_width, d_value,
                     d_decoder);
-}
-
-void CudaBackend::encoder_backward(const SparseCodes& codes, const float* d_pre, const float* xn,
-                                   std::int64_t input_width, float* d_encoder, float* d_bias) {
-  const LatentGroups grouped = group_by_latent(codes);
-  if (grouped.groups == 0) return;
-  CROSSCODER_LAUNCH(sparse_encoder_backward, grid_of(grouped.groups), dim3(kThreads), 0, stream_,
-                    grouped.view(), d_pre, xn, input_width, d_encoder, d_bias);
 }
 
 void CudaBackend::latent_totals(const SparseCodes& codes, std::int64_t latents, float* sums,

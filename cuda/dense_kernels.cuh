@@ -15,7 +15,7 @@ __global__ void normalise_kernel(const float* x, std::int64_t n, int sources, in
   const std::int64_t input_width = static_cast<std::int64_t>(sources) * width;
   CROSSCODER_FOR_EACH_INDEX(i, n) {
     const std::int64_t column = i % input_width;
-    xn[i] = (x[i] - (mean ? mean[column] : 0.0f)) * scale[column / width];
+    xn[i] = (x[i] - (mean ? mean[column] : 0.0f)) * scale[column];
   }
 }
 
@@ -24,13 +24,8 @@ __global__ void denormalise_kernel(const float* xn, std::int64_t n, int sources,
   const std::int64_t input_width = static_cast<std::int64_t>(sources) * width;
   CROSSCODER_FOR_EACH_INDEX(i, n) {
     const std::int64_t column = i % input_width;
-    x[i] = xn[i] / scale[column / width] + (mean ? mean[column] : 0.0f);
+    x[i] = xn[i] / scale[column] + (mean ? mean[column] : 0.0f);
   }
-}
-
-/// pre[b, f] += bias[f] (after a GEMM without a bias epilogue).
-__global__ void add_row_bias(float* pre, std::int64_t n, std::int64_t latents, const float* bias) {
-  CROSSCODER_FOR_EACH_INDEX(i, n) { pre[i] += bias[i % latents]; }
 }
 
 __global__ void clamp_min_kernel(float* x, std::int64_t n, float lower) {
@@ -132,28 +127,6 @@ __global__ void add_scaled_blocks_kernel(const float* source, const float* facto
   for (std::int64_t j = threadIdx.x; j < input_width; j += kThreads) {
     const float scale = factor[f * sources + j / width];
     if (scale != 0.0f) target[f * input_width + j] += scale * source[f * input_width + j];
-  }
-}
-
-/// Removes from each gradient row its component along the decoder row, or (no gradient)
-/// rescales each non-zero decoder row to unit norm; one block per latent.
-__global__ void constrain_decoder_kernel(float* decoder, float* gradient, std::int64_t width) {
-  __shared__ float scratch[kThreads];
-  const std::int64_t f = blockIdx.x;
-  float* row = decoder + f * width;
-  float local = 0.0f;
-  for (std::int64_t j = threadIdx.x; j < width; j += kThreads) local += row[j] * row[j];
-  const float squared_norm = block_sum(local, scratch);
-  if (squared_norm == 0.0f) return;  // the same for every thread
-  if (gradient) {
-    float* g = gradient + f * width;
-    float local_dot = 0.0f;
-    for (std::int64_t j = threadIdx.x; j < width; j += kThreads) local_dot += g[j] * row[j];
-    const float along = block_sum(local_dot, scratch) / squared_norm;
-    for (std::int64_t j = threadIdx.x; j < width; j += kThreads) g[j] -= along * row[j];
-  } else {
-    const float norm = sqrtf(squared_norm);
-    for (std::int64_t j = threadIdx.x; j < width; j += kThreads) row[j] /= norm;
   }
 }
 

@@ -14,6 +14,7 @@
 #include <cub/device/device_scan.cuh>
 #include <cub/device/device_segmented_sort.cuh>
 #include <string>
+#include <utility>
 
 #include "cuda_check.hpp"
 
@@ -272,6 +273,18 @@ void EncoderGemm::run(const float* xn, std::int64_t rows, std::int64_t input_wid
   CROSSCODER_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
       preference.handle, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &s.lt_workspace_bytes,
       sizeof s.lt_workspace_bytes));
+  // The heuristic otherwise assumes 256-byte aligned operands and may pick a kernel that needs
+  // them; a row tile of the batch starts wherever first · D floats put it.
+  const std::pair<cublasLtMatmulPreferenceAttributes_t, const void*> operands[] = {
+      {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, a},
+      {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, b},
+      {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, pre},
+      {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, pre}};
+  for (const auto& [attribute, pointer] : operands) {
+    const std::uint32_t alignment = operand_alignment(pointer);
+    CROSSCODER_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(preference.handle, attribute,
+                                                                 &alignment, sizeof alignment));
+  }
   cublasLtMatmulHeuristicResult_t heuristic{};
   int found = 0;
   const cublasStatus_t searched = cublasLtMatmulAlgoGetHeuristic(

@@ -52,6 +52,16 @@ void sort_segments_descending(const unsigned long long* keys_in, unsigned long l
                               std::int64_t segments, const std::int64_t* offsets,
                               Workspace& workspace, cudaStream_t stream);
 
+/// The alignment cuBLASLt may assume of an operand at `pointer`: the largest power of two up to
+/// 256 bytes (its default assumption) that divides the address. The trainer's row tiles pass
+/// operands at `first · D` floats into a batch, which need not be 256-byte aligned.
+inline std::uint32_t operand_alignment(const void* pointer) noexcept {
+  const auto address = reinterpret_cast<std::uintptr_t>(pointer);
+  std::uint32_t alignment = 256;
+  while (alignment > 1 && address % alignment != 0) alignment /= 2;
+  return alignment;
+}
+
 /// The encoder's dense product with its bias, pre[b, f] = Σ_j xn[b, j]·encoder[f, j] + bias[f],
 /// in float32, TF32, or bfloat16 operands with float32 accumulation.
 class EncoderGemm {

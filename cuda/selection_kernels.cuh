@@ -1,5 +1,5 @@
 #pragma once
-// The kernels of Backend::select. TopK and BatchTopK find their threshold by a radix select
+// The kernels of BackendOps::select. TopK and BatchTopK find their threshold by a radix select
 // over the scores' bits (three passes of 11, 11 and 10 bits: a histogram of the digit among
 // the entries that match the digits chosen so far, then the digit holding the wanted rank),
 // per row in one block for TopK and over the whole batch for BatchTopK. The entries above the
@@ -8,7 +8,7 @@
 
 #include <cstdint>
 
-#include "crosscoder/backend.hpp"
+#include "crosscoder/backend_ops.hpp"
 #include "device_common.cuh"
 
 namespace crosscoder::CROSSCODER_CUDA_NS {
@@ -27,7 +27,9 @@ struct DigitChoice {
 };
 
 /// Of a histogram of `bins` digits, the digit holding the `remaining`-th largest entry and the
-/// rank within it. Every thread of the block must call this; `choice` is shared memory.
+/// rank within it. Every thread of the block must call this; `choice` is shared memory. The
+/// callers keep 1 ≤ remaining ≤ the histogram's total; outside that the rank is clamped into it
+/// (with an empty histogram, digit 0 and rank 1), so that the choice is always written.
 template <typename Count>
 __device__ DigitChoice choose_digit(const Count* histogram, int bins, unsigned long long remaining,
                                     unsigned long long* scratch, DigitChoice* choice) {
@@ -38,11 +40,15 @@ __device__ DigitChoice choose_digit(const Count* histogram, int bins, unsigned l
   for (int d = high - 1; d >= high - per_thread; --d) local += histogram[d];
   unsigned long long total = 0;
   unsigned long long above = block_exclusive_scan(local, scratch, total);
-  if (above < remaining && remaining <= above + local) {
+  // `total` is the same in every thread, so every thread clamps alike and exactly one thread's
+  // bins hold the wanted rank (thread 0 answers for an empty histogram).
+  const unsigned long long wanted = remaining < 1 ? 1 : (remaining > total ? total : remaining);
+  if (total == 0 && threadIdx.x == 0) *choice = DigitChoice{0u, 1u};
+  if (above < wanted && wanted <= above + local) {
     for (int d = high - 1; d >= high - per_thread; --d) {
       const unsigned long long count = histogram[d];
-      if (remaining <= above + count) {
-        *choice = DigitChoice{static_cast<unsigned>(d), remaining - above};
+      if (wanted <= above + count) {
+        *choice = DigitChoice{static_cast<unsigned>(d), wanted - above};
         break;
       }
       above += count;

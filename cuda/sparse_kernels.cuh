@@ -127,33 +127,6 @@ __global__ void sparse_decoder_backward(LatentGroupsView groups, const float* va
   }
 }
 
-/// d_encoder[f] += Σ d_pre[e]·xn[row(e)], d_bias[f] += Σ d_pre[e] (entries with d_pre = 0
-/// skipped, as on the CPU); one block per latent group.
-__global__ void sparse_encoder_backward(LatentGroupsView groups, const float* d_pre,
-                                        const float* xn, std::int64_t width, float* d_encoder,
-                                        float* d_bias) {
-  const std::int64_t g = blockIdx.x;
-  const std::int64_t f = groups.group_latent[g];
-  const std::int64_t begin = groups.group_begin[g], end = groups.group_begin[g + 1];
-  for (std::int64_t j = threadIdx.x; j < width; j += kThreads) {
-    float total = d_encoder[f * width + j];
-    for (std::int64_t s = begin; s < end; ++s) {
-      const std::int64_t e = groups.entry[s];
-      const float upstream = d_pre[e];
-      if (upstream != 0.0f) total += upstream * xn[groups.entry_row[e] * width + j];
-    }
-    d_encoder[f * width + j] = total;
-  }
-  if (threadIdx.x == 0) {
-    float bias_gradient = 0.0f;
-    for (std::int64_t s = begin; s < end; ++s) {
-      const float upstream = d_pre[groups.entry[s]];
-      if (upstream != 0.0f) bias_gradient += upstream;
-    }
-    d_bias[f] += bias_gradient;
-  }
-}
-
 /// group_of_latent[group_latent[g]] = g (the other latents keep the −1 they were set to).
 __global__ void scatter_group_index(const std::int32_t* group_latent, std::int64_t groups,
                                     std::int64_t* group_of_latent) {

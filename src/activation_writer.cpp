@@ -8,10 +8,10 @@
 #include <set>
 
 #include "crosscoder/error.hpp"
-#include "crosscoder/io/atomic_file.hpp"
 #include "crosscoder/io/half.hpp"
 #include "crosscoder/io/npy.hpp"
 #include "crosscoder/log.hpp"
+#include "io/atomic_file.hpp"
 
 namespace crosscoder {
 
@@ -60,6 +60,12 @@ ActivationWriter::ActivationWriter(std::filesystem::path directory, ActivationWr
                       "(and not \"labels\" or \"tokens\")",
                       where, name));
     }
+    // Reserved only with document ids, so that writers that named a source so still work.
+    if (options_.document_ids && name == "documents") {
+      throw Error(fmt::format(
+          "{}: source name \"documents\" is the document ids' file prefix; rename the source",
+          where));
+    }
     if (!seen.insert(name).second)
       throw Error(fmt::format("{}: source name \"{}\" twice", where, name));
   }
@@ -82,6 +88,7 @@ ActivationWriter::ActivationWriter(std::filesystem::path directory, ActivationWr
   }
   labels_ = {"labels", "|i1", 1, 1, 0, {}, {"labels", StoredType::I8, {}}};
   token_ids_ = {"tokens", "<i4", 4, 1, 0, {}, {"token_ids", StoredType::I32, {}}};
+  document_ids_ = {"documents", "<i4", 4, 1, 0, {}, {"document_ids", StoredType::I32, {}}};
 }
 
 ActivationWriter::~ActivationWriter() {
@@ -100,7 +107,7 @@ void ActivationWriter::write_shard(PendingColumn& column) {
   const std::filesystem::path path =
       directory_ / fmt::format("{}-{:05}.npy", column.file_prefix, column.manifest.shards.size());
   std::vector<std::size_t> shape{static_cast<std::size_t>(rows)};
-  if (&column != &labels_ && &column != &token_ids_)
+  if (&column != &labels_ && &column != &token_ids_ && &column != &document_ids_)
     shape.push_back(static_cast<std::size_t>(column.row_elements));
   io::write_npy_raw(path, shape, column.descr, column.pending);
   column.manifest.shards.push_back({path, "", rows});
@@ -169,24 +176,28 @@ void ActivationWriter::append_all(std::span<const float> rows) {
   }
 }
 
-void ActivationWriter::append_labels(std::span<const std::int8_t> labels) {
+void ActivationWriter::append_integers(PendingColumn& column, bool expected, const char* what,
+                                       std::span<const std::byte> values) {
   std::lock_guard lock(mutex_);
-  if (closed_ || !options_.labels) {
-    throw Error(fmt::format("ActivationWriter {}: {}", directory_.string(),
-                            closed_ ? "append after close()" : "created without labels"));
+  if (closed_ || !expected) {
+    throw Error(
+        fmt::format("ActivationWriter {}: {}", directory_.string(),
+                    closed_ ? "append after close()" : fmt::format("created without {}", what)));
   }
-  add_rows(labels_, reinterpret_cast<const std::byte*>(labels.data()),
-           static_cast<std::int64_t>(labels.size()));
+  add_rows(column, values.data(), static_cast<std::int64_t>(values.size() / column.element_size));
+}
+
+void ActivationWriter::append_labels(std::span<const std::int8_t> labels) {
+  append_integers(labels_, options_.labels, "labels", std::as_bytes(labels));
 }
 
 void ActivationWriter::append_token_ids(std::span<const std::int32_t> token_ids) {
-  std::lock_guard lock(mutex_);
-  if (closed_ || !options_.token_ids) {
-    throw Error(fmt::format("ActivationWriter {}: {}", directory_.string(),
-                            closed_ ? "append after close()" : "created without token ids"));
-  }
-  add_rows(token_ids_, reinterpret_cast<const std::byte*>(token_ids.data()),
-           static_cast<std::int64_t>(token_ids.size()));
+  append_integers(token_ids_, options_.token_ids, "token ids", std::as_bytes(token_ids));
+}
+
+void ActivationWriter::append_document_ids(std::span<const std::int32_t> document_ids) {
+  append_integers(document_ids_, options_.document_ids, "document ids",
+                  std::as_bytes(document_ids));
 }
 
 std::int64_t ActivationWriter::rows(int source) const {
@@ -205,6 +216,7 @@ std::filesystem::path ActivationWriter::close() {
   for (const PendingColumn& column : sources_) columns.push_back(&column);
   if (options_.labels) columns.push_back(&labels_);
   if (options_.token_ids) columns.push_back(&token_ids_);
+  if (options_.document_ids) columns.push_back(&document_ids_);
   for (const PendingColumn* column : columns) {
     if (column->rows != columns.front()->rows) {
       throw Error(
@@ -229,6 +241,10 @@ std::filesystem::path ActivationWriter::close() {
   if (options_.token_ids) {
     write_shard(token_ids_);
     manifest.token_ids = token_ids_.manifest;
+  }
+  if (options_.document_ids) {
+    write_shard(document_ids_);
+    manifest.document_ids = document_ids_.manifest;
   }
   const std::filesystem::path path = directory_ / "manifest.json";
   const std::string text = manifest_to_json(manifest, directory_);

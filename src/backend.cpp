@@ -9,43 +9,37 @@
 #include "backends/cuda_entry.hpp"
 #include "crosscoder/error.hpp"
 #include "crosscoder/log.hpp"
+#include "enum_names.hpp"
 
 namespace crosscoder {
 
+namespace {
+
+constexpr detail::EnumName<BackendKind> kBackendNames[] = {{BackendKind::cpu, "cpu"},
+                                                           {BackendKind::cuda, "cuda"}};
+constexpr detail::EnumName<MatmulPrecision> kPrecisionNames[] = {
+    {MatmulPrecision::float32, "float32"},
+    {MatmulPrecision::tf32, "tf32"},
+    {MatmulPrecision::bfloat16, "bf16"},
+    {MatmulPrecision::float32, "fp32"},
+    {MatmulPrecision::bfloat16, "bfloat16"}};
+
+}  // namespace
+
 std::string_view to_string(BackendKind kind) noexcept {
-  switch (kind) {
-    case BackendKind::cpu:
-      return "cpu";
-    case BackendKind::cuda:
-      return "cuda";
-  }
-  return "unknown";
+  return detail::enum_name(kBackendNames, kind);
 }
 
 BackendKind parse_backend_kind(std::string_view text) {
-  if (text == "cpu") return BackendKind::cpu;
-  if (text == "cuda") return BackendKind::cuda;
-  throw Error(fmt::format("unknown backend '{}': expected 'cpu' or 'cuda'", text));
+  return detail::parse_enum(kBackendNames, text, "backend");
 }
 
 std::string_view to_string(MatmulPrecision precision) noexcept {
-  switch (precision) {
-    case MatmulPrecision::float32:
-      return "float32";
-    case MatmulPrecision::tf32:
-      return "tf32";
-    case MatmulPrecision::bfloat16:
-      return "bf16";
-  }
-  return "unknown";
+  return detail::enum_name(kPrecisionNames, precision);
 }
 
 MatmulPrecision parse_matmul_precision(std::string_view text) {
-  if (text == "float32" || text == "fp32") return MatmulPrecision::float32;
-  if (text == "tf32") return MatmulPrecision::tf32;
-  if (text == "bf16" || text == "bfloat16") return MatmulPrecision::bfloat16;
-  throw Error(
-      fmt::format("unknown matmul precision '{}': expected 'float32', 'tf32' or 'bf16'", text));
+  return detail::parse_enum(kPrecisionNames, text, "matmul precision");
 }
 
 std::vector<BackendInfo> available_backends() {

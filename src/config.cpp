@@ -2,65 +2,47 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <nlohmann/json.hpp>
 #include <numeric>
 
 #include "crosscoder/error.hpp"
+#include "enum_names.hpp"
 
 namespace crosscoder {
 
+namespace {
+
+constexpr detail::EnumName<Activation> kActivationNames[] = {{Activation::relu, "relu"},
+                                                             {Activation::topk, "topk"},
+                                                             {Activation::batchtopk, "batchtopk"},
+                                                             {Activation::jumprelu, "jumprelu"}};
+constexpr detail::EnumName<Normalisation> kNormalisationNames[] = {
+    {Normalisation::none, "none"},
+    {Normalisation::scalar, "scalar"},
+    {Normalisation::mean_and_scale, "mean_and_scale"},
+    {Normalisation::per_channel, "per_channel"}};
+
+}  // namespace
+
 std::string_view to_string(Activation activation) noexcept {
-  switch (activation) {
-    case Activation::relu:
-      return "relu";
-    case Activation::topk:
-      return "topk";
-    case Activation::batchtopk:
-      return "batchtopk";
-    case Activation::jumprelu:
-      return "jumprelu";
-  }
-  return "unknown";
+  return detail::enum_name(kActivationNames, activation);
 }
 
 Activation parse_activation(std::string_view text) {
-  for (Activation a :
-       {Activation::relu, Activation::topk, Activation::batchtopk, Activation::jumprelu}) {
-    if (text == to_string(a)) return a;
-  }
-  throw Error(
-      fmt::format("unknown activation '{}': expected relu, topk, batchtopk or jumprelu", text));
+  return detail::parse_enum(kActivationNames, text, "activation");
 }
 
 std::string_view to_string(Normalisation normalisation) noexcept {
-  switch (normalisation) {
-    case Normalisation::none:
-      return "none";
-    case Normalisation::scalar:
-      return "scalar";
-    case Normalisation::mean_and_scale:
-      return "mean_and_scale";
-  }
-  return "unknown";
+  return detail::enum_name(kNormalisationNames, normalisation);
 }
 
 Normalisation parse_normalisation(std::string_view text) {
-  for (Normalisation n :
-       {Normalisation::none, Normalisation::scalar, Normalisation::mean_and_scale}) {
-    if (text == to_string(n)) return n;
-  }
-  throw Error(
-      fmt::format("unknown normalisation '{}': expected none, scalar or mean_and_scale", text));
+  return detail::parse_enum(kNormalisationNames, text, "normalisation");
 }
 
 int CrosscoderConfig::shared_latents() const noexcept {
   return latents - std::accumulate(exclusive.begin(), exclusive.end(), 0);
-}
-
-int CrosscoderConfig::exclusive_begin(int source) const noexcept {
-  int begin = shared_latents();
-  for (int m = 0; m < source && m < static_cast<int>(exclusive.size()); ++m) begin += exclusive[m];
-  return begin;
 }
 
 int CrosscoderConfig::exclusive_owner(int latent) const noexcept {
@@ -73,9 +55,25 @@ int CrosscoderConfig::exclusive_owner(int latent) const noexcept {
   return -1;
 }
 
+std::vector<int> CrosscoderConfig::matryoshka_prefix_ends() const {
+  std::vector<int> ends;
+  int end = 0;
+  for (const int size : matryoshka_groups) ends.push_back(end += size);
+  return ends;
+}
+
+int CrosscoderConfig::models() const noexcept {
+  if (source_models.empty()) return sources;
+  return *std::max_element(source_models.begin(), source_models.end()) + 1;
+}
+
+int CrosscoderConfig::model_of(int source) const noexcept {
+  return source_models.empty() ? source : source_models[static_cast<std::size_t>(source)];
+}
+
 bool CrosscoderConfig::latent_uses_source(int latent, int source) const noexcept {
   const int owner = exclusive_owner(latent);
-  return owner < 0 || owner == source;
+  return owner < 0 || owner == model_of(source);
 }
 
 void CrosscoderConfig::validate() const {
@@ -88,10 +86,28 @@ void CrosscoderConfig::validate() const {
                               latents, to_string(activation), k));
     }
   }
+  if (!source_models.empty()) {
+    if (static_cast<int>(source_models.size()) != sources) {
+      throw Error(fmt::format("config: source_models lists {} models for {} sources",
+                              source_models.size(), sources));
+    }
+    std::vector<bool> used(source_models.size(), false);
+    for (const int model : source_models) {
+      if (model < 0 || model >= sources)
+        throw Error(
+            fmt::format("config: source_models holds model {}, outside [0, {})", model, sources));
+      used[static_cast<std::size_t>(model)] = true;
+    }
+    for (int model = 0; model < models(); ++model) {
+      if (!used[static_cast<std::size_t>(model)])
+        throw Error(fmt::format("config: source_models numbers models 0 … {} but none is {}",
+                                models() - 1, model));
+    }
+  }
   if (!exclusive.empty()) {
-    if (static_cast<int>(exclusive.size()) != sources) {
-      throw Error(fmt::format("config: exclusive lists {} blocks but there are {} sources",
-                              exclusive.size(), sources));
+    if (static_cast<int>(exclusive.size()) != models()) {
+      throw Error(fmt::format("config: exclusive lists {} blocks but there are {} models",
+                              exclusive.size(), models()));
     }
     long total = 0;
     for (int count : exclusive) {
@@ -101,6 +117,22 @@ void CrosscoderConfig::validate() const {
     if (total > latents) {
       throw Error(
           fmt::format("config: exclusive latents ({}) exceed latents ({})", total, latents));
+    }
+  }
+  if (!matryoshka_groups.empty()) {
+    if (activation != Activation::topk && activation != Activation::batchtopk) {
+      throw Error(fmt::format("config: matryoshka_groups need topk or batchtopk, not {}",
+                              to_string(activation)));
+    }
+    long total = 0;
+    for (const int size : matryoshka_groups) {
+      if (size < 1)
+        throw Error(fmt::format("config: matryoshka group size {} is not positive", size));
+      total += size;
+    }
+    if (total != latents) {
+      throw Error(
+          fmt::format("config: matryoshka_groups sum to {}, not latents ({})", total, latents));
     }
   }
   if (activation == Activation::jumprelu &&
@@ -121,6 +153,9 @@ std::string CrosscoderConfig::to_json() const {
       {"jumprelu_initial_threshold", jumprelu_initial_threshold},
       {"jumprelu_bandwidth", jumprelu_bandwidth},
   };
+  // Only when nested, so that every other config reads and writes as before.
+  if (!matryoshka_groups.empty()) json["matryoshka_groups"] = matryoshka_groups;
+  if (!source_models.empty()) json["source_models"] = source_models;
   return json.dump();
 }
 
@@ -148,6 +183,10 @@ CrosscoderConfig CrosscoderConfig::from_json(std::string_view text) {
     config.normalisation = parse_normalisation(field("normalisation").get<std::string>());
     config.jumprelu_initial_threshold = field("jumprelu_initial_threshold").get<float>();
     config.jumprelu_bandwidth = field("jumprelu_bandwidth").get<float>();
+    if (json.contains("source_models"))
+      config.source_models = json.at("source_models").get<std::vector<int>>();
+    if (json.contains("matryoshka_groups"))
+      config.matryoshka_groups = json.at("matryoshka_groups").get<std::vector<int>>();
   } catch (const nlohmann::json::exception& error) {
     throw Error(fmt::format("crosscoder config: a field has the wrong type: {}", error.what()));
   }

@@ -7,9 +7,13 @@
 #include <numeric>
 
 #include "crosscoder/error.hpp"
+#include "enum_names.hpp"
 
 namespace crosscoder {
 namespace {
+
+constexpr detail::EnumName<CohensD> kCohensDNames[] = {{CohensD::pooled, "pooled"},
+                                                       {CohensD::average, "average"}};
 
 // AUROC = U₁ / (n₁n₀), U₁ = R₁ − n₁(n₁+1)/2 with R₁ the sum of the positives' mid-ranks.
 // Rows without an entry are zeros: one tie group, placed where 0 sorts among the values.
@@ -51,6 +55,12 @@ double exact_auroc(const std::vector<float>& positive, const std::vector<float>&
 
 }  // namespace
 
+std::string_view to_string(CohensD kind) noexcept { return detail::enum_name(kCohensDNames, kind); }
+
+CohensD parse_cohens_d(std::string_view text) {
+  return detail::parse_enum(kCohensDNames, text, "Cohen's d standardiser");
+}
+
 ContrastAccumulator::ContrastAccumulator(std::int64_t latents) : latents_(latents) {
   if (latents < 1) throw Error(fmt::format("contrast: latents must be positive, got {}", latents));
   for (int group = 0; group < 2; ++group) {
@@ -82,7 +92,7 @@ void ContrastAccumulator::add(const HostSparseCodes& codes, std::span<const std:
   }
 }
 
-LatentContrast ContrastAccumulator::result() const {
+LatentContrast ContrastAccumulator::result(CohensD kind) const {
   if (count_[0] < 2 || count_[1] < 2) {
     throw Error(
         fmt::format("contrast: needs at least two rows per group, got {} positive and {} negative",
@@ -91,6 +101,7 @@ LatentContrast ContrastAccumulator::result() const {
   LatentContrast out;
   out.positives = count_[1];
   out.negatives = count_[0];
+  out.cohens_d_kind = kind;
   const auto F = static_cast<std::size_t>(latents_);
   out.mean_positive.resize(F);
   out.mean_negative.resize(F);
@@ -104,12 +115,15 @@ LatentContrast ContrastAccumulator::result() const {
     // Unbiased variances from the sums; clamp the tiny negatives that rounding can produce.
     const double var1 = std::max(0.0, (sum_squares_[1][f] - n1 * mean1 * mean1) / (n1 - 1.0));
     const double var0 = std::max(0.0, (sum_squares_[0][f] - n0 * mean0 * mean0) / (n0 - 1.0));
-    const double pooled = std::sqrt(((n1 - 1.0) * var1 + (n0 - 1.0) * var0) / (n1 + n0 - 2.0));
+    const double standardiser =
+        kind == CohensD::average
+            ? std::sqrt((var1 + var0) / 2.0)
+            : std::sqrt(((n1 - 1.0) * var1 + (n0 - 1.0) * var0) / (n1 + n0 - 2.0));
     out.mean_positive[f] = mean1;
     out.mean_negative[f] = mean0;
     out.firing_positive[f] = fired_[1][f] / n1;
     out.firing_negative[f] = fired_[0][f] / n0;
-    out.cohens_d[f] = pooled > 0.0 ? (mean1 - mean0) / pooled : 0.0;
+    out.cohens_d[f] = standardiser > 0.0 ? (mean1 - mean0) / standardiser : 0.0;
     out.auroc[f] = exact_auroc(nonzero_[1][f], nonzero_[0][f], count_[1], count_[0]);
   }
   return out;

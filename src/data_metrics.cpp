@@ -36,7 +36,7 @@ void DataMetricsAccumulator::add(std::span<const float> x, const Crosscoder::Inf
                     "rows × {}",
                     x.size(), rows, D));
   }
-  const std::vector<float>& scale = model_.normaliser().scale;
+  const std::vector<float> scale = model_.normaliser().column_scales(M, d);
   for (std::size_t e = 0; e < codes.latent.size(); ++e) {
     const std::int32_t f = codes.latent[e];
     const double value = codes.value[e];
@@ -54,7 +54,7 @@ void DataMetricsAccumulator::add(std::span<const float> x, const Crosscoder::Inf
         // x = x̃/s + μ and x̂ = x̂̃/s + μ, so the raw error is (x̂̃ − x̃)/s.
         const double error = (static_cast<double>(inference.normalised_reconstruction[b * D + j]) -
                               inference.normalised_input[b * D + j]) /
-                             scale[m];
+                             scale[j];
         squared_error_[m] += error * error;
         column_sum_[j] += value;
         column_square_[j] += value * value;

@@ -12,13 +12,14 @@
 #include "crosscoder/io/half.hpp"
 #include "crosscoder/io/npy.hpp"
 #include "crosscoder/io/safetensors.hpp"
+#include "dataset_pass.hpp"
 
 namespace crosscoder {
 
 namespace {
 
-// One column (a source, the labels or the token ids) within one shard: `rows` elements (or
-// rows of `width` elements) at `base`, rows `row_stride` elements apart, each starting
+// One column (a source, the labels, the token ids or the document ids) within one shard: `rows`
+// elements (or rows of `width` elements) at `base`, rows `row_stride` elements apart, each starting
 // `offset` elements in. `owner` keeps the memory (a mapping or a vector) alive.
 struct Column {
   std::shared_ptr<const void> owner;
@@ -35,6 +36,7 @@ struct Shard {
   std::vector<Column> sources;
   std::optional<Column> labels;
   std::optional<Column> token_ids;
+  std::optional<Column> document_ids;
 };
 
 std::size_t stored_size(StoredType type) noexcept {
@@ -159,7 +161,7 @@ struct ActivationDataset::Impl {
   int width = 0;
   std::int64_t rows = 0;
   std::vector<Shard> shards;
-  std::optional<StoredType> label_type, token_type;
+  std::optional<StoredType> label_type, token_type, document_type;
   std::string labels_from;  // where attached labels came from
 
   const Shard& shard_of(std::int64_t row) const {
@@ -180,6 +182,21 @@ struct ActivationDataset::Impl {
     std::vector<std::string> text;
     for (const auto& path : inputs) text.push_back(path.string());
     return fmt::format("{}", fmt::join(text, ", "));
+  }
+
+  // The integer column `member` of rows [first, first + count), converted to T.
+  template <typename T>
+  void read_integers(std::optional<Column> Shard::*member, std::int64_t first, std::int64_t count,
+                     T* out) const {
+    for_each_piece(first, count,
+                   [&](const Shard& shard, std::int64_t local, std::int64_t n, std::int64_t done) {
+                     const Column& column = *(shard.*member);
+                     const std::size_t item = stored_size(column.type);
+                     for (std::int64_t r = 0; r < n; ++r) {
+                       out[done + r] = static_cast<T>(load_integer(
+                           column.type, column.base + static_cast<std::size_t>(local + r) * item));
+                     }
+                   });
   }
 
   // Calls visit(shard, first row within the shard, count, offset into the request) for each
@@ -210,6 +227,9 @@ const std::vector<std::string>& ActivationDataset::source_names() const noexcept
 }
 bool ActivationDataset::has_labels() const noexcept { return impl_->label_type.has_value(); }
 bool ActivationDataset::has_token_ids() const noexcept { return impl_->token_type.has_value(); }
+bool ActivationDataset::has_document_ids() const noexcept {
+  return impl_->document_type.has_value();
+}
 std::size_t ActivationDataset::shards() const noexcept { return impl_->shards.size(); }
 
 namespace {
@@ -339,6 +359,7 @@ ActivationDataset ActivationDataset::open_manifest(const std::filesystem::path& 
   }
   if (manifest.labels) impl->label_type = manifest.labels->dtype;
   if (manifest.token_ids) impl->token_type = manifest.token_ids->dtype;
+  if (manifest.document_ids) impl->document_type = manifest.document_ids->dtype;
   FileCache files;
   const std::string context = fmt::format("manifest {}: ", manifest_path.string());
   const auto open_column_unchecked = [&](const ManifestShard& entry, StoredType declared,
@@ -355,14 +376,14 @@ ActivationDataset ActivationDataset::open_manifest(const std::filesystem::path& 
     return activations ? npy_activation_column(file, declared, entry.rows, manifest.width, context)
                        : npy_integer_column(file, declared, entry.rows, context);
   };
-  // Errors from the file layer name the shard's file; say which manifest entry listed it.
+  // Errors name the shard's file; say which manifest entry listed it too.
   const auto open_column = [&](const ManifestShard& entry, StoredType declared, bool activations,
                                const std::string& key) {
     try {
       return open_column_unchecked(entry, declared, activations);
     } catch (const Error& error) {
-      const std::string message = error.what();
-      if (message.rfind(context, 0) == 0) throw;
+      std::string message = error.what();
+      if (message.rfind(context, 0) == 0) message.erase(0, context.size());
       throw Error(fmt::format("{}{}: {}", context, key, message));
     }
   };
@@ -384,6 +405,11 @@ ActivationDataset ActivationDataset::open_manifest(const std::filesystem::path& 
     if (manifest.token_ids)
       shard.token_ids = open_column(manifest.token_ids->shards[i], manifest.token_ids->dtype, false,
                                     fmt::format("token_ids.shards[{}]", i));
+    if (manifest.document_ids) {
+      shard.document_ids =
+          open_column(manifest.document_ids->shards[i], manifest.document_ids->dtype, false,
+                      fmt::format("document_ids.shards[{}]", i));
+    }
     first_row += shard.rows;
     impl->shards.push_back(std::move(shard));
   }
@@ -449,13 +475,17 @@ ActivationDataset ActivationDataset::open(const std::vector<std::filesystem::pat
       shard.labels = safetensors_column(file, "labels", std::nullopt, rows, 0, false, context);
       check_label_values(*shard.labels, rows);
     }
-    if (file->contains("token_ids")) {
-      shard.token_ids =
-          safetensors_column(file, "token_ids", std::nullopt, rows, 0, false, context);
-      if (shard.token_ids->type != StoredType::I32) {
-        throw Error(fmt::format("{}: token_ids must be I32", shard.token_ids->where));
-      }
-    }
+    // Token ids and document ids: optional 1-D I32 tensors named so.
+    const auto int32_column = [&](const std::string& name) -> std::optional<Column> {
+      if (!file->contains(name)) return std::nullopt;
+      Column column = safetensors_column(file, name, std::nullopt, rows, 0, false, context);
+      // safetensors_column let through I8 or I32.
+      if (column.type != StoredType::I32)
+        throw Error(fmt::format("{}: {} must be I32, not I8", column.where, name));
+      return column;
+    };
+    shard.token_ids = int32_column("token_ids");
+    shard.document_ids = int32_column("document_ids");
   } else if (inputs.size() == 1 && files.npy(inputs[0])->shape().size() == 3) {
     impl->kind = "npy [rows, sources, width]";
     const auto file = files.npy(inputs[0]);
@@ -502,6 +532,7 @@ ActivationDataset ActivationDataset::open(const std::vector<std::filesystem::pat
   for (const Column& column : shard.sources) impl->source_types.push_back(column.type);
   if (shard.labels) impl->label_type = shard.labels->type;
   if (shard.token_ids) impl->token_type = shard.token_ids->type;
+  if (shard.document_ids) impl->document_type = shard.document_ids->type;
   shard.rows = impl->rows;
   impl->shards.push_back(std::move(shard));
   return ActivationDataset(std::move(impl));
@@ -568,15 +599,7 @@ void ActivationDataset::read_labels(std::int64_t first, std::int64_t count,
   if (!has_labels())
     throw Error(fmt::format("dataset {}: has no labels", impl_->describe_inputs()));
   impl_->check_range(first, count, "label");
-  impl_->for_each_piece(
-      first, count, [&](const Shard& shard, std::int64_t local, std::int64_t n, std::int64_t done) {
-        const Column& column = *shard.labels;
-        const std::size_t item = stored_size(column.type);
-        for (std::int64_t r = 0; r < n; ++r) {
-          out[done + r] = static_cast<std::int8_t>(
-              load_integer(column.type, column.base + static_cast<std::size_t>(local + r) * item));
-        }
-      });
+  impl_->read_integers(&Shard::labels, first, count, out);
 }
 
 void ActivationDataset::read_token_ids(std::int64_t first, std::int64_t count,
@@ -585,15 +608,16 @@ void ActivationDataset::read_token_ids(std::int64_t first, std::int64_t count,
     throw Error(fmt::format("dataset {}: has no token ids", impl_->describe_inputs()));
   }
   impl_->check_range(first, count, "token id");
-  impl_->for_each_piece(
-      first, count, [&](const Shard& shard, std::int64_t local, std::int64_t n, std::int64_t done) {
-        const Column& column = *shard.token_ids;
-        const std::size_t item = stored_size(column.type);
-        for (std::int64_t r = 0; r < n; ++r) {
-          out[done + r] = static_cast<std::int32_t>(
-              load_integer(column.type, column.base + static_cast<std::size_t>(local + r) * item));
-        }
-      });
+  impl_->read_integers(&Shard::token_ids, first, count, out);
+}
+
+void ActivationDataset::read_document_ids(std::int64_t first, std::int64_t count,
+                                          std::int32_t* out) const {
+  if (!has_document_ids()) {
+    throw Error(fmt::format("dataset {}: has no document ids", impl_->describe_inputs()));
+  }
+  impl_->check_range(first, count, "document id");
+  impl_->read_integers(&Shard::document_ids, first, count, out);
 }
 
 void ActivationDataset::attach_labels(const std::filesystem::path& path) {
@@ -647,7 +671,28 @@ std::string ActivationDataset::describe() const {
                         impl_->labels_from.empty() ? "" : " from " + impl_->labels_from);
   }
   if (impl_->token_type) text += fmt::format("  token ids: {}\n", to_string(*impl_->token_type));
+  if (impl_->document_type)
+    text += fmt::format("  document ids: {}\n", to_string(*impl_->document_type));
   return text;
+}
+
+DatasetCheck check_dataset(const ActivationDataset& dataset, const PassControl& pass) {
+  DatasetCheck check;
+  check.rows = dataset.rows();
+  std::vector<std::int8_t> labels;
+  // Reading is the check: ActivationDataset::read throws at the first NaN or infinity.
+  detail::for_each_chunk(dataset, 0, dataset.rows(), pass, "check",
+                         [&](std::int64_t begin, std::int64_t n, std::span<const float>) {
+                           if (!dataset.has_labels()) return;
+                           labels.resize(static_cast<std::size_t>(n));
+                           dataset.read_labels(begin, n, labels.data());
+                           for (const std::int8_t label : labels) {
+                             check.positives += label == 1;
+                             check.negatives += label == 0;
+                           }
+                         });
+  if (dataset.has_labels()) check.ignored = check.rows - check.positives - check.negatives;
+  return check;
 }
 
 }  // namespace crosscoder

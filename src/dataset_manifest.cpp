@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "crosscoder/error.hpp"
+#include "enum_names.hpp"
 
 namespace crosscoder {
 
@@ -75,14 +76,8 @@ class ManifestParser {
       }
       manifest.labels = std::move(labels);
     }
-    if (root.contains("token_ids") && !root["token_ids"].is_null()) {
-      ManifestColumn tokens = parse_column(root["token_ids"], "token_ids", false);
-      tokens.name = "token_ids";
-      if (tokens.dtype != StoredType::I32) {
-        fail("token_ids.dtype", fmt::format("is {}; token ids are int32", to_string(tokens.dtype)));
-      }
-      manifest.token_ids = std::move(tokens);
-    }
+    manifest.token_ids = optional_int32_column(root, "token_ids", "token ids");
+    manifest.document_ids = optional_int32_column(root, "document_ids", "document ids");
     check_shards_agree(manifest);
     return manifest;
   }
@@ -116,6 +111,19 @@ class ManifestParser {
     }
     if (!value.is_number_integer()) fail(key, "must be an integer");
     return value.get<std::int64_t>();
+  }
+
+  // The optional int32 columns (token ids, document ids): absent or null means none.
+  std::optional<ManifestColumn> optional_int32_column(const Json& root, const char* key,
+                                                      const char* what) const {
+    if (!root.contains(key) || root[key].is_null()) return std::nullopt;
+    ManifestColumn column = parse_column(root[key], key, false);
+    column.name = key;
+    if (column.dtype != StoredType::I32) {
+      fail(std::string(key) + ".dtype",
+           fmt::format("is {}; {} are int32", to_string(column.dtype), what));
+    }
+    return column;
   }
 
   ManifestColumn parse_column(const Json& json, const std::string& key, bool named) const {
@@ -177,6 +185,8 @@ class ManifestParser {
     }
     if (manifest.labels) check_against(first, "sources[0]", *manifest.labels, "labels");
     if (manifest.token_ids) check_against(first, "sources[0]", *manifest.token_ids, "token_ids");
+    if (manifest.document_ids)
+      check_against(first, "sources[0]", *manifest.document_ids, "document_ids");
   }
 
   std::filesystem::path path_;
@@ -213,29 +223,26 @@ Json column_to_json(const ManifestColumn& column, const std::filesystem::path& d
 
 }  // namespace
 
+namespace {
+
+constexpr detail::EnumName<StoredType> kStoredTypeNames[] = {{StoredType::F32, "f32"},
+                                                             {StoredType::F16, "f16"},
+                                                             {StoredType::BF16, "bf16"},
+                                                             {StoredType::I8, "int8"},
+                                                             {StoredType::I32, "int32"}};
+
+}  // namespace
+
 std::string_view to_string(StoredType type) noexcept {
-  switch (type) {
-    case StoredType::F32:
-      return "f32";
-    case StoredType::F16:
-      return "f16";
-    case StoredType::BF16:
-      return "bf16";
-    case StoredType::I8:
-      return "int8";
-    case StoredType::I32:
-      return "int32";
-  }
-  return "?";
+  return detail::enum_name(kStoredTypeNames, type);
 }
 
 StoredType parse_stored_type(std::string_view name, std::string_view what) {
-  for (StoredType type :
-       {StoredType::F32, StoredType::F16, StoredType::BF16, StoredType::I8, StoredType::I32}) {
-    if (name == to_string(type)) return type;
+  try {
+    return detail::parse_enum(kStoredTypeNames, name, "dtype");
+  } catch (const Error& error) {
+    throw Error(fmt::format("{}: {}", what, error.what()));
   }
-  throw Error(
-      fmt::format("{}: unknown dtype \"{}\" (expected f32, f16, bf16, int8 or int32)", what, name));
 }
 
 std::int64_t DatasetManifest::rows() const noexcept {
@@ -277,6 +284,8 @@ std::string manifest_to_json(const DatasetManifest& manifest,
   root["sources"] = std::move(sources);
   if (manifest.labels) root["labels"] = column_to_json(*manifest.labels, directory, false);
   if (manifest.token_ids) root["token_ids"] = column_to_json(*manifest.token_ids, directory, false);
+  if (manifest.document_ids)
+    root["document_ids"] = column_to_json(*manifest.document_ids, directory, false);
   return root.dump(2) + "\n";
 }
 

@@ -5,8 +5,7 @@
 #include <chrono>
 #include <cmath>
 
-#include "crosscoder/contrast.hpp"
-#include "crosscoder/data_metrics.hpp"
+#include "crosscoder/diff.hpp"
 #include "crosscoder/error.hpp"
 #include "crosscoder/model.hpp"
 #include "crosscoder/train_loop.hpp"
@@ -23,6 +22,9 @@ DemoOptions default_demo_options() {
   options.train.learning_rate = 2e-3f;
   options.train.warmup_steps = 100;
   options.train.dead_after_tokens = 200'000;
+  // The threshold from the first step, as before threshold_start_step existed: the demo's
+  // recovery expectations were set with it.
+  options.train.threshold_start_step = 0;
   options.train.seed = 1;
   options.data.seed = 2026;
   return options;
@@ -56,25 +58,27 @@ DemoResult run_demo(const DemoOptions& options, const std::shared_ptr<Backend>& 
   std::vector<float> x(static_cast<std::size_t>(rows * D));
   std::vector<std::int8_t> labels(static_cast<std::size_t>(rows));
   pair.sample(rows, 0xE7A1'0000'0000ull, x.data(), labels.data());
-  DataMetricsAccumulator held_out(model);
-  held_out.add(x, rows);
-  const DataMetrics metrics = held_out.result();
-  result.fve = metrics.fve;
-  result.l0 = metrics.l0;
-  result.dead_fraction = static_cast<double>(metrics.dead_latents) / config.latents;
-  const HostSparseCodes codes = model.encode(x, rows);
-
   RecoveryOptions recovery;
   recovery.norm_scale.assign(model.normaliser().scale.begin(), model.normaliser().scale.end());
   const std::vector<float> raw_decoder = model.raw_decoder_vectors();
   result.recovery = evaluate_recovery(pair, raw_decoder.data(),
                                       static_cast<std::size_t>(config.latents), recovery);
 
+  // One inference pass over the held-out rows for the data metrics and the contrast ranking.
+  DiffOptions analysis;
+  analysis.exclusive_threshold = recovery.exclusive_threshold;
+  analysis.scaling = ScalingLatents::none;
+  DiffAccumulator held_out(model, analysis, /*with_labels=*/true);
+  held_out.add(x, rows, labels);
+  const DiffReport report = held_out.result();
+  if (!report.contrast) throw Error("demo: the held-out rows lack positives or negatives");
+  const DataMetrics& metrics = *report.data;
+  result.fve = metrics.fve;
+  result.l0 = metrics.l0;
+  result.dead_fraction = static_cast<double>(metrics.dead_latents) / config.latents;
   // Contrast ranking among latents classified exclusive to the last (fine-tuned) source.
-  ContrastAccumulator contrast(config.latents);
-  contrast.add(codes, labels);
-  const LatentContrast statistics = contrast.result();
-  const std::vector<float> relative = model.relative_decoder_norms();
+  const LatentContrast& statistics = *report.contrast;
+  const std::vector<float>& relative = report.weights.relative_norm;  // [F, M]
   std::vector<bool> exclusive_to_last(static_cast<std::size_t>(config.latents));
   for (int f = 0; f < config.latents; ++f) {
     exclusive_to_last[f] = relative[f * M + (M - 1)] >= recovery.exclusive_threshold;

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
 #include <cctype>
 #include <cmath>
 #include <limits>
@@ -11,7 +12,7 @@
 #include <numeric>
 
 #include "crosscoder/error.hpp"
-#include "crosscoder/io/atomic_file.hpp"
+#include "io/atomic_file.hpp"
 
 namespace crosscoder {
 
@@ -39,14 +40,17 @@ std::vector<std::string> latent_metric_names(const DiffReport& report) {
     names.push_back(fmt::format("decoder_norm_{}", m));
     names.push_back(fmt::format("relative_norm_{}", m));
   }
+  for (int k = 0; k < report.weights.models; ++k) {
+    names.push_back(fmt::format("model_norm_{}", k));
+    names.push_back(fmt::format("model_relative_norm_{}", k));
+  }
   if (report.weights.sources == 2) names.push_back("normalised_difference");
   if (report.weights.sources >= 2) {
     names.push_back("decoder_cosine");
     names.push_back("encoder_cosine");
   }
   if (report.data) names.insert(names.end(), {"frequency", "mean_activation", "max_activation"});
-  if (report.contrast)
-    names.insert(names.end(), {"cohens_d", "auroc", "freq_pos", "freq_neg"});
+  if (report.contrast) names.insert(names.end(), {"cohens_d", "auroc", "freq_pos", "freq_neg"});
   if (report.scaling) {
     for (const char* prefix :
          {"beta_error", "beta_reconstruction", "nu_error", "nu_reconstruction"})
@@ -74,6 +78,16 @@ std::vector<double> latent_metric(const DiffReport& report, std::string_view nam
   for (int m = 0; m < w.sources; ++m) {
     if (name == fmt::format("decoder_norm_{}", m)) return per_source(w.decoder_norm, m);
     if (name == fmt::format("relative_norm_{}", m)) return per_source(w.relative_norm, m);
+  }
+  for (int k = 0; k < w.models; ++k) {
+    const auto per_model = [&](const std::vector<float>& values) {
+      std::vector<double> out(F);
+      for (std::size_t f = 0; f < F; ++f)
+        out[f] = values[f * static_cast<std::size_t>(w.models) + static_cast<std::size_t>(k)];
+      return out;
+    };
+    if (name == fmt::format("model_norm_{}", k)) return per_model(w.model_norm);
+    if (name == fmt::format("model_relative_norm_{}", k)) return per_model(w.model_relative_norm);
   }
   if (name == "normalised_difference" && !w.normalised_difference.empty()) {
     return {w.normalised_difference.begin(), w.normalised_difference.end()};
@@ -138,8 +152,16 @@ std::string diff_report_json(const DiffReport& report) {
   json summary;
   std::map<std::string, std::int64_t> classes;
   for (int c : w.latent_class) ++classes[latent_class_name(c)];
+  summary["class_rule"] = std::string(to_string(w.class_rule));
   summary["exclusive_threshold"] = w.exclusive_threshold;
   summary["classes"] = classes;
+  if (w.models > 0) {
+    // A crosscoder across layers: classes by the model norms (all of a model's blocks).
+    std::map<std::string, std::int64_t> model_classes;
+    for (int c : w.model_class) ++model_classes[latent_class_name(c)];
+    summary["model_classes"] = model_classes;
+    summary["source_models"] = w.source_models;
+  }
   if (report.data) {
     summary["fve"] = report.data->fve;
     summary["l0"] = report.data->l0;
@@ -150,10 +172,43 @@ std::string diff_report_json(const DiffReport& report) {
                        {"mse", report.data->mse},
                        {"l0", report.data->l0},
                        {"dead_latents", report.data->dead_latents}};
+    // Density: how many latents fire often, overall and per class (dense latents are as
+    // suspect as dead ones; SAEBench reports the same thresholds).
+    std::map<std::string, std::array<std::int64_t, 4>> by_class;  // latents, dead, >1%, >10%
+    std::int64_t over_1 = 0, over_10 = 0;
+    for (std::size_t f = 0; f < static_cast<std::size_t>(w.latents); ++f) {
+      const double frequency = report.data->frequency[f];
+      auto& counts = by_class[latent_class_name(w.latent_class[f])];
+      ++counts[0];
+      counts[1] += frequency == 0.0 ? 1 : 0;
+      counts[2] += frequency > 0.01 ? 1 : 0;
+      counts[3] += frequency > 0.1 ? 1 : 0;
+      over_1 += frequency > 0.01 ? 1 : 0;
+      over_10 += frequency > 0.1 ? 1 : 0;
+    }
+    summary["data"]["freq_over_1pct"] = over_1;
+    summary["data"]["freq_over_10pct"] = over_10;
+    json density;
+    for (const auto& [name, counts] : by_class) {
+      density[name] = {{"latents", counts[0]},
+                       {"dead", counts[1]},
+                       {"freq_over_1pct", counts[2]},
+                       {"freq_over_10pct", counts[3]}};
+    }
+    summary["data"]["density_by_class"] = std::move(density);
+  }
+  if (report.examples) {
+    const LatentExamples& e = *report.examples;
+    summary["examples"] = {{"top", e.options.top},
+                           {"samples", e.options.samples},
+                           {"rows", e.rows},
+                           {"token_windows", e.has_windows()},
+                           {"windows_stop_at_documents", e.windows_stop_at_documents}};
   }
   if (report.contrast) {
     summary["contrast"] = {{"positives", report.contrast->positives},
-                           {"negatives", report.contrast->negatives}};
+                           {"negatives", report.contrast->negatives},
+                           {"cohens_d", std::string(to_string(report.contrast->cohens_d_kind))}};
   }
   std::vector<std::int64_t> scaling_slot(static_cast<std::size_t>(w.latents), -1);
   if (report.scaling) {
@@ -177,6 +232,17 @@ std::string diff_report_json(const DiffReport& report) {
                            w.relative_norm.begin() + static_cast<std::ptrdiff_t>((f + 1) * M));
     if (!w.normalised_difference.empty())
       entry["normalised_difference"] = w.normalised_difference[f];
+    if (w.models > 0) {
+      const auto K = static_cast<std::size_t>(w.models);
+      entry["model_norm"] =
+          std::vector<float>(w.model_norm.begin() + static_cast<std::ptrdiff_t>(f * K),
+                             w.model_norm.begin() + static_cast<std::ptrdiff_t>((f + 1) * K));
+      entry["model_relative_norm"] = std::vector<float>(
+          w.model_relative_norm.begin() + static_cast<std::ptrdiff_t>(f * K),
+          w.model_relative_norm.begin() + static_cast<std::ptrdiff_t>((f + 1) * K));
+      entry["model_class"] = latent_class_name(w.model_class[f]);
+      entry["peak_source"] = w.peak_source[f];
+    }
     if (pairs > 0) {
       entry["cosine"] = w.decoder_cosine[f * pairs];  // sources 0 and 1: the usual pair
       entry["decoder_cosine"] = std::vector<float>(

@@ -6,8 +6,40 @@
 #include <cmath>
 
 #include "crosscoder/error.hpp"
+#include "enum_names.hpp"
 
 namespace crosscoder {
+namespace {
+
+constexpr detail::EnumName<ClassRule> kClassRuleNames[] = {
+    {ClassRule::relative_norm, "relative_norm"}, {ClassRule::minder, "minder"}};
+
+// ((n_0 − n_1)/max(n_0, n_1) + 1)/2; 0.5 when both are zero.
+double normalised_difference_of(double n0, double n1) {
+  const double largest = std::max(n0, n1);
+  return largest > 0.0 ? ((n0 - n1) / largest + 1.0) / 2.0 : 0.5;
+}
+
+}  // namespace
+
+std::string_view to_string(ClassRule rule) noexcept {
+  return detail::enum_name(kClassRuleNames, rule);
+}
+
+ClassRule parse_class_rule(std::string_view text) {
+  return detail::parse_enum(kClassRuleNames, text, "class rule");
+}
+
+int classify_minder(std::span<const double> norms) {
+  if (norms.size() != 2) {
+    throw Error(fmt::format("class rule minder needs exactly two sources, got {}", norms.size()));
+  }
+  if (!(std::max(norms[0], norms[1]) > 0.0)) return kMixedLatent;
+  const double n = normalised_difference_of(norms[0], norms[1]);
+  if (n < 0.1) return 1;
+  if (n > 0.9) return 0;
+  return std::abs(n - 0.5) < 0.1 ? kSharedLatent : kMixedLatent;
+}
 
 int classify_by_norms(std::span<const double> norms, double exclusive_threshold) {
   double total = 0.0;
@@ -39,12 +71,17 @@ float cosine(const float* a, const float* b, int width) {
 
 }  // namespace
 
-WeightMetrics weight_metrics(const Crosscoder& model, double exclusive_threshold) {
+WeightMetrics weight_metrics(const Crosscoder& model, double exclusive_threshold, ClassRule rule) {
   if (!(exclusive_threshold > 0.5 && exclusive_threshold <= 1.0)) {
     throw Error(fmt::format("weight metrics: exclusive threshold must be in (0.5, 1], got {}",
                             exclusive_threshold));
   }
   const CrosscoderConfig& c = model.config();
+  if (rule == ClassRule::minder && c.sources != 2) {
+    throw Error(fmt::format(
+        "weight metrics: class rule minder needs a crosscoder of two sources, this one has {}",
+        c.sources));
+  }
   const int M = c.sources, d = c.width;
   const std::int64_t F = c.latents, D = c.input_width();
   const std::int64_t pairs = static_cast<std::int64_t>(M) * (M - 1) / 2;
@@ -52,6 +89,7 @@ WeightMetrics weight_metrics(const Crosscoder& model, double exclusive_threshold
   out.sources = M;
   out.latents = F;
   out.exclusive_threshold = exclusive_threshold;
+  out.class_rule = rule;
   out.decoder_norm = model.decoder_norms();
   out.relative_norm = model.relative_decoder_norms();
   const std::vector<float> decoder = model.decoder_vectors();
@@ -72,11 +110,38 @@ WeightMetrics weight_metrics(const Crosscoder& model, double exclusive_threshold
       }
       norms[m] = out.decoder_norm[f * M + m];
     }
-    out.latent_class[f] = classify_by_norms(norms, exclusive_threshold);
-    if (M == 2) {
-      const double largest = std::max(norms[0], norms[1]);
+    out.latent_class[f] = rule == ClassRule::minder ? classify_minder(norms)
+                                                    : classify_by_norms(norms, exclusive_threshold);
+    if (M == 2)
       out.normalised_difference[f] =
-          largest > 0.0 ? static_cast<float>(((norms[0] - norms[1]) / largest + 1.0) / 2.0) : 0.5f;
+          static_cast<float>(normalised_difference_of(norms[0], norms[1]));
+  }
+  if (!c.source_models.empty()) {
+    const int K = c.models();
+    out.models = K;
+    out.source_models = c.source_models;
+    out.model_norm.assign(static_cast<std::size_t>(F * K), 0.0f);
+    out.model_relative_norm.assign(out.model_norm.size(), 0.0f);
+    out.model_class.resize(static_cast<std::size_t>(F));
+    out.peak_source.resize(static_cast<std::size_t>(F));
+    std::vector<double> squares(static_cast<std::size_t>(K));
+    for (std::int64_t f = 0; f < F; ++f) {
+      std::fill(squares.begin(), squares.end(), 0.0);
+      int peak = 0;
+      for (int m = 0; m < M; ++m) {
+        const double n = out.decoder_norm[f * M + m];
+        squares[static_cast<std::size_t>(c.model_of(m))] += n * n;
+        if (n > out.decoder_norm[f * M + peak]) peak = m;
+      }
+      double total = 0.0;
+      for (double& s : squares) total += (s = std::sqrt(s));
+      for (int k = 0; k < K; ++k) {
+        out.model_norm[f * K + k] = static_cast<float>(squares[k]);
+        out.model_relative_norm[f * K + k] =
+            total > 0.0 ? static_cast<float>(squares[k] / total) : 0.0f;
+      }
+      out.model_class[f] = classify_by_norms(squares, exclusive_threshold);
+      out.peak_source[f] = peak;
     }
   }
   return out;

@@ -76,12 +76,15 @@ void LatentScalingAccumulator::add(const Crosscoder::Inference& inference) {
       const float* row_decoder = &decoder_rows_[static_cast<std::size_t>(slot) * D];
       const float* reference = row_decoder + static_cast<std::ptrdiff_t>(reference_[slot]) * d;
       for (int m = 0; m < M; ++m) {
-        double error = 0.0, reconstruction = 0.0;  // ⟨d_{j,s}, y⟩ for both targets
+        // ⟨d_{j,s}, y⟩ for both targets: the error with the latent's own contribution added
+        // back, and the full reconstruction (the latent's contribution included, as in the
+        // reference code; for the reference source that makes β^r near 1, not near 0).
+        double error = 0.0, reconstruction = 0.0;
         for (int i = 0; i < d; ++i) {
           const std::int64_t j = b * D + static_cast<std::int64_t>(m) * d + i;
           const double own = f * row_decoder[m * d + i];
           error += reference[i] * (x_n[j] - x_hat[j] + own);
-          reconstruction += reference[i] * (x_hat[j] - own);
+          reconstruction += reference[i] * x_hat[j];
         }
         numerator_error_[slot * M + m] += f * error;
         numerator_reconstruction_[slot * M + m] += f * reconstruction;

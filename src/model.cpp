@@ -2,8 +2,10 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 
+#include "crosscoder/backend_ops.hpp"
 #include "crosscoder/error.hpp"
 #include "random.hpp"
 #include "validation.hpp"
@@ -23,9 +25,12 @@ Crosscoder::Crosscoder(const CrosscoderConfig& config, std::shared_ptr<Backend> 
   if (config_.activation == Activation::jumprelu) {
     parameters_.threshold = DeviceArray<float>(backend_, F);
   }
-  normaliser_.scale.assign(static_cast<std::size_t>(config_.sources), 1.0f);
+  normaliser_.scale.assign(config_.normalisation == Normalisation::per_channel
+                               ? D
+                               : static_cast<std::size_t>(config_.sources),
+                           1.0f);
   normaliser_.mean.assign(D, 0.0f);
-  normaliser_scale_ = DeviceArray<float>(backend_, static_cast<std::size_t>(config_.sources));
+  normaliser_scale_ = DeviceArray<float>(backend_, D);
   normaliser_mean_ = DeviceArray<float>(backend_, D);
   upload_normaliser();
 }
@@ -64,28 +69,86 @@ Crosscoder::Crosscoder(const CrosscoderConfig& config, std::shared_ptr<Backend> 
   }
 }
 
+std::vector<float> Normaliser::column_scales(int sources, int width) const {
+  const auto D = static_cast<std::size_t>(sources) * static_cast<std::size_t>(width);
+  if (scale.size() == D) return scale;
+  if (scale.size() != static_cast<std::size_t>(sources)) {
+    throw Error(fmt::format("normaliser: scale has {} values, neither {} sources nor {} columns",
+                            scale.size(), sources, D));
+  }
+  std::vector<float> columns(D);
+  for (std::size_t j = 0; j < D; ++j) columns[j] = scale[j / static_cast<std::size_t>(width)];
+  return columns;
+}
+
 void Crosscoder::upload_normaliser() {
-  normaliser_scale_.upload(normaliser_.scale);
+  normaliser_scale_.upload(normaliser_.column_scales(config_.sources, config_.width));
   normaliser_mean_.upload(normaliser_.mean);
 }
 
 void Crosscoder::set_normaliser(Normaliser normaliser) {
-  const auto M = static_cast<std::size_t>(config_.sources);
   const auto D = static_cast<std::size_t>(config_.input_width());
-  if (normaliser.scale.size() != M || normaliser.mean.size() != D) {
-    throw Error(fmt::format("normaliser: expected scale [{}] and mean [{}], got [{}] and [{}]", M,
-                            D, normaliser.scale.size(), normaliser.mean.size()));
+  const bool per_channel = config_.normalisation == Normalisation::per_channel;
+  const std::size_t scales = per_channel ? D : static_cast<std::size_t>(config_.sources);
+  if (normaliser.scale.size() != scales || normaliser.mean.size() != D) {
+    throw Error(fmt::format("normaliser ({}): expected scale [{}] and mean [{}], got [{}] and [{}]",
+                            to_string(config_.normalisation), scales, D, normaliser.scale.size(),
+                            normaliser.mean.size()));
   }
-  for (std::size_t m = 0; m < M; ++m) {
-    if (!(normaliser.scale[m] > 0.0f) || !std::isfinite(normaliser.scale[m])) {
-      throw Error(fmt::format("normaliser: scale of source {} must be positive and finite, got {}",
-                              m, normaliser.scale[m]));
+  for (std::size_t j = 0; j < scales; ++j) {
+    if (!(normaliser.scale[j] > 0.0f) || !std::isfinite(normaliser.scale[j])) {
+      throw Error(fmt::format(
+          "normaliser: scale of source {}{} must be positive and finite, got {}",
+          per_channel ? j / static_cast<std::size_t>(config_.width) : j,
+          per_channel ? fmt::format(" channel {}", j % static_cast<std::size_t>(config_.width))
+                      : std::string(),
+          normaliser.scale[j]));
+    }
+  }
+  for (std::size_t j = 0; j < D; ++j) {
+    if (!std::isfinite(normaliser.mean[j])) {
+      throw Error(
+          fmt::format("normaliser: mean of column {} is not finite ({})", j, normaliser.mean[j]));
     }
   }
   normaliser_ = std::move(normaliser);
   normaliser_.fitted = true;
   upload_normaliser();
 }
+
+namespace {
+
+// The study's z-score per channel: μ the column mean, σ the unbiased standard deviation clamped
+// at 1e-6 as its activation cache does, in float64 over two passes.
+Normaliser fit_per_channel(std::span<const float> x, std::int64_t rows, std::int64_t D) {
+  if (rows < 2) {
+    throw Error(
+        fmt::format("normaliser (per_channel): needs at least 2 rows for a standard "
+                    "deviation, got {}",
+                    rows));
+  }
+  std::vector<double> mean(static_cast<std::size_t>(D), 0.0), squares(mean.size(), 0.0);
+  for (std::int64_t b = 0; b < rows; ++b)
+    for (std::int64_t j = 0; j < D; ++j) mean[j] += x[b * D + j];
+  for (double& m : mean) m /= static_cast<double>(rows);
+  for (std::int64_t b = 0; b < rows; ++b) {
+    for (std::int64_t j = 0; j < D; ++j) {
+      const double centred = x[b * D + j] - mean[j];
+      squares[j] += centred * centred;
+    }
+  }
+  Normaliser fitted;
+  fitted.scale.resize(mean.size());
+  fitted.mean.resize(mean.size());
+  for (std::size_t j = 0; j < mean.size(); ++j) {
+    const double sigma = std::max(std::sqrt(squares[j] / static_cast<double>(rows - 1)), 1e-6);
+    fitted.scale[j] = static_cast<float>(1.0 / sigma);
+    fitted.mean[j] = static_cast<float>(mean[j]);
+  }
+  return fitted;
+}
+
+}  // namespace
 
 void Crosscoder::fit_normaliser(std::span<const float> x, std::int64_t rows) {
   const int M = config_.sources;
@@ -101,6 +164,10 @@ void Crosscoder::fit_normaliser(std::span<const float> x, std::int64_t rows) {
     return;
   }
   std::vector<double> mean(static_cast<std::size_t>(D), 0.0);
+  if (config_.normalisation == Normalisation::per_channel) {
+    set_normaliser(fit_per_channel(x, rows, D));
+    return;
+  }
   if (config_.normalisation == Normalisation::mean_and_scale) {
     for (std::int64_t b = 0; b < rows; ++b) {
       for (std::int64_t j = 0; j < D; ++j) mean[j] += x[b * D + j];
@@ -129,16 +196,16 @@ void Crosscoder::fit_normaliser(std::span<const float> x, std::int64_t rows) {
 }
 
 void Crosscoder::normalise(const float* x, std::int64_t rows, float* xn) const {
-  backend_->normalise(x, rows, config_.sources, config_.width, normaliser_scale_.data(),
-                      normaliser_mean_.data(), xn);
+  backend_->ops().normalise(x, rows, config_.sources, config_.width, normaliser_scale_.data(),
+                            normaliser_mean_.data(), xn);
 }
 
 void Crosscoder::latent_score_weights(float* weights) const {
   const auto F = static_cast<std::size_t>(config_.latents);
   const auto M = static_cast<std::size_t>(config_.sources);
   DeviceArray<float> norms(backend_, F * M);
-  backend_->decoder_norms(parameters_.decoder_weight.data(), config_.latents, config_.sources,
-                          config_.width, norms.data());
+  backend_->ops().decoder_norms(parameters_.decoder_weight.data(), config_.latents, config_.sources,
+                                config_.width, norms.data());
   // Summing over sources is a tiny [F, M] reduction; do it on the host.
   const std::vector<float> host = norms.download();
   std::vector<float> sums(F, 0.0f);
@@ -153,8 +220,8 @@ void Crosscoder::preactivations(const float* x, std::int64_t rows, float* xn, fl
   // Every selection but JumpReLU's (whose straight-through support reaches below zero) sees
   // only max(pre, 0), so the GEMM's epilogue may clip.
   const bool rectify = config_.activation != Activation::jumprelu;
-  backend_->encode(xn, rows, config_.input_width(), parameters_.encoder_weight.data(),
-                   parameters_.encoder_bias.data(), config_.latents, rectify, pre);
+  backend_->ops().encode(xn, rows, config_.input_width(), parameters_.encoder_weight.data(),
+                         parameters_.encoder_bias.data(), config_.latents, rectify, pre);
 }
 
 SelectionRequest Crosscoder::selection_request(int k, bool training,
@@ -199,7 +266,7 @@ HostSparseCodes Crosscoder::encode(std::span<const float> x, std::int64_t rows) 
   DeviceArray<float> score_weights;
   const SelectionRequest request = selection_request(config_.k, /*training=*/false, score_weights);
   return HostSparseCodes::from(
-      backend_->select(pre.data(), rows, config_.latents, request, nullptr));
+      backend_->ops().select(pre.data(), rows, config_.latents, request, nullptr));
 }
 
 std::vector<float> Crosscoder::reconstruct(std::span<const float> x, std::int64_t rows) const {
@@ -214,11 +281,11 @@ std::vector<float> Crosscoder::reconstruct(std::span<const float> x, std::int64_
       DeviceArray<std::int32_t>(backend_, std::span<const std::int32_t>(host_codes.latent));
   codes.value = DeviceArray<float>(backend_, std::span<const float>(host_codes.value));
   DeviceArray<float> xn_hat(backend_, static_cast<std::size_t>(rows * D));
-  backend_->decode(codes, parameters_.decoder_weight.data(), parameters_.decoder_bias.data(), D,
-                   xn_hat.data());
+  backend_->ops().decode(codes, parameters_.decoder_weight.data(), parameters_.decoder_bias.data(),
+                         D, xn_hat.data());
   DeviceArray<float> out(backend_, static_cast<std::size_t>(rows * D));
-  backend_->denormalise(xn_hat.data(), rows, config_.sources, config_.width,
-                        normaliser_scale_.data(), normaliser_mean_.data(), out.data());
+  backend_->ops().denormalise(xn_hat.data(), rows, config_.sources, config_.width,
+                              normaliser_scale_.data(), normaliser_mean_.data(), out.data());
   return out.download();
 }
 
@@ -230,12 +297,12 @@ Crosscoder::Inference Crosscoder::infer(std::span<const float> x, std::int64_t r
   DeviceArray<float> pre(backend_, static_cast<std::size_t>(rows * config_.latents));
   preactivations(raw.data(), rows, xn.data(), pre.data());
   DeviceArray<float> score_weights;
-  const SparseCodes codes =
-      backend_->select(pre.data(), rows, config_.latents,
-                       selection_request(config_.k, /*training=*/false, score_weights), nullptr);
+  const SparseCodes codes = backend_->ops().select(
+      pre.data(), rows, config_.latents,
+      selection_request(config_.k, /*training=*/false, score_weights), nullptr);
   DeviceArray<float> xn_hat(backend_, static_cast<std::size_t>(rows * D));
-  backend_->decode(codes, parameters_.decoder_weight.data(), parameters_.decoder_bias.data(), D,
-                   xn_hat.data());
+  backend_->ops().decode(codes, parameters_.decoder_weight.data(), parameters_.decoder_bias.data(),
+                         D, xn_hat.data());
   Inference result;
   result.rows = rows;
   result.codes = HostSparseCodes::from(codes);
@@ -251,10 +318,11 @@ std::vector<float> Crosscoder::decoder_vectors() const {
 std::vector<float> Crosscoder::raw_decoder_vectors() const {
   std::vector<float> vectors = decoder_vectors();
   const std::int64_t D = config_.input_width();
+  const std::vector<float> scales = normaliser_.column_scales(config_.sources, config_.width);
   for (std::int64_t f = 0; f < config_.latents; ++f) {
     for (int m = 0; m < config_.sources; ++m) {
       for (int i = 0; i < config_.width; ++i) {
-        vectors[f * D + m * config_.width + i] /= normaliser_.scale[m];
+        vectors[f * D + m * config_.width + i] /= scales[m * config_.width + i];
       }
     }
   }
@@ -265,8 +333,8 @@ std::vector<float> Crosscoder::decoder_norms() const {
   const auto F = static_cast<std::size_t>(config_.latents);
   const auto M = static_cast<std::size_t>(config_.sources);
   DeviceArray<float> norms(backend_, F * M);
-  backend_->decoder_norms(parameters_.decoder_weight.data(), config_.latents, config_.sources,
-                          config_.width, norms.data());
+  backend_->ops().decoder_norms(parameters_.decoder_weight.data(), config_.latents, config_.sources,
+                                config_.width, norms.data());
   return norms.download();
 }
 

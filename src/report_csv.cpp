@@ -5,7 +5,7 @@
 #include <cmath>
 #include <vector>
 
-#include "crosscoder/io/atomic_file.hpp"
+#include "io/atomic_file.hpp"
 
 namespace crosscoder {
 

@@ -6,9 +6,11 @@
 #include <cmath>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <span>
 #include <vector>
 
-#include "crosscoder/io/atomic_file.hpp"
+#include "crosscoder/error.hpp"
+#include "io/atomic_file.hpp"
 
 namespace crosscoder {
 
@@ -199,6 +201,115 @@ std::string scatter(std::string_view id, std::string_view title, std::string_vie
   return svg;
 }
 
+// Token ids as the page shows them: text through the vocabulary (escaped for a terminal, then for
+// HTML), or the ids themselves.
+std::string tokens_html(std::span<const std::int32_t> ids, const Vocabulary* vocabulary) {
+  std::vector<std::int32_t> present;
+  for (const std::int32_t id : ids)
+    if (id >= 0) present.push_back(id);
+  if (vocabulary != nullptr) return escape_html(printable(vocabulary->decode(present)));
+  std::string text;
+  for (const std::int32_t id : present) text += fmt::format("{}{}", text.empty() ? "" : " ", id);
+  return text.empty() ? text : " " + text + " ";
+}
+
+// One example: the window before, the example's own token marked with an intensity relative to
+// the latent's largest activation, the window after.
+std::string example_html(const LatentExamples& e, const std::vector<std::int32_t>& windows,
+                         std::size_t slot, std::int64_t row, float value, float largest,
+                         const Vocabulary* vocabulary) {
+  std::string html =
+      fmt::format("<div class='example'><span class='meta'>row {} · {:.3f}</span> ", row, value);
+  if (windows.empty()) return html + "(no token ids in the data)</div>";
+  const auto W = static_cast<std::size_t>(e.window());
+  const auto before = static_cast<std::size_t>(e.options.window_before);
+  const std::span<const std::int32_t> window(windows.data() + slot * W, W);
+  const double alpha = largest > 0.0f ? std::clamp(value / largest, 0.15f, 1.0f) : 1.0;
+  const std::int32_t own = window[before];
+  const std::string own_text =
+      own < 0 ? std::string("?")
+              : (vocabulary != nullptr ? escape_html(printable(vocabulary->token_text(own)))
+                                       : std::to_string(own));
+  html += "<span class='context'>" + tokens_html(window.first(before), vocabulary) +
+          fmt::format("<mark data-activation='{:.6g}' style='background:rgba(230,110,20,{:.2f})'>",
+                      value, alpha) +
+          own_text + "</mark>" + tokens_html(window.subspan(before + 1), vocabulary) +
+          "</span></div>";
+  return html;
+}
+
+// The 30-bin activation histogram of one latent (log-spaced, latent_examples.hpp).
+std::string activation_histogram(std::int64_t latent, const LatentExamples& e) {
+  const double W = 320, H = 90, bar = W / kHistogramBins;
+  std::int64_t tallest = 1;
+  const std::int64_t* counts = e.histogram.data() + latent * kHistogramBins;
+  for (int b = 0; b < kHistogramBins; ++b) tallest = std::max(tallest, counts[b]);
+  std::string svg = fmt::format(
+      "<svg class='mini' viewBox='0 0 {} {}'><text x='2' y='10' class='tick'>activations "
+      "(log bins, 1e-3 … 1e4)</text>",
+      W, H + 14);
+  for (int b = 0; b < kHistogramBins; ++b) {
+    if (counts[b] == 0) continue;
+    const double height = H * static_cast<double>(counts[b]) / static_cast<double>(tallest);
+    svg += fmt::format(
+        "<rect data-plot='activation-{}' data-bin='{}' data-count='{}' x='{:.1f}' y='{:.1f}' "
+        "width='{:.1f}' height='{:.1f}' fill='#4e79a7'><title>bin {}: {}</title></rect>",
+        latent, b, counts[b], b * bar, 14 + H - height, bar - 1, height, b, counts[b]);
+  }
+  return svg + "</svg>";
+}
+
+std::string feature_page(std::int32_t latent, const DiffReport& report,
+                         const std::vector<std::string>& names, const HtmlReportOptions& options) {
+  const LatentExamples& e = *report.examples;
+  const WeightMetrics& w = report.weights;
+  const auto f = static_cast<std::size_t>(latent);
+  std::string html = fmt::format(
+      "<section class='feature' id='latent-{}' data-latent='{}'><h3>Latent {} <span "
+      "class='meta'>{}</span></h3>",
+      latent, latent, latent, escape_html(latent_class_name(w.latent_class[f])));
+  std::string norms;
+  for (int m = 0; m < w.sources; ++m) {
+    norms += fmt::format("{}{}: ‖d‖ {:.3f}, relative {:.3f}", m ? "; " : "",
+                         escape_html(names[static_cast<std::size_t>(m)]),
+                         w.decoder_norm[f * static_cast<std::size_t>(w.sources) + m],
+                         w.relative_norm[f * static_cast<std::size_t>(w.sources) + m]);
+  }
+  html += "<p>" + norms;
+  if (report.data) {
+    html += fmt::format("<br>active in {} of {} rows ({:.3g}%), mean {:.3f}, max {:.3f}",
+                        e.active_rows[f], e.rows, 100.0 * report.data->frequency[f],
+                        report.data->mean_activation[f], report.data->max_activation[f]);
+  }
+  if (report.contrast) {
+    html += fmt::format(
+        "<br>Cohen's d {:.3f}, AUROC {:.3f}, firing on positives {:.3f}, on "
+        "negatives {:.3f}",
+        report.contrast->cohens_d[f], report.contrast->auroc[f],
+        report.contrast->firing_positive[f], report.contrast->firing_negative[f]);
+  }
+  html += "</p>" + activation_histogram(latent, e);
+  if (e.active_rows[f] == 0) return html + "<p>Never active in the data.</p></section>";
+  const float largest =
+      e.options.top > 0 ? e.top_values[f * static_cast<std::size_t>(e.options.top)] : 0.0f;
+  const auto shown = static_cast<std::size_t>(std::max(options.examples_per_page, 0));
+  html += "<h4>Top activations</h4>";
+  for (std::size_t i = 0; i < shown && i < static_cast<std::size_t>(e.options.top); ++i) {
+    const std::size_t slot = f * static_cast<std::size_t>(e.options.top) + i;
+    if (e.top_rows[slot] < 0) break;
+    html += example_html(e, e.top_windows, slot, e.top_rows[slot], e.top_values[slot], largest,
+                         options.vocabulary);
+  }
+  html += "<h4>Across the distribution (lowest first)</h4>";
+  for (std::size_t i = 0; i < shown && i < static_cast<std::size_t>(e.options.samples); ++i) {
+    const std::size_t slot = f * static_cast<std::size_t>(e.options.samples) + i;
+    if (e.sample_rows[slot] < 0) break;
+    html += example_html(e, e.sample_windows, slot, e.sample_rows[slot], e.sample_values[slot],
+                         largest, options.vocabulary);
+  }
+  return html + "</section>";
+}
+
 constexpr std::string_view kStyle = R"(
 body { font: 14px system-ui, sans-serif; margin: 24px; color: #222; max-width: 1340px; }
 h1 { font-size: 20px; } h2 { font-size: 16px; margin-top: 28px; }
@@ -210,6 +321,11 @@ table { border-collapse: collapse; font-size: 12px; margin-top: 8px; }
 th, td { border: 1px solid #ddd; padding: 3px 7px; text-align: right; }
 th { background: #f0f0f0; cursor: pointer; user-select: none; } td.c { text-align: left; }
 .summary td { text-align: left; }
+.feature { border-top: 1px solid #ccc; margin-top: 18px; } .feature h3 { font-size: 15px; }
+.feature h4 { font-size: 13px; margin: 10px 0 4px; } .meta { color: #777; font-size: 12px; }
+.example { font: 12px ui-monospace, monospace; white-space: pre-wrap; margin: 2px 0; }
+.example .meta { display: inline-block; min-width: 150px; }
+.mini { width: 320px; height: 104px; background: #fafafa; border: 1px solid #ddd; }
 )";
 
 constexpr std::string_view kScript = R"(
@@ -220,6 +336,8 @@ window.onerror = function (message) {
   var data = JSON.parse(document.getElementById('latent-data').textContent);
   var table = document.getElementById('top-latents');
   var columns = data.columns, rows = data.rows, order = { column: -1, descending: true };
+  var pages = {};
+  (data.pages || []).forEach(function (latent) { pages[latent] = true; });
   function format(v) {
     if (v === null) return '';
     if (typeof v === 'string') return v;
@@ -233,7 +351,9 @@ window.onerror = function (message) {
     }).join('') + '</tr>';
     var body = rows.map(function (r) {
       return '<tr>' + r.map(function (v, i) {
-        return '<td' + (typeof v === 'string' ? ' class="c"' : '') + '>' + format(v) + '</td>';
+        var text = format(v);
+        if (i === 0 && pages[v]) text = '<a href="#latent-' + v + '">' + text + '</a>';
+        return '<td' + (typeof v === 'string' ? ' class="c"' : '') + '>' + text + '</td>';
       }).join('') + '</tr>';
     }).join('');
     table.innerHTML = head + body;
@@ -282,7 +402,10 @@ std::string diff_report_html(const DiffReport& report, const HtmlReportOptions& 
                       w.latents, escape_html(config.value("width", nlohmann::json(0)).dump()),
                       escape_html(config.value("activation", std::string("?"))),
                       escape_html(config.value("k", nlohmann::json(0)).dump()));
-  body += fmt::format("<tr><td>classes (τ = {})</td><td>{}</td></tr>", w.exclusive_threshold,
+  const std::string rule_text = w.class_rule == ClassRule::minder
+                                    ? std::string("Minder et al.: normalised difference")
+                                    : fmt::format("τ = {}", w.exclusive_threshold);
+  body += fmt::format("<tr><td>classes ({})</td><td>{}</td></tr>", escape_html(rule_text),
                       escape_html(class_text));
   if (report.data) {
     std::string fve;
@@ -345,8 +468,7 @@ std::string diff_report_html(const DiffReport& report, const HtmlReportOptions& 
   if (M >= 2) metrics.push_back("decoder_cosine");
   if (report.data)
     metrics.insert(metrics.end(), {"frequency", "mean_activation", "max_activation"});
-  if (report.contrast)
-    metrics.insert(metrics.end(), {"cohens_d", "auroc", "freq_pos", "freq_neg"});
+  if (report.contrast) metrics.insert(metrics.end(), {"cohens_d", "auroc", "freq_pos", "freq_neg"});
   if (report.scaling && M >= 2) {
     for (int m = 0; m < M; ++m) metrics.push_back(fmt::format("nu_error_{}", m));
   }
@@ -368,8 +490,46 @@ std::string diff_report_html(const DiffReport& report, const HtmlReportOptions& 
   body += fmt::format("<h2>Top {} latents by {} (click a column to sort)</h2>", shown,
                       escape_html(metric));
   body += "<table id='top-latents'></table>";
+  // Feature pages for the first latents of each ranking shown, in order of first appearance.
+  std::vector<std::int32_t> pages;
+  if (report.examples) {
+    std::vector<std::string> rankings = {fmt::format("relative_norm_{}", last)};
+    if (report.contrast) rankings.insert(rankings.begin(), "cohens_d");
+    std::vector<bool> chosen(static_cast<std::size_t>(w.latents), false);
+    for (const std::string& ranking_metric : rankings) {
+      const std::vector<std::int32_t> order = rank_latents(report, ranking_metric);
+      for (std::size_t i = 0;
+           i < order.size() && i < static_cast<std::size_t>(std::max(options.feature_pages, 0));
+           ++i) {
+        if (chosen[static_cast<std::size_t>(order[i])]) continue;
+        chosen[static_cast<std::size_t>(order[i])] = true;
+        pages.push_back(order[i]);
+      }
+    }
+    if (options.vocabulary != nullptr) {
+      // Every token id shown must be in the vocabulary: a clear error, not a page of '?'.
+      for (const auto* windows : {&report.examples->top_windows, &report.examples->sample_windows})
+        for (const std::int32_t id : *windows)
+          if (id >= static_cast<std::int32_t>(options.vocabulary->size()))
+            throw Error(
+                fmt::format("HTML report: the data's token id {} is outside the "
+                            "vocabulary's {} tokens (is it the tokenizer the data was "
+                            "written with?)",
+                            id, options.vocabulary->size()));
+    }
+  }
   body += "<script type='application/json' id='latent-data'>" +
-          script_json({{"columns", columns}, {"rows", rows}}) + "</script>";
+          script_json({{"columns", columns}, {"rows", rows}, {"pages", pages}}) + "</script>";
+  if (!pages.empty()) {
+    body += fmt::format("<h2>Feature pages: the first {} latents of each ranking ({} pages{})</h2>",
+                        options.feature_pages, pages.size(),
+                        report.examples->windows_stop_at_documents ? ""
+                        : report.examples->has_windows()
+                            ? "; no document ids in the data: windows may cross "
+                              "documents"
+                            : "; no token ids in the data");
+    for (const std::int32_t latent : pages) body += feature_page(latent, report, names, options);
+  }
 
   return fmt::format(
       "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{}</title><style>{}"

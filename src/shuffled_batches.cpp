@@ -125,13 +125,6 @@ ShuffledBatches::Buffer& ShuffledBatches::buffer(std::int64_t epoch, std::int64_
   return buffer_;
 }
 
-std::int64_t ShuffledBatches::row_at(std::int64_t position) {
-  const EpochPlan& p = plan(position / range_rows_);
-  const auto [index, within] = locate(p, position % range_rows_);
-  Buffer& b = buffer(position / range_rows_, index, false);
-  return b.rows[static_cast<std::size_t>(b.permutation[static_cast<std::size_t>(within)])];
-}
-
 void ShuffledBatches::fill(std::int64_t step, std::int64_t rows, float* out, std::int8_t* labels) {
   if (step < 0 || rows <= 0) {
     throw Error(fmt::format("batch {} of {} rows: step must be ≥ 0 and rows > 0", step, rows));

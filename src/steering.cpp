@@ -5,32 +5,29 @@
 #include <algorithm>
 #include <cmath>
 
+#include "crosscoder/backend_ops.hpp"
 #include "crosscoder/error.hpp"
 #include "crosscoder/sparse_codes.hpp"
+#include "enum_names.hpp"
 
 namespace crosscoder {
 
+namespace {
+
+constexpr detail::EnumName<InterventionKind> kInterventionNames[] = {
+    {InterventionKind::add, "add"},
+    {InterventionKind::scale, "scale"},
+    {InterventionKind::clamp, "clamp"},
+    {InterventionKind::project_out, "project_out"}};
+
+}  // namespace
+
 std::string_view to_string(InterventionKind kind) noexcept {
-  switch (kind) {
-    case InterventionKind::add:
-      return "add";
-    case InterventionKind::scale:
-      return "scale";
-    case InterventionKind::clamp:
-      return "clamp";
-    case InterventionKind::project_out:
-      return "project_out";
-  }
-  return "?";
+  return detail::enum_name(kInterventionNames, kind);
 }
 
 InterventionKind parse_intervention_kind(std::string_view name) {
-  for (InterventionKind kind : {InterventionKind::add, InterventionKind::scale,
-                                InterventionKind::clamp, InterventionKind::project_out}) {
-    if (name == to_string(kind)) return kind;
-  }
-  throw Error(
-      fmt::format("unknown intervention \"{}\" (expected add, scale, clamp or project_out)", name));
+  return detail::parse_enum(kInterventionNames, name, "intervention");
 }
 
 namespace {
@@ -146,29 +143,13 @@ std::span<const float> Steerer::direction(int latent) const {
 
 bool Steerer::selected(const RowInfo& info) const { return position_selected(positions_, info); }
 
-bool position_selected(const PositionFilter& filter, const RowInfo& info) {
-  switch (filter.mode) {
-    case PositionMode::all:
-      return true;
-    case PositionMode::last_prompt:
-      return info.prompt && info.last_prompt;
-    case PositionMode::prompt:
-      return info.prompt;
-    case PositionMode::generated:
-      return !info.prompt;
-    case PositionMode::listed:
-      return std::find(filter.positions.begin(), filter.positions.end(), info.position) !=
-             filter.positions.end();
-  }
-  return false;
-}
-
 std::vector<float> Steerer::activations_elementwise(const float* rows, int n_rows,
                                                     std::span<const float> paired) const {
   const CrosscoderConfig& c = model_.config();
   const int d = c.width, M = c.sources;
   const std::int64_t D = c.input_width();
   const Normaliser& normaliser = model_.normaliser();
+  const std::vector<float> scales = normaliser.column_scales(M, d);
   DeviceArray<float> unused;
   const SelectionRequest request = model_.selection_request(c.k, false, unused);
   const std::size_t L = encoded_latents_.size();
@@ -183,7 +164,7 @@ std::vector<float> Steerer::activations_elementwise(const float* rows, int n_row
                                     : paired.data() + static_cast<std::ptrdiff_t>(r) * D + m * d;
       for (int i = 0; i < d; ++i) {
         normalised[static_cast<std::size_t>(m * d + i)] =
-            static_cast<double>(normaliser.scale[m]) * (x[i] - normaliser.mean[m * d + i]);
+            static_cast<double>(scales[m * d + i]) * (x[i] - normaliser.mean[m * d + i]);
       }
     }
     for (std::size_t l = 0; l < L; ++l) {
@@ -351,6 +332,18 @@ void Steerer::apply_paired(float* rows, int n_rows, int d, const RowInfo* info,
 ActivationHook Steerer::hook(int layer) {
   return [this, layer](int at_layer, float* rows, int n_rows, int d, const RowInfo* info) {
     if (at_layer == layer) apply(rows, n_rows, d, info);
+  };
+}
+
+ActivationHook Steerer::paired_hook(int layer, PairedRows other_rows) {
+  if (!other_rows) throw Error("steering: paired_hook without a source of paired rows");
+  return [this, layer, other_rows = std::move(other_rows)](int at_layer, float* rows, int n_rows,
+                                                           int d, const RowInfo* info) {
+    if (at_layer != layer || n_rows == 0) return;
+    std::vector<float> paired(static_cast<std::size_t>(n_rows) *
+                              static_cast<std::size_t>(model_.config().input_width()));
+    other_rows(info, n_rows, d, paired);
+    apply_paired(rows, n_rows, d, info, paired);
   };
 }
 

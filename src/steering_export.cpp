@@ -8,8 +8,8 @@
 #include <set>
 
 #include "crosscoder/error.hpp"
-#include "crosscoder/io/atomic_file.hpp"
 #include "crosscoder/io/safetensors.hpp"
+#include "io/atomic_file.hpp"
 
 namespace crosscoder {
 

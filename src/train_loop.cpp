@@ -48,6 +48,7 @@ StepReport train(Trainer& trainer, BatchSource& data, const TrainingOptions& opt
   const auto save = [&] {
     if (!options.checkpoint.empty()) trainer.save_checkpoint(options.checkpoint, data.identity());
   };
+  bool stopped = false;  // by options.should_stop, after the checkpoint below
   while (trainer.steps_done() < config.steps) {
     const auto started = std::chrono::steady_clock::now();
     data.fill(trainer.steps_done(), rows, batch.data(), nullptr);
@@ -61,9 +62,20 @@ StepReport train(Trainer& trainer, BatchSource& data, const TrainingOptions& opt
         report.step < config.steps) {
       save();
     }
+    if (options.should_stop && report.step < config.steps && options.should_stop()) {
+      stopped = true;
+      break;
+    }
   }
   progress.finish(status_line(report));
   save();
+  if (stopped) {
+    throw Cancelled(
+        options.checkpoint.empty()
+            ? fmt::format("training stopped at step {} of {}", report.step, config.steps)
+            : fmt::format("training stopped at step {} of {}; {} holds it (resume to continue)",
+                          report.step, config.steps, options.checkpoint.string()));
+  }
   return report;
 }
 

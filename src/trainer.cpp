@@ -6,12 +6,21 @@
 #include <cmath>
 #include <nlohmann/json.hpp>
 
+#include "crosscoder/backend_ops.hpp"
 #include "crosscoder/error.hpp"
+#include "crosscoder/log.hpp"
 #include "validation.hpp"
 
 namespace crosscoder {
 
 // ---- TrainConfig ----------------------------------------------------------------------------
+
+std::int64_t TrainConfig::dead_horizon() const noexcept {
+  if (dead_after_tokens != kAutomatic) return dead_after_tokens;
+  constexpr std::int64_t kReferenceHorizon = 10'000'000;  // dictionary_learning's
+  const std::int64_t tenth_of_run = steps / 10 * batch_size + steps % 10 * batch_size / 10;
+  return std::max<std::int64_t>(1, std::min(kReferenceHorizon, tenth_of_run));
+}
 
 void TrainConfig::validate() const {
   const auto require = [](bool ok, const char* field, auto value) {
@@ -28,12 +37,26 @@ void TrainConfig::validate() const {
   require(l1_coefficient >= 0.0f, "l1_coefficient", l1_coefficient);
   require(l0_coefficient >= 0.0f, "l0_coefficient", l0_coefficient);
   require(auxk_coefficient >= 0.0f, "auxk_coefficient", auxk_coefficient);
+  for (std::size_t i = 0; i < matryoshka_weights.size(); ++i) {
+    if (!(matryoshka_weights[i] >= 0.0f) || !std::isfinite(matryoshka_weights[i])) {
+      throw Error(fmt::format("train config: matryoshka_weights[{}] out of range: {}", i,
+                              matryoshka_weights[i]));
+    }
+  }
+  for (std::size_t p = 0; p < partition_l1.size(); ++p) {
+    if (!(partition_l1[p] >= 0.0f) || !std::isfinite(partition_l1[p])) {
+      throw Error(
+          fmt::format("train config: partition_l1[{}] out of range: {}", p, partition_l1[p]));
+    }
+  }
   require(aux_k >= 0, "aux_k", aux_k);
-  require(dead_after_tokens >= 0, "dead_after_tokens", dead_after_tokens);
+  require(dead_after_tokens >= 0 || dead_after_tokens == kAutomatic, "dead_after_tokens",
+          dead_after_tokens);
   require(k_initial >= 0, "k_initial", k_initial);
   require(k_anneal_steps >= 0, "k_anneal_steps", k_anneal_steps);
   require(threshold_momentum >= 0.0f && threshold_momentum < 1.0f, "threshold_momentum",
           threshold_momentum);
+  require(threshold_start_step >= 0, "threshold_start_step", threshold_start_step);
   require(normaliser_rows >= 0, "normaliser_rows", normaliser_rows);
   require(tile_rows >= 0, "tile_rows", tile_rows);
 }
@@ -50,12 +73,16 @@ std::string TrainConfig::to_json() const {
                         {"gradient_clip", gradient_clip},
                         {"l1_coefficient", l1_coefficient},
                         {"l0_coefficient", l0_coefficient},
+                        {"partition_l1", partition_l1},
+                        {"unit_norm_decoder", unit_norm_decoder},
+                        {"matryoshka_weights", matryoshka_weights},
                         {"auxk_coefficient", auxk_coefficient},
                         {"aux_k", aux_k},
                         {"dead_after_tokens", dead_after_tokens},
                         {"k_initial", k_initial},
                         {"k_anneal_steps", k_anneal_steps},
                         {"threshold_momentum", threshold_momentum},
+                        {"threshold_start_step", threshold_start_step},
                         {"normaliser_rows", normaliser_rows},
                         {"tile_rows", tile_rows},
                         {"seed", seed}}
@@ -81,12 +108,20 @@ TrainConfig TrainConfig::from_json(std::string_view text) {
     read("gradient_clip", config.gradient_clip);
     read("l1_coefficient", config.l1_coefficient);
     read("l0_coefficient", config.l0_coefficient);
+    // Added later: absent means none and unit-norm rows, as every earlier run trained.
+    if (json.contains("partition_l1")) read("partition_l1", config.partition_l1);
+    if (json.contains("unit_norm_decoder")) read("unit_norm_decoder", config.unit_norm_decoder);
+    if (json.contains("matryoshka_weights")) read("matryoshka_weights", config.matryoshka_weights);
     read("auxk_coefficient", config.auxk_coefficient);
     read("aux_k", config.aux_k);
     read("dead_after_tokens", config.dead_after_tokens);
     read("k_initial", config.k_initial);
     read("k_anneal_steps", config.k_anneal_steps);
     read("threshold_momentum", config.threshold_momentum);
+    // Added later: checkpoints written before it updated the threshold from the first step.
+    config.threshold_start_step = 0;
+    if (json.contains("threshold_start_step"))
+      read("threshold_start_step", config.threshold_start_step);
     read("normaliser_rows", config.normaliser_rows);
     // Added after the first checkpoints were written: absent means automatic.
     if (json.contains("tile_rows")) read("tile_rows", config.tile_rows);
@@ -96,6 +131,32 @@ TrainConfig TrainConfig::from_json(std::string_view text) {
   }
   config.validate();
   return config;
+}
+
+std::vector<float> study_dfc_partition_l1(const CrosscoderConfig& config, float sparsity_coef,
+                                          float exclusive_sparsity_coef) {
+  config.validate();
+  for (const float coefficient : {sparsity_coef, exclusive_sparsity_coef}) {
+    if (!(coefficient >= 0.0f) || !std::isfinite(coefficient)) {
+      throw Error(fmt::format("study DFC objective: coefficient out of range: {}", coefficient));
+    }
+  }
+  const int M = config.models();  // dfc.py's sources; the partitions are per model
+  const double shared = config.shared_latents();
+  if (shared < 1) throw Error("study DFC objective: the crosscoder has no shared latents");
+  const auto D = static_cast<double>(config.input_width());
+  // dfc.py's exclusive term averages, over the sources, the mean |a| over each source's
+  // exclusive latents together with the shared ones: a shared latent is in every source's mean.
+  std::vector<float> weights(static_cast<std::size_t>(M) + 1);
+  double shared_weight = sparsity_coef / shared;
+  for (int m = 0; m < M; ++m) {
+    const double visible = (config.exclusive.empty() ? 0.0 : config.exclusive[m]) + shared;
+    const double per_latent = exclusive_sparsity_coef / (M * visible);
+    weights[static_cast<std::size_t>(m) + 1] = static_cast<float>(D * per_latent);
+    shared_weight += per_latent;
+  }
+  weights[0] = static_cast<float>(D * shared_weight);
+  return weights;
 }
 
 // ---- Trainer --------------------------------------------------------------------------------
@@ -116,15 +177,36 @@ std::vector<ParameterSlot> slots(CrosscoderParameters& p, Gradients& g) {
   return list;
 }
 
-// TopK and BatchTopK keep unit-norm decoder rows: their gradient loses its component along
-// the row, the rows are renormalised after each step, and AuxK runs.
-bool unit_norm_decoder(Activation activation) {
+// TopK and BatchTopK: AuxK runs (when its coefficient is positive), and the decoder rows keep
+// unit norm unless TrainConfig::unit_norm_decoder is off.
+bool selects_top_k(Activation activation) {
   return activation == Activation::topk || activation == Activation::batchtopk;
 }
 
 // Whether the clipping norm can come from the sparse backward's row sums: not for ReLU, whose
 // L1 term rewrites the decoder gradient after that pass.
 bool norm_from_row_statistics(Activation activation) { return activation != Activation::relu; }
+
+// Says when the run is too short for AuxK or the BatchTopK threshold ever to start. AuxK at
+// step t needs a latent silent through steps 1 … t − 1, (t − 1)·B rows, for the horizon H; so
+// it can run in a run of S steps only if (S − 1)·B ≥ H.
+void warn_about_short_run(Activation activation, const TrainConfig& config) {
+  if (selects_top_k(activation) && config.auxk_coefficient > 0.0f &&
+      (config.steps - 1) * config.batch_size < config.dead_horizon()) {
+    log_message(LogLevel::warning,
+                fmt::format("AuxK can never start: a latent must stay silent for {} rows "
+                            "(dead_after_tokens) but {} steps of {} rows see {} before the last",
+                            config.dead_horizon(), config.steps, config.batch_size,
+                            (config.steps - 1) * config.batch_size));
+  }
+  if (activation == Activation::batchtopk && config.steps <= config.threshold_start_step) {
+    log_message(LogLevel::warning,
+                fmt::format("the BatchTopK inference threshold is never learnt: it starts after "
+                            "step {} (threshold_start_step) of {}; inference will select the "
+                            "top k per batch",
+                            config.threshold_start_step, config.steps));
+  }
+}
 
 }  // namespace
 
@@ -153,6 +235,33 @@ Trainer::Trainer(Crosscoder& model, const TrainConfig& config)
   }
   tokens_since_fired_.assign(static_cast<std::size_t>(c.latents), 0);
   fired_this_step_.assign(static_cast<std::size_t>(c.latents), 0);
+  warn_about_short_run(c.activation, config_);
+  prefix_ends_ = c.matryoshka_prefix_ends();
+  if (!config_.matryoshka_weights.empty() &&
+      config_.matryoshka_weights.size() != prefix_ends_.size()) {
+    throw Error(fmt::format("train config: {} matryoshka_weights for {} matryoshka groups",
+                            config_.matryoshka_weights.size(), prefix_ends_.size()));
+  }
+  for (std::size_t i = 0; i < prefix_ends_.size(); ++i) {
+    prefix_weights_.push_back(config_.matryoshka_weights.empty()
+                                  ? 1.0 / static_cast<double>(prefix_ends_.size())
+                                  : static_cast<double>(config_.matryoshka_weights[i]));
+  }
+  if (!config_.partition_l1.empty()) {
+    if (c.activation == Activation::jumprelu) {
+      throw Error(
+          "train config: partition_l1 does not apply to jumprelu (its threshold's "
+          "straight-through gradient has no L1 term); use l0_coefficient");
+    }
+    if (config_.partition_l1.size() != static_cast<std::size_t>(c.models()) + 1) {
+      throw Error(fmt::format(
+          "train config: partition_l1 has {} values; expected {} (shared, then one per model)",
+          config_.partition_l1.size(), c.models() + 1));
+    }
+    partition_weight_.resize(static_cast<std::size_t>(c.latents));
+    for (int f = 0; f < c.latents; ++f)
+      partition_weight_[f] = config_.partition_l1[c.exclusive_owner(f) + 1];
+  }
   if (c.shared_latents() < c.latents) {
     std::vector<std::uint8_t> trainable(static_cast<std::size_t>(c.latents) * c.sources);
     for (int f = 0; f < c.latents; ++f) {
@@ -219,7 +328,7 @@ StepReport Trainer::forward_backward(std::span<const float> x, std::int64_t rows
         config_.normaliser_rows > 0 ? std::min(config_.normaliser_rows, rows) : rows;
     model_.fit_normaliser(x.first(static_cast<std::size_t>(fit_rows * c.input_width())), fit_rows);
   }
-  Backend& be = *backend_;
+  BackendOps& be = backend_->ops();
   const std::int64_t B = rows;
   const std::int64_t D = c.input_width();
   const std::int64_t F = c.latents;
@@ -251,20 +360,23 @@ StepReport Trainer::forward_backward(std::span<const float> x, std::int64_t rows
   }
   TileSelections selected = encode_and_select(raw.data(), batch, tile, request, aux, near);
   const SparseCodes& codes = selected.main;
-  reconstruction_terms(batch, codes, report);
   report.l0 = static_cast<double>(codes.nnz) / static_cast<double>(B);
-
-  // Backward. b_dec's gradient is the column sums of the upstream gradient; the sparse pass
-  // overwrites every row of the other gradients, so nothing is zeroed first.
-  std::vector<double> bias_gradient(static_cast<std::size_t>(D));
-  be.column_sums(batch.grad_recon.data(), B, D, bias_gradient.data());
-  gradients_.decoder_bias.upload(std::vector<float>(bias_gradient.begin(), bias_gradient.end()));
   std::vector<float> latent_sums(static_cast<std::size_t>(F));
   be.latent_totals(codes, F, latent_sums.data(), fired_this_step_.data());
-  SparseBackwardRequest backward = gradient_rows_request(batch, batch.grad_recon.data());
-  if (c.activation == Activation::relu)
+  std::vector<double> bias_gradient(static_cast<std::size_t>(D));
+  if (prefix_ends_.empty()) {
+    reconstruction_terms(batch, codes, batch.recon.data(), batch.grad_recon.data(), 1.0, true,
+                         report);
+    // Backward. b_dec's gradient is the column sums of the upstream gradient; the sparse pass
+    // overwrites every row of the other gradients, so nothing is zeroed first.
+    be.column_sums(batch.grad_recon.data(), B, D, bias_gradient.data());
+    SparseBackwardRequest backward = gradient_rows_request(batch, batch.grad_recon.data());
     backward.value_gradient_offset = l1_terms(batch, latent_sums, report);
-  be.sparse_backward(codes, backward);
+    be.sparse_backward(codes, backward);
+  } else {
+    bias_gradient = matryoshka_terms(batch, codes, l1_terms(batch, latent_sums, report), report);
+  }
+  gradients_.decoder_bias.upload(std::vector<float>(bias_gradient.begin(), bias_gradient.end()));
   switch (c.activation) {
     case Activation::relu:
       // The penalty's own decoder gradient, after the pass that overwrote the rows.
@@ -282,9 +394,10 @@ StepReport Trainer::forward_backward(std::span<const float> x, std::int64_t rows
 
   report.loss = report.reconstruction + report.sparsity + report.auxk;
   std::int64_t dead_now = 0;
+  const std::int64_t horizon = config_.dead_horizon();
   for (std::int64_t f = 0; f < F; ++f) {
     const std::int64_t since = fired_this_step_[f] > 0 ? 0 : tokens_since_fired_[f] + B;
-    dead_now += since >= config_.dead_after_tokens ? 1 : 0;
+    dead_now += since >= horizon ? 1 : 0;
   }
   report.dead_fraction = static_cast<double>(dead_now) / static_cast<double>(F);
   return report;
@@ -311,11 +424,12 @@ SparseBackwardRequest Trainer::gradient_rows_request(const Batch& batch, const f
 SelectionRequest Trainer::auxk_request(DeviceArray<std::uint8_t>& dead_mask) const {
   const CrosscoderConfig& c = model_.config();
   SelectionRequest aux;  // `positive` with no mask: unused
-  if (!unit_norm_decoder(c.activation) || !(config_.auxk_coefficient > 0.0f)) return aux;
+  if (!selects_top_k(c.activation) || !(config_.auxk_coefficient > 0.0f)) return aux;
   std::vector<std::uint8_t> dead(tokens_since_fired_.size(), 0);
   bool any_dead = false;
+  const std::int64_t horizon = config_.dead_horizon();
   for (std::size_t f = 0; f < dead.size(); ++f) {
-    dead[f] = tokens_since_fired_[f] >= config_.dead_after_tokens ? 1 : 0;
+    dead[f] = tokens_since_fired_[f] >= horizon ? 1 : 0;
     any_dead = any_dead || dead[f] != 0;
   }
   if (!any_dead) return aux;
@@ -333,7 +447,7 @@ Trainer::TileSelections Trainer::encode_and_select(const float* raw, Batch& batc
                                                    const SelectionRequest& aux,
                                                    const SelectionRequest& near) {
   const CrosscoderConfig& c = model_.config();
-  Backend& be = *backend_;
+  BackendOps& be = backend_->ops();
   const std::int64_t B = batch.rows, D = c.input_width(), F = c.latents;
   // BatchTopK over tiles: each tile keeps its best B·k candidates (all that the batch's
   // selection can take from it), and the batch's best B·k are chosen among those.
@@ -363,8 +477,10 @@ Trainer::TileSelections Trainer::encode_and_select(const float* raw, Batch& batc
   return selected;
 }
 
-void Trainer::reconstruction_terms(Batch& batch, const SparseCodes& codes, StepReport& report) {
-  // Σ_m (1/B) Σ_b ‖x̂_bm − x_bm‖², its gradient 2(x̂ − x)/B, and FVE per source.
+void Trainer::reconstruction_terms(Batch& batch, const SparseCodes& codes, float* recon,
+                                   float* grad, double weight, bool report_fit,
+                                   StepReport& report) {
+  // Σ_m (w/B) Σ_b ‖x̂_bm − x_bm‖², its gradient 2w(x̂ − x)/B, and FVE per source.
   const CrosscoderConfig& c = model_.config();
   const std::int64_t B = batch.rows, D = c.input_width();
   const int M = c.sources;
@@ -375,15 +491,18 @@ void Trainer::reconstruction_terms(Batch& batch, const SparseCodes& codes, StepR
   request.target = batch.xn.data();
   request.sources = M;
   request.width = c.width;
-  request.gradient_scale = 2.0f / static_cast<float>(B);
-  request.recon = batch.recon.data();
-  request.grad = batch.grad_recon.data();
+  // In float as always (for weight 1 the very same 2/B as before nested dictionaries).
+  request.gradient_scale = static_cast<float>(2.0 * weight) / static_cast<float>(B);
+  request.recon = recon;
+  request.grad = grad;
   request.squared_error = sse.data();
-  request.target_energy = energy.data();
-  backend_->reconstruct(codes, request);
+  request.target_energy = report_fit ? energy.data() : nullptr;
+  backend_->ops().reconstruct(codes, request);
+  for (const double value : sse) report.reconstruction += weight * (value / static_cast<double>(B));
+  if (!report_fit) return;
   // Σ_b ‖x_bm − mean_m‖² = Σ_b ‖x_bm‖² − B‖mean_m‖², per source.
   std::vector<double> column_sums(static_cast<std::size_t>(D));
-  backend_->column_sums(batch.xn.data(), B, D, column_sums.data());
+  backend_->ops().column_sums(batch.xn.data(), B, D, column_sums.data());
   report.mse.resize(static_cast<std::size_t>(M));
   report.fve.resize(static_cast<std::size_t>(M));
   for (int m = 0; m < M; ++m) {
@@ -392,38 +511,117 @@ void Trainer::reconstruction_terms(Batch& batch, const SparseCodes& codes, StepR
       energy[m] -= static_cast<double>(B) * mean * mean;
     }
     report.mse[m] = sse[m] / static_cast<double>(B);
-    report.reconstruction += report.mse[m];
     report.fve[m] = energy[m] > 0.0 ? 1.0 - sse[m] / energy[m] : 0.0;
   }
 }
 
+namespace {
+
+// The entries of `codes` whose latent is below `end`, as codes over the same rows on `backend`.
+SparseCodes latents_below(const HostSparseCodes& codes, std::int32_t end,
+                          const std::shared_ptr<Backend>& backend) {
+  std::vector<std::int64_t> row_ptr{0};
+  std::vector<std::int32_t> latent;
+  std::vector<float> value;
+  for (std::int64_t b = 0; b < codes.rows; ++b) {
+    for (std::int64_t e = codes.row_ptr[b]; e < codes.row_ptr[b + 1]; ++e) {
+      if (codes.latent[e] >= end) continue;
+      latent.push_back(codes.latent[e]);
+      value.push_back(codes.value[e]);
+    }
+    row_ptr.push_back(static_cast<std::int64_t>(latent.size()));
+  }
+  SparseCodes out;
+  out.rows = codes.rows;
+  out.nnz = static_cast<std::int64_t>(latent.size());
+  out.row_ptr = DeviceArray<std::int64_t>(backend, std::span<const std::int64_t>(row_ptr));
+  out.latent = DeviceArray<std::int32_t>(backend, std::span<const std::int32_t>(latent));
+  out.value = DeviceArray<float>(backend, std::span<const float>(value));
+  return out;
+}
+
+}  // namespace
+
+std::vector<double> Trainer::matryoshka_terms(Batch& batch, const SparseCodes& codes,
+                                              const float* value_gradient_offset,
+                                              StepReport& report) {
+  // L = Σ_i w_i Σ_m MSE_m(x̂_{≤i}), x̂_{≤i} the reconstruction from the latents of prefix i.
+  // A latent of group g is in every prefix i ≥ g, so its gradient rows take Σ_{i≥g} of prefix
+  // i's upstream gradient: one overwriting pass over all entries with the full dictionary's
+  // gradient, then one accumulating pass per smaller prefix over its entries. The entries are
+  // split on the host (one download per step; a device-side split is left for later).
+  const CrosscoderConfig& c = model_.config();
+  BackendOps& be = backend_->ops();
+  const std::int64_t B = batch.rows, D = c.input_width();
+  const std::size_t G = prefix_ends_.size();
+  const HostSparseCodes host = HostSparseCodes::from(codes);
+  std::vector<SparseCodes> prefixes;
+  for (std::size_t i = 0; i + 1 < G; ++i)
+    prefixes.push_back(latents_below(host, prefix_ends_[i], backend_));
+  std::vector<double> bias_gradient(static_cast<std::size_t>(D), 0.0), sums(bias_gradient.size());
+  for (std::size_t i = 0; i < G; ++i) {
+    const bool full = i + 1 == G;
+    float* recon = full ? batch.recon.data() : scratch("matryoshka_recon", B * D).data();
+    float* grad = full ? batch.grad_recon.data()
+                       : scratch(fmt::format("matryoshka_grad_{}", i), B * D).data();
+    reconstruction_terms(batch, full ? codes : prefixes[i], recon, grad, prefix_weights_[i], full,
+                         report);
+    be.column_sums(grad, B, D, sums.data());
+    for (std::size_t j = 0; j < sums.size(); ++j) bias_gradient[j] += sums[j];
+  }
+  SparseBackwardRequest backward = gradient_rows_request(batch, batch.grad_recon.data());
+  backward.value_gradient_offset = value_gradient_offset;
+  be.sparse_backward(codes, backward);
+  for (std::size_t i = G - 1; i-- > 0;) {
+    SparseBackwardRequest smaller =
+        gradient_rows_request(batch, scratch(fmt::format("matryoshka_grad_{}", i), B * D).data());
+    smaller.accumulate = true;
+    be.sparse_backward(prefixes[i], smaller);
+  }
+  return bias_gradient;
+}
+
+bool Trainer::unit_norm_rows() const noexcept {
+  return selects_top_k(model_.config().activation) && config_.unit_norm_decoder;
+}
+
 const float* Trainer::l1_terms(const Batch& batch, const std::vector<float>& latent_sums,
                                StepReport& report) {
-  // (λ/B) Σ_b Σ_f a_bf · w_f with w_f = Σ_m ‖d_{f,m}‖ (Anthropic 2024); ∂/∂a_bf = (λ/B)·w_f.
   const CrosscoderConfig& c = model_.config();
+  const bool decoder_weighted = c.activation == Activation::relu;
+  if (!decoder_weighted && partition_weight_.empty()) return nullptr;
   const std::int64_t F = c.latents;
   const int M = c.sources;
-  const std::vector<float> norms = model_.decoder_norms();
-  const double lambda_over_b = config_.l1_coefficient / static_cast<double>(batch.rows);
-  std::vector<float> weight(static_cast<std::size_t>(F), 0.0f);
-  std::vector<float> value_gradient(static_cast<std::size_t>(F));
-  for (std::int64_t f = 0; f < F; ++f) {
-    for (int m = 0; m < M; ++m) weight[f] += norms[f * M + m];
-    report.sparsity += lambda_over_b * latent_sums[f] * weight[f];
-    value_gradient[f] = static_cast<float>(lambda_over_b * weight[f]);
+  const double inverse_b = 1.0 / static_cast<double>(batch.rows);
+  std::vector<float> value_gradient(static_cast<std::size_t>(F), 0.0f);
+  // partition_l1: (λ_p/B) Σ_b a_bf, ∂/∂a_bf = λ_p/B; nothing reaches the decoder.
+  for (std::size_t f = 0; f < partition_weight_.size(); ++f) {
+    report.sparsity += partition_weight_[f] * inverse_b * latent_sums[f];
+    value_gradient[f] = static_cast<float>(partition_weight_[f] * inverse_b);
   }
-  // ∂/∂d_{f,m} of (λ/B)·S_f·‖d_{f,m}‖ = (λ/B)·S_f·d_{f,m}/‖d_{f,m}‖, S_f = Σ_b a_bf: one
-  // factor per (latent, source), applied to the decoder rows where they are.
-  std::vector<float> factor(static_cast<std::size_t>(F * M), 0.0f);
-  for (std::int64_t f = 0; f < F; ++f) {
-    if (latent_sums[f] == 0.0f) continue;
-    for (int m = 0; m < M; ++m) {
-      const float norm = norms[f * M + m];
-      if (norm != 0.0f)
-        factor[f * M + m] = static_cast<float>(lambda_over_b * latent_sums[f] / norm);
+  if (decoder_weighted) {
+    // (λ/B) Σ_b Σ_f a_bf · w_f with w_f = Σ_m ‖d_{f,m}‖ (Anthropic 2024); ∂/∂a_bf = (λ/B)·w_f.
+    const std::vector<float> norms = model_.decoder_norms();
+    const double lambda_over_b = config_.l1_coefficient * inverse_b;
+    for (std::int64_t f = 0; f < F; ++f) {
+      float weight = 0.0f;  // summed in float, as every run before partition_l1 existed
+      for (int m = 0; m < M; ++m) weight += norms[f * M + m];
+      report.sparsity += lambda_over_b * latent_sums[f] * weight;
+      value_gradient[f] += static_cast<float>(lambda_over_b * weight);
     }
+    // ∂/∂d_{f,m} of (λ/B)·S_f·‖d_{f,m}‖ = (λ/B)·S_f·d_{f,m}/‖d_{f,m}‖, S_f = Σ_b a_bf: one
+    // factor per (latent, source), applied to the decoder rows where they are.
+    std::vector<float> factor(static_cast<std::size_t>(F * M), 0.0f);
+    for (std::int64_t f = 0; f < F; ++f) {
+      if (latent_sums[f] == 0.0f) continue;
+      for (int m = 0; m < M; ++m) {
+        const float norm = norms[f * M + m];
+        if (norm != 0.0f)
+          factor[f * M + m] = static_cast<float>(lambda_over_b * latent_sums[f] / norm);
+      }
+    }
+    scratch("l1_factor", F * M).upload(factor);
   }
-  scratch("l1_factor", F * M).upload(factor);
   DeviceArray<float>& device_value_gradient = scratch("l1_value_gradient", F);
   device_value_gradient.upload(value_gradient);
   return device_value_gradient.data();
@@ -434,7 +632,7 @@ void Trainer::jumprelu_terms(const Batch& batch, const SparseCodes& near_codes, 
   // L0 = (λ/B)·nnz, with the straight-through estimator for θ over |pre − θ| < ε/2:
   // ∂(z·H(z−θ))/∂θ ≈ −θ/ε and ∂H(z−θ)/∂θ ≈ −1/ε (Rajamanoharan et al. 2024).
   const CrosscoderConfig& c = model_.config();
-  Backend& be = *backend_;
+  BackendOps& be = backend_->ops();
   const CrosscoderParameters& p = model_.parameters();
   const double lambda_over_b = config_.l0_coefficient / static_cast<double>(batch.rows);
   report.sparsity = lambda_over_b * static_cast<double>(active);
@@ -458,7 +656,7 @@ void Trainer::auxk_terms(const Batch& batch, const SparseCodes& aux_codes, StepR
   // AuxK (Gao et al. 2024): the dead latents' top aux_k reconstruct the detached residual,
   // normalised by the residual's variance.
   const CrosscoderConfig& c = model_.config();
-  Backend& be = *backend_;
+  BackendOps& be = backend_->ops();
   const CrosscoderParameters& p = model_.parameters();
   const std::int64_t B = batch.rows, D = c.input_width();
   const int M = c.sources;
@@ -498,7 +696,7 @@ void Trainer::auxk_terms(const Batch& batch, const SparseCodes& aux_codes, StepR
 
 void Trainer::apply_update(StepReport& report) {
   const CrosscoderConfig& c = model_.config();
-  Backend& be = *backend_;
+  BackendOps& be = backend_->ops();
   CrosscoderParameters& p = model_.parameters();
   const std::int64_t D = c.input_width();
   const std::int64_t F = c.latents;
@@ -507,7 +705,7 @@ void Trainer::apply_update(StepReport& report) {
   // partitions: an exclusive latent's blocks for the sources it does not own are frozen, so
   // those weights (zero at initialisation) stay exactly zero. TopK/BatchTopK: the decoder's
   // gradient loses its component along each row, and the rows return to unit norm.
-  const bool unit_decoder = unit_norm_decoder(c.activation);
+  const bool unit_decoder = unit_norm_rows();
   const auto is_weight_matrix = [&](const DeviceArray<float>* parameter) {
     return parameter == &p.encoder_weight || parameter == &p.decoder_weight;
   };
@@ -562,7 +760,8 @@ void Trainer::apply_update(StepReport& report) {
   if (!p.threshold.empty()) be.clamp_min(p.threshold.data(), F, 0.0f);
 
   // BatchTopK's inference threshold: EMA of the smallest selected weighted activation.
-  if (c.activation == Activation::batchtopk && last_min_selected_score_ > 0.0f) {
+  if (c.activation == Activation::batchtopk && last_min_selected_score_ > 0.0f &&
+      report.step > config_.threshold_start_step) {
     const float previous = model_.batch_threshold();
     model_.set_batch_threshold(previous < 0.0f ? last_min_selected_score_
                                                : config_.threshold_momentum * previous +
@@ -576,7 +775,7 @@ double Trainer::constrained_weight_squares() const {
   // Per latent: Σ g² over the encoder's trainable blocks, and over the decoder's, less, for
   // unit-norm rows, the part along the row: ‖g − (g·d/‖d‖²)·d‖² = Σg² − (Σg·d)²/Σd².
   const CrosscoderConfig& c = model_.config();
-  const bool remove_parallel = unit_norm_decoder(c.activation);
+  const bool remove_parallel = unit_norm_rows();
   const std::vector<double> statistics = row_statistics_.download();
   const int M = c.sources;
   double total = 0.0;

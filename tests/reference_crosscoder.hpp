@@ -16,7 +16,7 @@ namespace crosscoder::testing {
 
 struct ReferenceParameters {
   std::vector<double> encoder, encoder_bias, decoder, decoder_bias, threshold;  // library layouts
-  std::vector<double> scale, mean;
+  std::vector<double> scale, mean;  // scale per column [D], whatever the normaliser's kind
 
   static ReferenceParameters from(const Crosscoder& model) {
     const auto widen = [](const std::vector<float>& v) {
@@ -29,7 +29,7 @@ struct ReferenceParameters {
     r.decoder = widen(p.decoder_weight.download());
     r.decoder_bias = widen(p.decoder_bias.download());
     r.threshold = widen(p.threshold.download());
-    r.scale = widen(model.normaliser().scale);
+    r.scale = widen(model.normaliser().column_scales(model.config().sources, model.config().width));
     r.mean = widen(model.normaliser().mean);
     return r;
   }
@@ -71,7 +71,7 @@ inline ReferenceForward reference_forward(const CrosscoderConfig& c, const Refer
     for (int m = 0; m < M; ++m)
       for (int i = 0; i < d; ++i) {
         const int j = m * d + i;
-        out.xn[b * D + j] = (x[b * D + j] - p.mean[j]) * p.scale[m];
+        out.xn[b * D + j] = (x[b * D + j] - p.mean[j]) * p.scale[j];
       }
   out.pre.assign(static_cast<std::size_t>(B) * F, 0.0);
   for (int b = 0; b < B; ++b)
@@ -144,14 +144,24 @@ inline double reference_loss(const CrosscoderConfig& c, const TrainConfig& t,
   for (int b = 0; b < B; ++b)
     for (int l : fixed.active[b]) act[b * F + l] = relu(f.pre[b * F + l]);
   double loss = 0.0;
-  std::vector<double> recon(static_cast<std::size_t>(B) * D);
-  for (int b = 0; b < B; ++b)
-    for (int j = 0; j < D; ++j) {
-      double sum = p.decoder_bias[j];
-      for (int l = 0; l < F; ++l) sum += act[b * F + l] * p.decoder[l * D + j];
-      recon[b * D + j] = sum;
-      loss += (sum - f.xn[b * D + j]) * (sum - f.xn[b * D + j]) / B;
-    }
+  // Matryoshka: Σ_i w_i·MSE of the reconstruction from prefix i's latents (w_i = 1/G unless
+  // given); otherwise the one full reconstruction with weight 1.
+  std::vector<int> ends = c.matryoshka_prefix_ends();
+  std::vector<double> weights;
+  for (std::size_t i = 0; i < ends.size(); ++i)
+    weights.push_back(t.matryoshka_weights.empty() ? 1.0 / static_cast<double>(ends.size())
+                                                   : t.matryoshka_weights[i]);
+  if (ends.empty()) {
+    ends = {F};
+    weights = {1.0};
+  }
+  for (std::size_t i = 0; i < ends.size(); ++i)
+    for (int b = 0; b < B; ++b)
+      for (int j = 0; j < D; ++j) {
+        double sum = p.decoder_bias[j];
+        for (int l = 0; l < ends[i]; ++l) sum += act[b * F + l] * p.decoder[l * D + j];
+        loss += weights[i] * (sum - f.xn[b * D + j]) * (sum - f.xn[b * D + j]) / B;
+      }
   if (c.activation == Activation::relu) {
     for (int l = 0; l < F; ++l) {
       double weight = 0.0;
@@ -163,6 +173,12 @@ inline double reference_loss(const CrosscoderConfig& c, const TrainConfig& t,
       }
       for (int b = 0; b < B; ++b) loss += t.l1_coefficient * act[b * F + l] * weight / B;
     }
+  }
+  // TrainConfig::partition_l1: a plain L1 with one coefficient per partition (shared first).
+  if (!t.partition_l1.empty()) {
+    for (int l = 0; l < F; ++l)
+      for (int b = 0; b < B; ++b)
+        loss += t.partition_l1[c.exclusive_owner(l) + 1] * act[b * F + l] / B;
   }
   if (aux.enabled && aux.denominator > 0.0) {
     double aux_sse = 0.0;

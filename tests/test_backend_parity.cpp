@@ -47,6 +47,8 @@ std::vector<float> dictionary_rows(int rows, int sources, int width, std::mt1993
 struct Variant {
   Activation activation;
   bool dedicated;
+  bool matryoshka = false;  ///< three nested prefixes
+  bool study = false;       ///< per-channel normaliser, partition L1, free decoder norms, no AuxK
 };
 
 class BackendTrainingParity : public ::testing::TestWithParam<Variant> {};
@@ -68,6 +70,8 @@ TEST_P(BackendTrainingParity, LossCurvesMatchTheCpuBackend) {
   config.activation = variant.activation;
   config.k = 6;
   if (variant.dedicated) config.exclusive = {8, 8};
+  if (variant.matryoshka) config.matryoshka_groups = {16, 32, 48};
+  if (variant.study) config.normalisation = Normalisation::per_channel;
   TrainConfig train;
   train.steps = 200;
   train.batch_size = 64;
@@ -76,6 +80,11 @@ TEST_P(BackendTrainingParity, LossCurvesMatchTheCpuBackend) {
   train.dead_after_tokens = 64 * 40;  // so AuxK runs within the test
   train.l1_coefficient = 0.3f;
   train.l0_coefficient = 0.05f;
+  if (variant.study) {
+    train.partition_l1 = {0.02f, 0.005f, 0.01f};
+    train.unit_norm_decoder = false;
+    train.auxk_coefficient = 0.0f;
+  }
 
   std::mt19937_64 rng(std::random_device{}());
   const std::uint64_t seed = rng();
@@ -117,8 +126,51 @@ TEST_P(BackendTrainingParity, LossCurvesMatchTheCpuBackend) {
   }
 }
 
+// Training in row tiles on another backend matches the CPU's whole-batch run when the tiles'
+// operands are not 256-byte aligned: with D = 2·13 floats a tile of 7 rows starts 728 bytes
+// after the last, where cuBLASLt's default alignment assumption (256 bytes) would be wrong.
+TEST(BackendTrainingParityTiles, OddWidthTilesMatchTheCpuWholeBatch) {
+  const std::vector<BackendKind> others = other_backends();
+  if (others.empty()) GTEST_SKIP() << "no backend besides the CPU's to compare";
+  CrosscoderConfig config;
+  config.sources = 2;
+  config.width = 13;
+  config.latents = 64;
+  config.activation = Activation::batchtopk;
+  config.k = 4;
+  TrainConfig train;
+  train.steps = 20;
+  train.batch_size = 48;
+  train.learning_rate = 2e-3f;
+  train.warmup_steps = 4;
+  train.threshold_start_step = 0;
+  std::mt19937_64 rng(std::random_device{}());
+  const std::uint64_t seed = rng();
+  const std::vector<float> data =
+      dictionary_rows(static_cast<int>(train.batch_size), config.sources, config.width, rng);
+  const auto losses_on = [&](std::shared_ptr<Backend> backend, std::int64_t tile_rows) {
+    Crosscoder model(config, std::move(backend), seed);
+    TrainConfig t = train;
+    t.tile_rows = tile_rows;
+    Trainer trainer(model, t);
+    std::vector<double> losses;
+    for (std::int64_t step = 0; step < t.steps; ++step)
+      losses.push_back(trainer.step(data, t.batch_size).loss);
+    return losses;
+  };
+  const std::vector<double> want = losses_on(make_backend(BackendKind::cpu), 0);
+  for (BackendKind kind : others) {
+    SCOPED_TRACE(testing::backend_name(kind));
+    const std::vector<double> got = losses_on(testing::make_test_backend(kind), 7);
+    for (std::size_t t = 0; t < want.size(); ++t)
+      ASSERT_NEAR(got[t], want[t], 1e-3 * (1.0 + want[t])) << "step " << t + 1;
+  }
+}
+
 std::string variant_name(const ::testing::TestParamInfo<Variant>& info) {
-  return std::string(to_string(info.param.activation)) + (info.param.dedicated ? "_dedicated" : "");
+  return std::string(to_string(info.param.activation)) +
+         (info.param.dedicated ? "_dedicated" : "") + (info.param.matryoshka ? "_matryoshka" : "") +
+         (info.param.study ? "_study" : "");
 }
 
 INSTANTIATE_TEST_SUITE_P(Variants, BackendTrainingParity,
@@ -126,7 +178,9 @@ INSTANTIATE_TEST_SUITE_P(Variants, BackendTrainingParity,
                                            Variant{Activation::topk, false},
                                            Variant{Activation::batchtopk, false},
                                            Variant{Activation::jumprelu, false},
-                                           Variant{Activation::batchtopk, true}),
+                                           Variant{Activation::batchtopk, true},
+                                           Variant{Activation::batchtopk, false, true},
+                                           Variant{Activation::topk, true, false, true}),
                          variant_name);
 
 }  // namespace

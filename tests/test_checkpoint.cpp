@@ -115,39 +115,82 @@ TEST_P(Checkpoints, RoundTripIsBitExactAndUsesDictionaryLearningNames) {
   EXPECT_EQ(file.metadata().at("config"), config.to_json());
 }
 
+// An uninterrupted run of short_training(), and a run resumed from `checkpoint` by a model of
+// another initialisation, which must end bit for bit where the uninterrupted one did.
+class ResumeCase {
+ public:
+  explicit ResumeCase(Activation activation)
+      : seed_(std::random_device{}()), pair_(small_pair(seed_)), config_(small_model(activation)) {
+    quiet_.show_progress = false;
+  }
+  SyntheticPair& pair() { return pair_; }
+  const CrosscoderConfig& config() const { return config_; }
+  std::uint64_t seed() const { return seed_; }
+  const TrainingOptions& quiet() const { return quiet_; }
+
+  void expect_resume_equals_uninterrupted(const fs::path& checkpoint) {
+    Crosscoder uninterrupted(config_, make_backend(BackendKind::cpu), seed_);
+    Trainer full(uninterrupted, short_training());
+    train(full, pair_, quiet_);
+    Crosscoder resumed(config_, make_backend(BackendKind::cpu),
+                       seed_ + 1);  // different init on purpose
+    Trainer trainer(resumed, short_training());
+    TrainingOptions resume = quiet_;
+    resume.checkpoint = checkpoint;
+    resume.resume = true;
+    train(trainer, pair_, resume);
+    EXPECT_EQ(trainer.steps_done(), full.steps_done());
+    expect_same_model(uninterrupted, resumed);
+    EXPECT_EQ(trainer.tokens_since_fired(), full.tokens_since_fired());
+  }
+
+ private:
+  std::uint64_t seed_;
+  SyntheticPair pair_;
+  CrosscoderConfig config_;
+  TrainingOptions quiet_;
+};
+
 TEST_P(Checkpoints, ResumedRunEqualsUninterruptedRunBitForBit) {
   TempDir dir;
-  const std::uint64_t seed = std::random_device{}();
-  SyntheticPair pair(small_pair(seed));
-  const CrosscoderConfig config = small_model(GetParam());
-  TrainingOptions quiet;
-  quiet.show_progress = false;
-
-  Crosscoder uninterrupted(config, make_backend(BackendKind::cpu), seed);
-  Trainer full(uninterrupted, short_training());
-  train(full, pair, quiet);
-
-  {  // The first half, checkpointed every 5 steps, then "killed" at step 12.
-    Crosscoder first(config, make_backend(BackendKind::cpu), seed);
+  ResumeCase run(GetParam());
+  {  // The first half, then "killed" at step 12.
+    Crosscoder first(run.config(), make_backend(BackendKind::cpu), run.seed());
     TrainConfig half = short_training();
     Trainer trainer(first, half);
-    std::vector<float> batch(static_cast<std::size_t>(half.batch_size * config.input_width()));
+    std::vector<float> batch(
+        static_cast<std::size_t>(half.batch_size * run.config().input_width()));
     for (std::int64_t step = 0; step < 12; ++step) {
-      pair.fill(step, half.batch_size, batch.data(), nullptr);
+      run.pair().fill(step, half.batch_size, batch.data(), nullptr);
       trainer.step(batch, half.batch_size);
     }
-    trainer.save_checkpoint(dir / "run.safetensors", pair.identity());
+    trainer.save_checkpoint(dir / "run.safetensors", run.pair().identity());
   }
-  Crosscoder resumed(config, make_backend(BackendKind::cpu),
-                     seed + 1);  // different init on purpose
-  Trainer trainer(resumed, short_training());
-  TrainingOptions resume = quiet;
-  resume.checkpoint = dir / "run.safetensors";
-  resume.resume = true;
-  train(trainer, pair, resume);
-  EXPECT_EQ(trainer.steps_done(), full.steps_done());
-  expect_same_model(uninterrupted, resumed);
-  EXPECT_EQ(trainer.tokens_since_fired(), full.tokens_since_fired());
+  run.expect_resume_equals_uninterrupted(dir / "run.safetensors");
+}
+
+TEST_P(Checkpoints, StopHookCheckpointsAndTheResumedRunEqualsAnUninterruptedOne) {
+  TempDir dir;
+  ResumeCase run(GetParam());
+  TrainingOptions stoppable = run.quiet();
+  stoppable.checkpoint = dir / "run.safetensors";
+  stoppable.checkpoint_every = 100;  // only the stop writes one before the end
+  std::int64_t steps_seen = 0;
+  stoppable.on_step = [&](const StepReport&, double) { ++steps_seen; };
+  stoppable.should_stop = [&] { return steps_seen == 9; };  // as a Ctrl-C handler would set
+  {
+    Crosscoder stopped(run.config(), make_backend(BackendKind::cpu), run.seed());
+    Trainer trainer(stopped, short_training());
+    try {
+      train(trainer, run.pair(), stoppable);
+      FAIL() << "the stop hook was ignored";
+    } catch (const Cancelled& error) {
+      EXPECT_NE(std::string(error.what()).find("stopped at step 9 of 24"), std::string::npos)
+          << error.what();
+    }
+    EXPECT_EQ(trainer.steps_done(), 9);
+  }
+  run.expect_resume_equals_uninterrupted(dir / "run.safetensors");
 }
 
 INSTANTIATE_TEST_SUITE_P(Activations, Checkpoints,

@@ -2,7 +2,9 @@
 // reference in reference_crosscoder.hpp, on fresh random inputs, over every usable backend.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <set>
 #include <string>
@@ -52,7 +54,26 @@ void randomise_biases(Crosscoder& model, std::mt19937_64& rng, const std::vector
 struct Case {
   Activation activation;
   bool dedicated;
+  /// The study's setting (arXiv 2606.26474): per-channel z-score normaliser, a plain L1 per
+  /// partition, free decoder norms, no AuxK.
+  bool study = false;
+  /// A Matryoshka dictionary of three nested prefixes (6, 14, 24 latents).
+  bool matryoshka = false;
 };
+
+CrosscoderConfig case_config(const Case& the_case) {
+  CrosscoderConfig c = small_config(the_case.activation, the_case.dedicated);
+  if (the_case.study) c.normalisation = Normalisation::per_channel;
+  if (the_case.matryoshka) c.matryoshka_groups = {6, 8, 10};
+  return c;
+}
+
+// The study's objective on top of `t`, with distinct coefficients for the three partitions.
+void use_study_objective(TrainConfig& t) {
+  t.partition_l1 = {0.3f, 0.05f, 0.11f};
+  t.unit_norm_decoder = false;
+  t.auxk_coefficient = 0.0f;
+}
 
 class CrosscoderNumerics : public ::testing::TestWithParam<std::tuple<BackendKind, Case>> {
  protected:
@@ -63,9 +84,9 @@ class CrosscoderNumerics : public ::testing::TestWithParam<std::tuple<BackendKin
 };
 
 TEST_P(CrosscoderNumerics, ForwardMatchesFloat64Reference) {
-  const auto [activation, dedicated] = the_case();
+  const auto [activation, dedicated, study, matryoshka] = the_case();
   std::mt19937_64 rng(fresh_seed());
-  const CrosscoderConfig c = small_config(activation, dedicated);
+  const CrosscoderConfig c = case_config(the_case());
   const int B = 16;
   Crosscoder model(c, backend(), rng());
   const std::vector<float> x = testing::random_activations(B, c.sources, c.width, rng);
@@ -100,15 +121,15 @@ TEST_P(CrosscoderNumerics, ForwardMatchesFloat64Reference) {
     for (int m = 0; m < c.sources; ++m)
       for (int i = 0; i < c.width; ++i) {
         const int j = m * c.width + i;
-        const double raw = expected.recon[b * D + j] / p.scale[m] + p.mean[j];
+        const double raw = expected.recon[b * D + j] / p.scale[j] + p.mean[j];
         ASSERT_NEAR(recon[b * D + j], raw, 1e-4 * (1.0 + std::abs(raw)));
       }
 }
 
 TEST_P(CrosscoderNumerics, GradientsMatchCentralFiniteDifferences) {
-  const auto [activation, dedicated] = the_case();
+  const auto [activation, dedicated, study, matryoshka] = the_case();
   std::mt19937_64 rng(fresh_seed());
-  const CrosscoderConfig c = small_config(activation, dedicated);
+  const CrosscoderConfig c = case_config(the_case());
   const int B = 12;
   Crosscoder model(c, backend(), rng());
   std::vector<float> x;
@@ -129,14 +150,21 @@ TEST_P(CrosscoderNumerics, GradientsMatchCentralFiniteDifferences) {
   t.dead_after_tokens = 0;  // every latent counts as dead, so AuxK is active
   t.aux_k = 5;
   t.auxk_coefficient = 0.25f;
+  if (study) use_study_objective(t);
+  if (matryoshka) t.matryoshka_weights = {0.5f, 0.2f, 0.9f};
   Trainer trainer(model, t);
   const StepReport report = trainer.compute_gradients(x, B);
 
   const ReferenceParameters base = ReferenceParameters::from(model);
   const testing::ReferenceForward fixed = testing::reference_forward(c, base, x, B, c.k);
   testing::ReferenceAux aux;
-  if (activation == Activation::topk || activation == Activation::batchtopk) {
+  if ((activation == Activation::topk || activation == Activation::batchtopk) &&
+      t.auxk_coefficient > 0.0f) {
     aux = testing::reference_aux_all_dead(c, fixed, B, t.aux_k);
+  }
+  if (study) {
+    EXPECT_EQ(report.auxk, 0.0);
+    EXPECT_GT(report.sparsity, 0.0) << "the partition L1 added nothing: the test checks nothing";
   }
   const double reference = testing::reference_loss(c, t, base, x, B, fixed, aux);
   const double sparsity_offset = activation == Activation::jumprelu ? report.sparsity : 0.0;
@@ -196,9 +224,9 @@ TEST_P(CrosscoderNumerics, GradientsMatchCentralFiniteDifferences) {
 }
 
 TEST_P(CrosscoderNumerics, TrainingKeepsTheVariantsInvariants) {
-  const auto [activation, dedicated] = the_case();
+  const auto [activation, dedicated, study, matryoshka] = the_case();
   std::mt19937_64 rng(fresh_seed());
-  CrosscoderConfig c = small_config(activation, dedicated);
+  CrosscoderConfig c = case_config(the_case());
   c.exclusive = {3, 4};
   const int B = 32;
   Crosscoder model(c, backend(), rng());
@@ -207,6 +235,8 @@ TEST_P(CrosscoderNumerics, TrainingKeepsTheVariantsInvariants) {
   t.warmup_steps = 3;
   t.learning_rate = 1e-2f;
   t.dead_after_tokens = 64;
+  t.threshold_start_step = 0;  // 30 steps: the default (1001) would never learn the threshold
+  if (study) use_study_objective(t);
   Trainer trainer(model, t);
   for (int s = 0; s < t.steps; ++s) {
     const std::vector<float> x = testing::random_activations(B, c.sources, c.width, rng);
@@ -228,11 +258,19 @@ TEST_P(CrosscoderNumerics, TrainingKeepsTheVariantsInvariants) {
       }
     }
   if (activation == Activation::topk || activation == Activation::batchtopk) {
+    // Unit-norm rows, unless the study's free decoder norms let them move.
+    double largest_change = 0.0;
     for (int f = 0; f < c.latents; ++f) {
       double squared = 0.0;
       for (int j = 0; j < D; ++j)
         squared += static_cast<double>(decoder[f * D + j]) * decoder[f * D + j];
-      ASSERT_NEAR(std::sqrt(squared), 1.0, 1e-5) << "latent " << f;
+      if (!study) {
+        ASSERT_NEAR(std::sqrt(squared), 1.0, 1e-5) << "latent " << f;
+      }
+      largest_change = std::max(largest_change, std::abs(std::sqrt(squared) - 1.0));
+    }
+    if (study) {
+      EXPECT_GT(largest_change, 1e-3) << "free decoder norms never left 1";
     }
   }
   if (activation == Activation::batchtopk) {
@@ -243,20 +281,23 @@ TEST_P(CrosscoderNumerics, TrainingKeepsTheVariantsInvariants) {
 std::string case_name(const ::testing::TestParamInfo<std::tuple<BackendKind, Case>>& info) {
   const Case c = std::get<1>(info.param);
   return std::string(to_string(std::get<0>(info.param))) + "_" +
-         std::string(to_string(c.activation)) + (c.dedicated ? "_dedicated" : "");
+         std::string(to_string(c.activation)) + (c.dedicated ? "_dedicated" : "") +
+         (c.study ? "_study" : "") + (c.matryoshka ? "_matryoshka" : "");
 }
 
-INSTANTIATE_TEST_SUITE_P(Variants, CrosscoderNumerics,
-                         ::testing::Combine(::testing::ValuesIn(testing::usable_backend_kinds()),
-                                            ::testing::Values(Case{Activation::relu, false},
-                                                              Case{Activation::topk, false},
-                                                              Case{Activation::batchtopk, false},
-                                                              Case{Activation::jumprelu, false},
-                                                              Case{Activation::relu, true},
-                                                              Case{Activation::topk, true},
-                                                              Case{Activation::batchtopk, true},
-                                                              Case{Activation::jumprelu, true})),
-                         case_name);
+INSTANTIATE_TEST_SUITE_P(
+    Variants, CrosscoderNumerics,
+    ::testing::Combine(
+        ::testing::ValuesIn(testing::usable_backend_kinds()),
+        ::testing::Values(Case{Activation::relu, false}, Case{Activation::topk, false},
+                          Case{Activation::batchtopk, false}, Case{Activation::jumprelu, false},
+                          Case{Activation::relu, true}, Case{Activation::topk, true},
+                          Case{Activation::batchtopk, true}, Case{Activation::jumprelu, true},
+                          Case{Activation::relu, true, true}, Case{Activation::topk, true, true},
+                          Case{Activation::batchtopk, true, true},
+                          Case{Activation::topk, false, false, true},
+                          Case{Activation::batchtopk, true, false, true})),
+    case_name);
 
 TEST(CrosscoderConfigChecks, RejectsBadShapesWithTheFieldName) {
   CrosscoderConfig c = small_config(Activation::topk, false);
@@ -276,7 +317,8 @@ TEST(CrosscoderConfigChecks, RejectsBadShapesWithTheFieldName) {
   c.exclusive = {20, 20};
   EXPECT_NE(message_of(c).find("exclusive"), std::string::npos);
   c.exclusive = {1};
-  EXPECT_NE(message_of(c).find("sources"), std::string::npos);
+  EXPECT_NE(message_of(c).find("exclusive lists 1 blocks but there are 2 models"),
+            std::string::npos);
   c = small_config(Activation::relu, true);
   EXPECT_EQ(CrosscoderConfig::from_json(c.to_json()).to_json(), c.to_json());
   EXPECT_THROW(CrosscoderConfig::from_json("{\"sources\": 2}"), Error);
@@ -495,6 +537,110 @@ TEST(TrainingSchedules, GradientClippingScalesTheGradientAdamSees) {
   TrainConfig bad;
   bad.learning_rate = -1.0f;
   EXPECT_THROW(Trainer(model, bad), Error);
+}
+
+// The BatchTopK threshold's moving average skips the first threshold_start_step steps, then
+// starts from that step's smallest selected score and moves with momentum 0.999, the scores
+// taken from the float64 reference forward pass of each step's batch.
+TEST(TrainingSchedules, ThresholdStartsAfterThresholdStartStep) {
+  std::mt19937_64 rng(fresh_seed());
+  const CrosscoderConfig c = small_config(Activation::batchtopk, false);
+  Crosscoder model(c, make_backend(BackendKind::cpu), rng());
+  TrainConfig t;
+  t.steps = 6;
+  t.warmup_steps = 0;
+  t.threshold_start_step = 3;
+  Trainer trainer(model, t);
+  const int B = 16;
+  double expected = -1.0;
+  for (int s = 1; s <= 6; ++s) {
+    const std::vector<float> x = testing::random_activations(B, c.sources, c.width, rng);
+    if (s == 1) model.fit_normaliser(x, B);  // so the reference sees the step's normaliser
+    const auto p = testing::ReferenceParameters::from(model);
+    const double score = testing::reference_forward(c, p, x, B, c.k).min_selected_score;
+    ASSERT_GT(score, 0.0);
+    trainer.step(x, B);
+    if (s > 3) expected = expected < 0.0 ? score : 0.999 * expected + 0.001 * score;
+    if (s <= 3) {
+      EXPECT_EQ(model.batch_threshold(), -1.0f) << "step " << s;
+    } else {
+      EXPECT_NEAR(model.batch_threshold(), expected, 1e-4 * expected) << "step " << s;
+    }
+  }
+  // dictionary_learning's rule by default: its 0-based step must exceed 1000.
+  EXPECT_EQ(TrainConfig{}.threshold_start_step, 1001);
+}
+
+// The automatic dead-latent horizon, and AuxK starting exactly when a latent has been silent
+// that long: with S steps of B rows, H = min(10 M, ⌊S·B/10⌋); a latent that never fires is
+// dead from step ⌈H/B⌉ + 1 on, when the AuxK term first appears.
+TEST(TrainingSchedules, DeadHorizonScalesWithTheRunAndAuxKStartsOnTime) {
+  TrainConfig t;
+  EXPECT_EQ(t.dead_after_tokens, TrainConfig::kAutomatic);
+  t.steps = 1000;
+  t.batch_size = 1024;
+  EXPECT_EQ(t.dead_horizon(), 102'400);  // 1000·1024/10
+  t.steps = 100'000;
+  t.batch_size = 4096;
+  EXPECT_EQ(t.dead_horizon(), 10'000'000);  // capped at dictionary_learning's
+  t.steps = 7;
+  t.batch_size = 3;
+  EXPECT_EQ(t.dead_horizon(), 2);  // ⌊21/10⌋
+  t.steps = 1;
+  EXPECT_EQ(t.dead_horizon(), 1);  // never below one row
+  t.dead_after_tokens = 12'345;
+  EXPECT_EQ(t.dead_horizon(), 12'345);  // an explicit horizon is kept
+  t.dead_after_tokens = -2;
+  EXPECT_THROW(t.validate(), Error);
+
+  std::mt19937_64 rng(fresh_seed());
+  CrosscoderConfig c = small_config(Activation::topk, false);
+  c.normalisation = Normalisation::none;
+  Crosscoder model(c, make_backend(BackendKind::cpu), rng());
+  // The last latent can never fire: zero encoder row, negative bias (and ties at a score of 0
+  // go to lower indices).
+  const int silent = c.latents - 1;
+  std::vector<float> encoder = model.parameters().encoder_weight.download();
+  std::vector<float> bias(static_cast<std::size_t>(c.latents), 0.0f);
+  const int D = c.sources * c.width;
+  for (int j = 0; j < D; ++j) encoder[silent * D + j] = 0.0f;
+  bias[silent] = -100.0f;
+  model.parameters().encoder_weight.upload(encoder);
+  model.parameters().encoder_bias.upload(bias);
+  TrainConfig train;
+  train.steps = 40;
+  train.batch_size = 32;  // H = ⌊40·32/10⌋ = 128 rows: dead from step 128/32 + 1 = 5
+  train.warmup_steps = 0;
+  ASSERT_EQ(train.dead_horizon(), 128);
+  Trainer trainer(model, train);
+  for (int s = 1; s <= 8; ++s) {
+    const StepReport r = trainer.step(testing::random_activations(32, c.sources, c.width, rng), 32);
+    if (s < 5) {
+      EXPECT_EQ(r.auxk, 0.0) << "step " << s;
+    } else {
+      EXPECT_GT(r.auxk, 0.0) << "step " << s;
+    }
+    EXPECT_EQ(trainer.tokens_since_fired()[silent], 32 * s);
+  }
+}
+
+// The new fields round-trip through TrainConfig's JSON; a checkpoint's config written before
+// threshold_start_step existed reads as 0 (it updated the threshold from the first step).
+TEST(TrainingSchedules, NewFieldsRoundTripThroughJson) {
+  TrainConfig t;
+  t.threshold_start_step = 77;
+  t.dead_after_tokens = TrainConfig::kAutomatic;
+  const TrainConfig back = TrainConfig::from_json(t.to_json());
+  EXPECT_EQ(back.threshold_start_step, 77);
+  EXPECT_EQ(back.dead_after_tokens, TrainConfig::kAutomatic);
+  EXPECT_EQ(back.to_json(), t.to_json());
+  t.dead_after_tokens = 4096;
+  EXPECT_EQ(TrainConfig::from_json(t.to_json()).dead_after_tokens, 4096);
+  auto old = nlohmann::json::parse(t.to_json());
+  old.erase("threshold_start_step");
+  EXPECT_EQ(TrainConfig::from_json(old.dump()).threshold_start_step, 0);
+  t.threshold_start_step = -1;
+  EXPECT_THROW(t.validate(), Error);
 }
 
 }  // namespace

@@ -2,10 +2,12 @@
 // the writer.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <random>
 #include <set>
 
@@ -196,6 +198,14 @@ TEST_F(DatasetTest, ManifestShardsConvertHalfAndBfloat16AndCarryLabelsAndTokens)
     EXPECT_EQ(got_tokens[static_cast<std::size_t>(r)], 1000 + r);
   }
   EXPECT_NE(data.describe().find("bf16"), std::string::npos);
+  // A manifest from before document ids: none, and reading them is an error.
+  EXPECT_FALSE(data.has_document_ids());
+  EXPECT_EQ(data.describe().find("document ids"), std::string::npos);
+  std::vector<std::int32_t> no_documents(1);
+  EXPECT_NE(error_of([&] {
+              data.read_document_ids(0, 1, no_documents.data());
+            }).find("has no document ids"),
+            std::string::npos);
 
   // The manifest is checked against every shard.
   write_text(dir_ / "wrong-rows.json",
@@ -271,6 +281,35 @@ TEST_F(DatasetTest, ManifestParserNamesTheKeyAtFault) {
                                   "labels": {"dtype": "int8", "shards": [{"path": "l", "rows": 2}]}})")
                 .find("labels.shards[0].rows is 2"),
             std::string::npos);
+  // Document ids: int32 only, and shard for shard the sources' rows.
+  const std::string two_shards =
+      R"("sources": [{"name": "a", "dtype": "f32", "shards": [{"path": "x", "rows": 4},
+                                                              {"path": "y", "rows": 3}]}], )";
+  EXPECT_NE(parse_error(head + two_shards +
+                        R"("document_ids": {"dtype": "int8", "shards": [{"path": "d0", "rows": 4},
+                                                                         {"path": "d1", "rows": 3}]}})")
+                .find("document_ids.dtype is int8; document ids are int32"),
+            std::string::npos);
+  EXPECT_NE(parse_error(head + two_shards +
+                        R"("document_ids": {"dtype": "int32", "shards": [{"path": "d0", "rows": 4},
+                                                                          {"path": "d1", "rows": 5}]}})")
+                .find("document_ids.shards[1].rows is 5 but sources[0].shards[1].rows is 3"),
+            std::string::npos);
+  EXPECT_NE(
+      parse_error(head + two_shards +
+                  R"("document_ids": {"dtype": "int32", "shards": [{"path": "d", "rows": 7}]}})")
+          .find("document_ids.shards has 1 shards but sources[0] has 2"),
+      std::string::npos);
+  EXPECT_NE(parse_error(head + two_shards +
+                        R"("document_ids": {"dtype": "int32", "shards": [{"rows": 4},
+                                                                          {"path": "d1", "rows": 3}]}})")
+                .find("document_ids.shards[0].path is missing"),
+            std::string::npos);
+  EXPECT_NE(parse_error(head + two_shards + R"("document_ids": []})")
+                .find("document_ids must be an object"),
+            std::string::npos);
+  EXPECT_FALSE(parse_manifest(head + two_shards + R"("document_ids": null})", "dir/m.json")
+                   .document_ids.has_value());
   // Relative paths resolve against the manifest's directory; a round trip keeps everything.
   const DatasetManifest m = parse_manifest(
       head + R"("sources": [{"name": "a", "dtype": "bf16", "shards": [{"path": "x.npy", "rows": 3},
@@ -321,6 +360,166 @@ TEST_F(DatasetTest, BadInputsAreNamed) {
   std::vector<std::int8_t> labels(6);
   data.read_labels(0, 6, labels.data());
   EXPECT_EQ(labels, (std::vector<std::int8_t>{0, 1, -1, 1, 1, 0}));
+}
+
+// Random document ids: runs of 1 to 40 rows, each run's id drawn from all of int32 and
+// different from the previous run's (ids need only differ between neighbours).
+std::vector<std::int32_t> random_document_ids(std::int64_t rows, unsigned seed) {
+  std::mt19937 engine(seed);
+  std::uniform_int_distribution<std::int32_t> id(std::numeric_limits<std::int32_t>::min(),
+                                                 std::numeric_limits<std::int32_t>::max());
+  std::uniform_int_distribution<std::int64_t> length(1, 40);
+  std::vector<std::int32_t> ids;
+  std::int32_t previous = 0;
+  while (static_cast<std::int64_t>(ids.size()) < rows) {
+    std::int32_t next = id(engine);
+    while (next == previous) next = id(engine);
+    const std::int64_t n = std::min(length(engine), rows - static_cast<std::int64_t>(ids.size()));
+    ids.insert(ids.end(), static_cast<std::size_t>(n), next);
+    previous = next;
+  }
+  return ids;
+}
+
+TEST_F(DatasetTest, DocumentIdsRoundTripThroughTheWriterAndTheManifest) {
+  const unsigned seed = std::random_device{}();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  const int M = 2, d = 3;
+  const std::int64_t N = 301;
+  const auto all = random_rows(N, M, d, seed);
+  const std::vector<std::int32_t> documents = random_document_ids(N, seed + 1);
+  ASSERT_NE(std::count(documents.begin(), documents.end(), 0), N);
+  ActivationWriterOptions options;
+  options.source_names = {"base", "chat"};
+  options.width = d;
+  options.shard_rows = 64;
+  options.token_ids = true;
+  options.document_ids = true;
+  const fs::path out = dir_ / "documents";
+  {
+    ActivationWriter writer(out, options);
+    writer.append_all(all);
+    writer.append_token_ids(std::vector<std::int32_t>(N, 5));
+    // In uneven pieces, across shard boundaries; short of the sources' rows at first.
+    writer.append_document_ids(std::span(documents).first(100));
+    EXPECT_NE(error_of([&] {
+                writer.close();
+              }).find("\"document_ids\" has 100 rows but \"base\" has 301"),
+              std::string::npos);
+    writer.append_document_ids(std::span(documents).subspan(100, 1));
+    writer.append_document_ids(std::span(documents).subspan(101));
+    EXPECT_EQ(writer.close(), out / "manifest.json");
+    EXPECT_NE(error_of([&] { writer.append_document_ids(documents); }).find("append after close()"),
+              std::string::npos);
+  }
+  EXPECT_TRUE(fs::is_regular_file(out / "documents-00004.npy"));
+  const DatasetManifest manifest = read_manifest(out / "manifest.json");
+  ASSERT_TRUE(manifest.document_ids.has_value());
+  EXPECT_EQ(manifest.document_ids->shards.size(), 5u);  // 4 × 64 + 45
+  // manifest_to_json keeps the column, shard for shard.
+  const DatasetManifest again =
+      parse_manifest(manifest_to_json(manifest, out), out / "manifest.json");
+  ASSERT_TRUE(again.document_ids.has_value());
+  ASSERT_EQ(again.document_ids->shards.size(), manifest.document_ids->shards.size());
+  for (std::size_t i = 0; i < again.document_ids->shards.size(); ++i) {
+    EXPECT_EQ(again.document_ids->shards[i].path, manifest.document_ids->shards[i].path);
+    EXPECT_EQ(again.document_ids->shards[i].rows, manifest.document_ids->shards[i].rows);
+  }
+  EXPECT_EQ(again.document_ids->dtype, StoredType::I32);
+
+  const ActivationDataset data = ActivationDataset::open({out / "manifest.json"});
+  ASSERT_TRUE(data.has_document_ids());
+  std::vector<std::int32_t> got(static_cast<std::size_t>(N));
+  data.read_document_ids(0, N, got.data());
+  EXPECT_EQ(got, documents);
+  std::vector<std::int32_t> part(70);
+  data.read_document_ids(60, 70, part.data());  // across two shard boundaries
+  EXPECT_TRUE(std::equal(part.begin(), part.end(), documents.begin() + 60));
+  EXPECT_NE(data.describe().find("document ids: int32"), std::string::npos);
+  EXPECT_NE(error_of([&] {
+              data.read_document_ids(N - 1, 2, part.data());
+            }).find("document id rows [300, 302) are outside [0, 301)"),
+            std::string::npos);
+
+  // A shard that is not int32 is refused, naming the manifest's key and the file.
+  const std::vector<std::int8_t> small_ids{1, 1, 2};
+  io::write_npy_raw(dir_ / "docs-i1.npy", {3}, "|i1", std::as_bytes(std::span(small_ids)));
+  io::write_npy(dir_ / "x.npy", {3, 2}, std::vector<float>(6, 1.0f));
+  write_text(dir_ / "i1.json",
+             R"({"format": "crosscoder-activations-1", "width": 2, "sources": [
+                 {"name": "a", "dtype": "f32", "shards": [{"path": "x.npy", "rows": 3}]}],
+                 "document_ids": {"dtype": "int32", "shards": [{"path": "docs-i1.npy", "rows": 3}]}})");
+  const std::string message = error_of([&] { ActivationDataset::open({dir_ / "i1.json"}); });
+  EXPECT_NE(message.find("document_ids.shards[0]: "), std::string::npos) << message;
+  EXPECT_NE(message.find("docs-i1.npy: holds int8 ('|i1') but the manifest says int32"),
+            std::string::npos)
+      << message;
+
+  // The writer refuses document ids it was not asked for, and "documents" as a source name
+  // only when it writes them (the file prefix would collide).
+  ActivationWriterOptions plain;
+  plain.source_names = {"documents"};
+  plain.width = 1;
+  ActivationWriter without(dir_ / "plain", plain);
+  EXPECT_NE(error_of([&] {
+              without.append_document_ids(std::vector<std::int32_t>{1});
+            }).find("created without document ids"),
+            std::string::npos);
+  without.append(0, std::vector<float>{1.0f});
+  without.close();
+  EXPECT_FALSE(ActivationDataset::open({dir_ / "plain" / "manifest.json"}).has_document_ids());
+  plain.document_ids = true;
+  EXPECT_NE(error_of([&] {
+              ActivationWriter writer(dir_ / "clash", plain);
+            }).find("source name \"documents\" is the document ids' file prefix"),
+            std::string::npos);
+}
+
+TEST_F(DatasetTest, SafetensorsDatasetsCarryDocumentIdsAsI32Only) {
+  const unsigned seed = std::random_device{}();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  const std::int64_t N = 37;
+  const int d = 4;
+  const auto rows = random_rows(N, 1, d, seed);
+  const std::vector<std::int32_t> documents = random_document_ids(N, seed + 1);
+  const auto write = [&](const fs::path& path, io::DType dtype, std::int64_t length) {
+    io::SafetensorsWriter writer;
+    writer.add_float("base", {N, d}, rows);
+    std::vector<std::byte> bytes;
+    if (dtype == io::DType::I32) {
+      const auto raw = std::as_bytes(std::span(documents).first(static_cast<std::size_t>(length)));
+      bytes.assign(raw.begin(), raw.end());
+    } else {
+      bytes.assign(static_cast<std::size_t>(length) * (dtype == io::DType::I8 ? 1 : 8),
+                   std::byte{1});
+    }
+    writer.add_raw("document_ids", dtype, {length}, bytes);
+    writer.write(path);
+  };
+  write(dir_ / "good.safetensors", io::DType::I32, N);
+  const ActivationDataset data = ActivationDataset::open({dir_ / "good.safetensors"});
+  EXPECT_EQ(data.source_names(), std::vector<std::string>{"base"});
+  ASSERT_TRUE(data.has_document_ids());
+  EXPECT_FALSE(data.has_token_ids());
+  std::vector<std::int32_t> got(static_cast<std::size_t>(N));
+  data.read_document_ids(0, N, got.data());
+  EXPECT_EQ(got, documents);
+
+  write(dir_ / "i8.safetensors", io::DType::I8, N);
+  EXPECT_NE(error_of([&] {
+              ActivationDataset::open({dir_ / "i8.safetensors"});
+            }).find("i8.safetensors[document_ids]: document_ids must be I32, not I8"),
+            std::string::npos);
+  write(dir_ / "i64.safetensors", io::DType::I64, N);
+  EXPECT_NE(error_of([&] {
+              ActivationDataset::open({dir_ / "i64.safetensors"});
+            }).find("i64.safetensors[document_ids]: dtype I64 is not I8 or I32"),
+            std::string::npos);
+  write(dir_ / "short.safetensors", io::DType::I32, N - 1);
+  EXPECT_NE(error_of([&] {
+              ActivationDataset::open({dir_ / "short.safetensors"});
+            }).find("short.safetensors[document_ids]: shape [36] but expected [37]"),
+            std::string::npos);
 }
 
 TEST_F(DatasetTest, ShuffledBatchesDeliverEveryRowOncePerEpochPairedAndDeterministically) {

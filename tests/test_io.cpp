@@ -17,10 +17,10 @@
 #include <vector>
 
 #include "crosscoder/error.hpp"
-#include "crosscoder/io/atomic_file.hpp"
 #include "crosscoder/io/half.hpp"
 #include "crosscoder/io/npy.hpp"
 #include "crosscoder/io/safetensors.hpp"
+#include "io/atomic_file.hpp"
 
 namespace crosscoder::io {
 namespace {

@@ -1,6 +1,7 @@
 // Weight-only latent metrics against float64 loops on fresh random crosscoders.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <set>
@@ -111,6 +112,87 @@ TEST(LatentMetrics, NormalisedDifferenceForTwoSources) {
   EXPECT_EQ(metrics.latent_class[1], 1);
   EXPECT_EQ(metrics.latent_class[2], kSharedLatent);
   EXPECT_FLOAT_EQ(metrics.decoder_cosine[2], 0.0f);  // orthogonal directions
+}
+
+// Minder et al.'s class thresholds on hand-computed normalised differences (values exact in
+// binary), beside our relative-norm rule on the same norms.
+TEST(LatentMetrics, MinderClassesByHand) {
+  struct Case {
+    double n0, n1;
+    int minder, relative_norm;  // relative_norm at τ = 0.9
+  };
+  // normalised difference: 0 (only source 1), 0.375, 0.4375, 0.5, 0.5625, 0.875, 0.9375, 1.
+  const Case cases[] = {{0.0, 1.0, 1, 1},
+                        {0.75, 1.0, kMixedLatent, kSharedLatent},
+                        {0.875, 1.0, kSharedLatent, kSharedLatent},
+                        {2.0, 2.0, kSharedLatent, kSharedLatent},
+                        {1.0, 0.875, kSharedLatent, kSharedLatent},
+                        {1.0, 0.25, kMixedLatent, kSharedLatent},
+                        {1.0, 0.125, 0, kSharedLatent},
+                        {3.0, 0.0, 0, 0},
+                        {0.0, 0.0, kMixedLatent, kMixedLatent}};
+  for (const Case& c : cases) {
+    const double norms[2] = {c.n0, c.n1};
+    EXPECT_EQ(classify_minder(norms), c.minder) << c.n0 << ", " << c.n1;
+    EXPECT_EQ(classify_by_norms(norms, 0.9), c.relative_norm) << c.n0 << ", " << c.n1;
+  }
+  // 0.0625 and 0.9375 of the larger norm: normalised difference 0.03125 and 0.96875.
+  const double near_zero[2] = {0.0625, 1.0}, near_one[2] = {1.0, 0.0625};
+  EXPECT_EQ(classify_minder(near_zero), 1);
+  EXPECT_EQ(classify_minder(near_one), 0);
+  const double three[3] = {1.0, 1.0, 1.0};
+  EXPECT_THROW(classify_minder(three), Error);
+  EXPECT_EQ(parse_class_rule("minder"), ClassRule::minder);
+  EXPECT_EQ(to_string(ClassRule::relative_norm), "relative_norm");
+  EXPECT_THROW(parse_class_rule("anthropic"), Error);
+}
+
+// weight_metrics with ClassRule::minder on a random two-source crosscoder against the
+// diffing-toolkit's rule written out in float64: n = ((‖d_0‖ − ‖d_1‖)/max + 1)/2,
+// exclusive:1 when n < 0.1, exclusive:0 when n > 0.9, shared when |n − 0.5| < 0.1.
+TEST(LatentMetrics, MinderRuleOnARandomCrosscoderMatchesFloat64) {
+  std::mt19937_64 rng(std::random_device{}());
+  CrosscoderConfig c;
+  c.sources = 2;
+  c.width = 5;
+  c.latents = 200;
+  c.k = 2;
+  c.activation = Activation::topk;
+  Crosscoder model(c, make_backend(BackendKind::cpu), rng());
+  std::normal_distribution<float> normal;
+  std::uniform_real_distribution<float> shrink(0.0f, 1.0f);
+  std::vector<float> decoder(200 * 10);
+  for (int f = 0; f < 200; ++f)
+    for (int m = 0; m < 2; ++m) {
+      const float scale = shrink(rng);  // relative norms spread over the whole range
+      for (int i = 0; i < 5; ++i) decoder[f * 10 + m * 5 + i] = scale * normal(rng);
+    }
+  model.parameters().decoder_weight.upload(decoder);
+  const WeightMetrics metrics = weight_metrics(model, 0.9, ClassRule::minder);
+  EXPECT_EQ(metrics.class_rule, ClassRule::minder);
+  std::set<int> seen;
+  int differ = 0;
+  for (int f = 0; f < 200; ++f) {
+    const double n0 = norm_of(decoder, f * 10, 5), n1 = norm_of(decoder, f * 10 + 5, 5);
+    const double n = ((n0 - n1) / std::max(n0, n1) + 1.0) / 2.0;
+    if (std::abs(n - 0.1) < 1e-5 || std::abs(n - 0.9) < 1e-5 || std::abs(n - 0.4) < 1e-5 ||
+        std::abs(n - 0.6) < 1e-5)
+      continue;  // a float32 norm could fall on either side of a threshold
+    const int want = n < 0.1                   ? 1
+                     : n > 0.9                 ? 0
+                     : std::abs(n - 0.5) < 0.1 ? kSharedLatent
+                                               : kMixedLatent;
+    EXPECT_EQ(metrics.latent_class[f], want) << "latent " << f << ", n = " << n;
+    seen.insert(want);
+    const double norms[2] = {n0, n1};
+    differ += classify_by_norms(norms, 0.9) != want;
+  }
+  EXPECT_EQ(seen.size(), 4u) << "the test should see every class";
+  EXPECT_GT(differ, 0) << "the two rules should disagree on some latents";
+  c.sources = 3;
+  c.exclusive = {};
+  Crosscoder three(c, make_backend(BackendKind::cpu), rng());
+  EXPECT_THROW(weight_metrics(three, 0.9, ClassRule::minder), Error);
 }
 
 }  // namespace

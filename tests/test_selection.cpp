@@ -61,7 +61,8 @@ void check_per_row_top_k(const std::shared_ptr<Backend>& backend, const std::vec
       request.k = k;
       request.allowed = masked ? allowed.data() : nullptr;
       request.positive_only = positive_only;
-      const Entries got = entries_of(backend->select(pre.data(), rows, latents, request, nullptr));
+      const Entries got =
+          entries_of(backend->ops().select(pre.data(), rows, latents, request, nullptr));
       for (std::int64_t b = 0; b < rows; ++b) {
         std::vector<std::pair<float, std::int32_t>> order;
         for (std::int64_t f = 0; f < latents; ++f)
@@ -102,7 +103,8 @@ void check_per_batch_top_k(const std::shared_ptr<Backend>& backend, const std::v
   request.k = k;
   request.weight = weight.data();
   float smallest = 0.0f;
-  const Entries got = entries_of(backend->select(pre.data(), rows, latents, request, &smallest));
+  const Entries got =
+      entries_of(backend->ops().select(pre.data(), rows, latents, request, &smallest));
 
   std::vector<std::tuple<float, std::int64_t>> all;  // (score, flat index)
   for (std::int64_t i = 0; i < rows * latents; ++i)
@@ -190,9 +192,12 @@ TEST_P(Selections, ThresholdSelectionsKeepWhatTheyShould) {
   SelectionRequest near = jump;
   near.selection = Selection::near_threshold;
   near.bandwidth = 0.3f;
-  const Entries jumped = entries_of(backend->select(pre.data(), rows, latents, jump, nullptr));
-  const Entries positive = entries_of(backend->select(pre.data(), rows, latents, relu, nullptr));
-  const Entries nearby = entries_of(backend->select(pre.data(), rows, latents, near, nullptr));
+  const Entries jumped =
+      entries_of(backend->ops().select(pre.data(), rows, latents, jump, nullptr));
+  const Entries positive =
+      entries_of(backend->ops().select(pre.data(), rows, latents, relu, nullptr));
+  const Entries nearby =
+      entries_of(backend->ops().select(pre.data(), rows, latents, near, nullptr));
   for (std::int64_t b = 0; b < rows; ++b) {
     std::size_t j = 0, p = 0, n = 0;
     for (std::int64_t f = 0; f < latents; ++f) {
@@ -226,7 +231,8 @@ TEST_P(Selections, KAtLeastTheLatentCountSelectsEveryLatentInRankOrder) {
       SelectionRequest request;
       request.selection = selection;
       request.k = k;
-      const Entries got = entries_of(backend->select(pre.data(), rows, latents, request, nullptr));
+      const Entries got =
+          entries_of(backend->ops().select(pre.data(), rows, latents, request, nullptr));
       for (std::int64_t b = 0; b < rows; ++b) {
         std::vector<std::pair<float, std::int32_t>> want;
         for (std::int32_t f = 0; f < latents; ++f)
@@ -263,8 +269,8 @@ TEST_P(Selections, BatchTopKOverTilesEqualsTheWholeBatchSelection) {
     request.k = k;
     request.weight = weight.data();
     float want_smallest = 0.0f;
-    const HostSparseCodes want =
-        HostSparseCodes::from(backend->select(pre.data(), rows, latents, request, &want_smallest));
+    const HostSparseCodes want = HostSparseCodes::from(
+        backend->ops().select(pre.data(), rows, latents, request, &want_smallest));
     for (const std::int64_t tile : {std::int64_t{1}, std::int64_t{4}, std::int64_t{11}, rows}) {
       SCOPED_TRACE(::testing::Message() << (tied ? "tied" : "continuous") << ", tile " << tile);
       std::vector<SparseCodes> parts;
@@ -273,12 +279,12 @@ TEST_P(Selections, BatchTopKOverTilesEqualsTheWholeBatchSelection) {
         SelectionRequest part = request;
         part.k = (rows * k + here - 1) / here;
         parts.push_back(
-            backend->select(pre.data() + first * latents, here, latents, part, nullptr));
+            backend->ops().select(pre.data() + first * latents, here, latents, part, nullptr));
       }
       const SparseCodes joined = concatenate_rows(backend, parts);
       float smallest = 0.0f;
       const HostSparseCodes got = HostSparseCodes::from(
-          backend->select_top_entries(joined, rows * k, weight.data(), &smallest));
+          backend->ops().select_top_entries(joined, rows * k, weight.data(), &smallest));
       EXPECT_EQ(got.row_ptr, want.row_ptr);
       EXPECT_EQ(got.latent, want.latent);
       EXPECT_EQ(got.value, want.value);
@@ -330,7 +336,7 @@ TEST_P(Selections, TopEntriesKeepTheBestInEntryOrder) {
         if (order[i].first > 0.0f) want_smallest = order[i].first;
       }
       float smallest = 0.0f;
-      const HostSparseCodes got = HostSparseCodes::from(backend->select_top_entries(
+      const HostSparseCodes got = HostSparseCodes::from(backend->ops().select_top_entries(
           codes, wanted, weighted ? weight.data() : nullptr, &smallest));
       ASSERT_EQ(got.rows, rows);
       for (std::int64_t b = 0; b < rows; ++b) {

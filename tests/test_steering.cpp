@@ -328,6 +328,51 @@ TEST_F(SteeringFilters, MaxActivationUnitsAndPairedRows) {
   EXPECT_NE(f_alone, f_paired);
 }
 
+TEST_F(SteeringFilters, PairedHookMatchesApplyPaired) {
+  // paired_hook asks for the other model's rows of the same tokens and steers exactly as
+  // apply_paired with them; at another layer it neither asks nor steers.
+  const int T = 5, source = 1;
+  std::vector<RowInfo> info(T);
+  for (int t = 0; t < T; ++t) info[t] = {t, true, t == T - 1};
+  std::normal_distribution<float> normal;
+  std::vector<float> rows(T * 4), other(T * 4);
+  for (float& v : rows) v = normal(rng_);
+  for (float& v : other) v = 2.0f * normal(rng_);
+  std::vector<Intervention> all;
+  for (int j = 0; j < 10; ++j) all.push_back({InterventionKind::scale, j, 3.0});
+  const auto fill = [&](const RowInfo* at, int n, int d, std::span<float> paired) {
+    ASSERT_EQ(d, 4);
+    ASSERT_EQ(paired.size(), static_cast<std::size_t>(n) * 8);
+    for (int r = 0; r < n; ++r)  // source 0's block: the other model's row at that position
+      std::copy_n(other.begin() + at[r].position * 4, 4, paired.begin() + r * 8);
+  };
+  int asked = 0;
+  Steerer hooked(model_, source, all);
+  const ActivationHook hook =
+      hooked.paired_hook(2, [&](const RowInfo* at, int n, int d, std::span<float> paired) {
+        ++asked;
+        fill(at, n, d, paired);
+      });
+  std::vector<float> by_hook = rows;
+  hook(1, by_hook.data(), T, 4, info.data());
+  EXPECT_EQ(asked, 0);
+  EXPECT_EQ(by_hook, rows);
+  hook(2, by_hook.data(), T, 4, info.data());
+  EXPECT_EQ(asked, 1);
+
+  Steerer direct(model_, source, all);
+  std::vector<float> paired(T * 8, 0.0f);
+  fill(info.data(), T, 4, paired);
+  std::vector<float> by_apply = rows;
+  direct.apply_paired(by_apply.data(), T, 4, info.data(), paired);
+  EXPECT_EQ(by_hook, by_apply);
+  std::vector<float> unpaired = rows;
+  direct.apply(unpaired.data(), T, 4, info.data());
+  EXPECT_NE(by_hook, unpaired);  // the other model's rows did enter the encoder
+  EXPECT_NE(by_hook, rows);
+  EXPECT_THROW(direct.paired_hook(2, nullptr), Error);
+}
+
 TEST_F(SteeringFilters, BadInputIsRefusedAndLeavesRowsUntouched) {
   const auto message = [](const std::function<void()>& action) {
     try {

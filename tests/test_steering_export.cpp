@@ -126,7 +126,8 @@ class SteeringExport : public ::testing::Test {
     std::vector<double> sum(12, 0.0);
     for (const auto& d : directions)
       for (int i = 0; i < 12; ++i)
-        sum[i] += d.scale * p.decoder[d.latent * 24 + d.source * 12 + i] / p.scale[d.source];
+        sum[i] +=
+            d.scale * p.decoder[d.latent * 24 + d.source * 12 + i] / p.scale[d.source * 12 + i];
     return sum;
   }
 

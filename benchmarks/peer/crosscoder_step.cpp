@@ -143,9 +143,9 @@ int main(int argc, char** argv) try {
     for (std::int64_t i = 0; i < n; ++i) {
       backend->synchronize();
       const auto start = Clock::now();
-      backend->encode(x.data(), o.batch, D, model.parameters().encoder_weight.data(),
-                      model.parameters().encoder_bias.data(), c.latents,
-                      c.activation != Activation::jumprelu, pre.data());
+      backend->ops().encode(x.data(), o.batch, D, model.parameters().encoder_weight.data(),
+                            model.parameters().encoder_bias.data(), c.latents,
+                            c.activation != Activation::jumprelu, pre.data());
       backend->synchronize();
       std::printf("{\"gemm_ms\":%.3f}\n", milliseconds_since(start));
       std::fflush(stdout);

@@ -91,7 +91,8 @@ T atomic_min(T* address, T value) {
 }  // namespace crosscoder::emulation
 
 // ---- The CUDA names the backend's sources use ---------------------------------------------
-#define __global__
+// Kernels are inline, so that a test can include a kernel header beside the backend's own copy.
+#define __global__ inline
 #define __device__
 #define __host__
 #define __forceinline__ inline

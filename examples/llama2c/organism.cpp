@@ -6,7 +6,8 @@
 //     Runs every prompt (BOS-first token ids [N, T] int32, padded with -1) through both models
 //     and writes block N's output with the ActivationWriter as a paired dataset (sources "base"
 //     and "rl"): every token, or only the last prompt token with labels (1 for a request, from
-//     SET.tools.npy ≥ 0; 0 for a plain prompt) and the prompt's token ids.
+//     SET.tools.npy ≥ 0; 0 for a plain prompt) and the prompt's token ids. Every prompt is a
+//     document: its rows carry the prompt's index, counted across all --prompts files.
 //
 //   llama2c_organism steer --model M.bin --crosscoder C.safetensors --source S --block N
 //       --latents J[,J...] --alphas 0,1,4,... --prompts SET.npy --convention convention.json
@@ -16,11 +17,17 @@
 //     PositionMode::last_prompt), decodes greedily, and records per prompt whether the
 //     continuation is a well-formed tool call and whether it is the correct answer.
 //     --latents none runs the unsteered model once (α is then meaningless and written as 1).
+//     Paired by default, as the study encoded both models' activations together:
+//     --paired-model OTHER.bin runs the other model in lockstep on the same tokens, and its
+//     block-N row fills the crosscoder sources other than --source (Steerer::paired_hook).
+//     --unpaired instead lets the other source enter the encoder as its mean. One of the two
+//     is required with latents. Every cell records how often the steered latents' f_j > 0 on
+//     the steered rows, computed before steering as the Steerer does (Steerer::activations).
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cstdio>
 #include <fstream>
-#include <random>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -152,11 +159,13 @@ int capture(const fs::path& base_path, const fs::path& rl_path, int block,
   options.width = base.config().dim;
   options.labels = last;
   options.token_ids = true;
+  options.document_ids = true;
   options.overwrite = true;
   crosscoder::ActivationWriter writer(out, options);
 
   crosscoder::PositionFilter filter;
   filter.mode = last ? crosscoder::PositionMode::last_prompt : crosscoder::PositionMode::all;
+  std::int64_t document = 0;  // the prompt's index over all files, so that files never merge
   for (const std::string& file : prompt_files) {
     const PromptSet set = load_prompts(file, base.config().vocab);
     if (last && set.tools.empty())
@@ -177,14 +186,18 @@ int capture(const fs::path& base_path, const fs::path& rl_path, int block,
           sessions[source].step(prompt[t], info);
         }
       }
+      // Ids need only differ between neighbouring documents: wrapping past 2^31 is harmless.
+      const auto id = static_cast<std::int32_t>(document++ & 0x7fffffff);
       if (last) {
         const std::int8_t label = set.tools[p] >= 0 ? 1 : 0;
         writer.append_labels(std::span(&label, 1));
         const std::int32_t token = prompt.back();
         writer.append_token_ids(std::span(&token, 1));
+        writer.append_document_ids(std::span(&id, 1));
       } else {
         std::vector<std::int32_t> tokens(prompt.begin(), prompt.end());
         writer.append_token_ids(tokens);
+        writer.append_document_ids(std::vector<std::int32_t>(tokens.size(), id));
       }
       progress.update(static_cast<std::int64_t>(p + 1));
     }
@@ -196,8 +209,13 @@ int capture(const fs::path& base_path, const fs::path& rl_path, int block,
   return 0;
 }
 
-int steer(const fs::path& model_path, const fs::path& crosscoder_path, int source, int block,
-          const std::string& latents_text, const std::string& alphas_text,
+// The first token of the highest logit (the engine's greedy rule).
+int argmax(const std::vector<float>& logits) {
+  return static_cast<int>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+}
+
+int steer(const fs::path& model_path, const fs::path& paired_path, const fs::path& crosscoder_path,
+          int source, int block, const std::string& latents_text, const std::string& alphas_text,
           const fs::path& prompts_path, const fs::path& convention_path, const std::string& subset,
           int max_new, const fs::path& out) {
   if (subset != "request" && subset != "plain" && subset != "all")
@@ -205,6 +223,16 @@ int steer(const fs::path& model_path, const fs::path& crosscoder_path, int sourc
   if (max_new < 3) throw Error("--max-new must be at least 3 (a call is three tokens)");
   const llama2c::Model model = llama2c::Model::load(model_path);
   require_block(model, block);
+  const bool paired = !paired_path.empty();
+  std::optional<llama2c::Model> other_model;
+  if (paired) {
+    other_model.emplace(llama2c::Model::load(paired_path));
+    if (other_model->config().dim != model.config().dim ||
+        other_model->config().vocab != model.config().vocab ||
+        other_model->config().layers != model.config().layers)
+      throw Error(paired_path.string() + ": its width, vocabulary or depth differs from " +
+                  model_path.string());
+  }
   const Convention convention = Convention::load(convention_path);
   const PromptSet all = load_prompts(prompts_path, model.config().vocab);
   if (all.tools.empty()) throw Error(prompts_path.string() + ": no .tools.npy beside it");
@@ -230,12 +258,21 @@ int steer(const fs::path& model_path, const fs::path& crosscoder_path, int sourc
       throw Error(crosscoder_path.string() + ": width " +
                   std::to_string(crosscoder->config().width) + " differs from the model's " +
                   std::to_string(model.config().dim));
+    if (source < 0 || source >= crosscoder->config().sources)
+      throw Error("--source " + std::to_string(source) + " is out of range: the crosscoder has " +
+                  std::to_string(crosscoder->config().sources) + " sources");
+    if (paired && crosscoder->config().sources != 2)
+      throw Error("--paired-model needs a crosscoder of two sources, not " +
+                  std::to_string(crosscoder->config().sources));
   }
 
   nlohmann::json result;
   result["model"] = model_path.string();
   result["crosscoder"] = unsteered ? "" : crosscoder_path.string();
   result["source"] = source;
+  // Which model's activations fill the other source in the encoder: "unpaired" means its mean.
+  result["pairing"] = unsteered ? "none" : paired ? "paired" : "unpaired";
+  result["paired_model"] = paired ? paired_path.string() : "";
   result["block"] = block;
   result["latents"] = latents;
   result["subset"] = subset;
@@ -263,22 +300,90 @@ int steer(const fs::path& model_path, const fs::path& crosscoder_path, int sourc
         std::make_unique<crosscoder::Steerer>(*crosscoder, source, interventions, filter));
   }
   std::vector<std::vector<int>> call(alphas.size()), correct(alphas.size());
-  crosscoder::ProgressBar progress(static_cast<std::int64_t>(chosen.size()), "steer", "prompt");
-  std::mt19937_64 unused_rng(0);  // greedy decoding draws nothing
+  // Per α and prompt: how many of the steered latents had f_j > 0 on the steered row, and per
+  // latent over prompts. f_j is computed from the unmodified row (and the paired row) as the
+  // Steerer computes it, so an α leaves it unchanged; it is recorded per cell as a check.
+  const std::size_t n_encoded = unsteered ? 0 : steerers[0]->latents().size();
+  std::vector<std::vector<int>> active(alphas.size());
+  std::vector<std::vector<std::int64_t>> active_by_latent(alphas.size(),
+                                                          std::vector<std::int64_t>(n_encoded, 0));
+  std::vector<std::vector<double>> sum_f(alphas.size(), std::vector<double>(n_encoded, 0.0));
+
+  const int d = model.config().dim;
+  // The paired model's block-N row of the token it processed last: both models step on the
+  // same token before the steered model's hook runs, so this is the other source's row for it.
+  std::vector<float> other_row(static_cast<std::size_t>(d), 0.0f);
+  const auto fill_other = [&, source](const crosscoder::RowInfo*, int n_rows, int width,
+                                      std::span<float> rows) {
+    for (int r = 0; r < n_rows; ++r)
+      std::copy(other_row.begin(), other_row.end(),
+                rows.begin() + (static_cast<std::ptrdiff_t>(r) * 2 + (1 - source)) * width);
+  };
   llama2c::Session prefix(model);
+  std::optional<llama2c::Session> other_prefix;
+  if (paired) {
+    other_prefix.emplace(*other_model);
+    other_prefix->add_hook(block, [&](int, float* rows, int n_rows, int width,
+                                      const crosscoder::RowInfo*) {
+      std::copy_n(rows + static_cast<std::ptrdiff_t>(n_rows - 1) * width, width, other_row.begin());
+    });
+  }
+  crosscoder::ProgressBar progress(static_cast<std::int64_t>(chosen.size()), "steer", "prompt");
   for (std::size_t i = 0; i < chosen.size(); ++i) {
     const std::vector<int>& prompt = all.prompts[chosen[i]];
     const int tool = all.tools[chosen[i]];
+    // The prompt but its last token, once per prompt (steering touches only the last token).
     prefix.reset();
-    for (std::size_t t = 0; t + 1 < prompt.size(); ++t) prefix.step(prompt[t], {});
+    if (other_prefix) other_prefix->reset();
+    for (std::size_t t = 0; t + 1 < prompt.size(); ++t) {
+      if (other_prefix) other_prefix->step(prompt[t], {});
+      prefix.step(prompt[t], {});
+    }
     for (std::size_t a = 0; a < alphas.size(); ++a) {
       llama2c::Session session = prefix;
+      std::optional<llama2c::Session> other;
+      if (other_prefix) other.emplace(*other_prefix);
+      int n_active = 0;
       if (steerers[a]) {
-        steerers[a]->reset();
-        session.add_hook(block, steerers[a]->hook(block));
+        crosscoder::Steerer& steerer = *steerers[a];
+        steerer.reset();
+        crosscoder::ActivationHook steer_hook =
+            paired ? steerer.paired_hook(block, fill_other) : steerer.hook(block);
+        session.add_hook(block, [&, a, steer_hook](int layer, float* rows, int n_rows, int width,
+                                                   const crosscoder::RowInfo* info) {
+          if (n_rows == 1 && info[0].last_prompt && info[0].prompt) {
+            std::vector<float> pair;
+            if (paired) {
+              pair.assign(static_cast<std::size_t>(2 * width), 0.0f);
+              fill_other(info, 1, width, pair);
+              std::copy_n(rows, width, pair.begin() + source * width);
+            }
+            const std::vector<float> f = steerer.activations(rows, 1, pair);
+            for (std::size_t l = 0; l < f.size(); ++l) {
+              sum_f[a][l] += f[l];
+              if (f[l] > 0.0f) {
+                ++n_active;
+                ++active_by_latent[a][l];
+              }
+            }
+          }
+          steer_hook(layer, rows, n_rows, width, info);
+        });
       }
-      const std::vector<int> generated =
-          session.generate({prompt.back()}, max_new, 0.0f, unused_rng);
+      // Greedy decoding with both models in lockstep: each token goes to the other model
+      // first, so its row is there when the steered model's hook asks for it.
+      std::vector<int> generated;
+      int token = prompt.back();
+      for (int n = 0; n < max_new; ++n) {
+        crosscoder::RowInfo info;
+        info.prompt = n == 0;
+        info.last_prompt = n == 0;
+        if (other) other->step(token, info);
+        token = argmax(session.step(token, info));
+        generated.push_back(token);
+        if (session.position() >= model.config().seq_len) break;  // as Session::generate
+      }
+      active[a].push_back(n_active);
       const int named = convention.called_tool(generated);
       call[a].push_back(named >= 0);
       correct[a].push_back(tool >= 0 ? named == tool : named < 0);
@@ -290,21 +395,47 @@ int steer(const fs::path& model_path, const fs::path& crosscoder_path, int sourc
                      : static_cast<double>(std::count(v.begin(), v.end(), 1)) /
                            static_cast<double>(v.size());
   };
-  for (std::size_t a = 0; a < alphas.size(); ++a)
-    result["cells"].push_back({{"alpha", alphas[a]},
-                               {"call", call[a]},
-                               {"correct", correct[a]},
-                               {"call_rate", mean(call[a])},
-                               {"correct_rate", mean(correct[a])}});
+  const double n_prompts = std::max<double>(1.0, static_cast<double>(chosen.size()));
+  for (std::size_t a = 0; a < alphas.size(); ++a) {
+    nlohmann::json cell = {{"alpha", alphas[a]},
+                           {"call", call[a]},
+                           {"correct", correct[a]},
+                           {"call_rate", mean(call[a])},
+                           {"correct_rate", mean(correct[a])}};
+    if (!unsteered) {
+      // active: per prompt, how many steered latents had f_j > 0 before steering.
+      std::vector<double> latent_rate, latent_mean_f;
+      std::int64_t pairs = 0, any = 0;
+      for (std::size_t l = 0; l < n_encoded; ++l) {
+        latent_rate.push_back(static_cast<double>(active_by_latent[a][l]) / n_prompts);
+        latent_mean_f.push_back(sum_f[a][l] / n_prompts);
+        pairs += active_by_latent[a][l];
+      }
+      for (int n : active[a]) any += n > 0;
+      cell["active"] = active[a];
+      cell["active_latents"] = steerers[a]->latents();
+      cell["active_rate_by_latent"] = latent_rate;
+      cell["mean_f_by_latent"] = latent_mean_f;
+      cell["active_rate"] =
+          static_cast<double>(pairs) / (n_prompts * std::max(1.0, static_cast<double>(n_encoded)));
+      cell["any_active_rate"] = static_cast<double>(any) / n_prompts;
+    }
+    result["cells"].push_back(cell);
+  }
   progress.finish();
   std::ofstream file(out);
   if (!file) throw Error(out.string() + ": cannot write the result");
   file << result.dump() << '\n';
   if (!file) throw Error(out.string() + ": writing the result failed");
-  for (const auto& cell : result["cells"])
-    std::printf("llama2c_organism: alpha %g: call rate %.3f, correct %.3f (%zu prompts)\n",
+  for (const auto& cell : result["cells"]) {
+    std::printf("llama2c_organism: alpha %g: call rate %.3f, correct %.3f (%zu prompts)",
                 cell["alpha"].get<double>(), cell["call_rate"].get<double>(),
                 cell["correct_rate"].get<double>(), chosen.size());
+    if (cell.contains("active_rate"))
+      std::printf(", f_j > 0 on %.3f of the steered (row, latent) pairs (%s)",
+                  cell["active_rate"].get<double>(), result["pairing"].get<std::string>().c_str());
+    std::printf("\n");
+  }
   return 0;
 }
 
@@ -327,11 +458,18 @@ int main(int argc, char** argv) try {
 
   std::string model, crosscoder_path, latents, alphas = "0,1,4,8,16,32,64", prompts, convention,
                                                subset = "request";
+  std::string paired_model;
+  bool unpaired = false;
   int source = 1, max_new = 4;
   CLI::App* st = app.add_subcommand("steer", "Steer latents at the last prompt token");
   st->add_option("--model", model, "Model to steer (llama2.c .bin)")->required();
   st->add_option("--crosscoder", crosscoder_path, "Trained crosscoder (safetensors)");
   st->add_option("--source", source, "Crosscoder source whose decoder steers (0 base, 1 rl)");
+  st->add_option("--paired-model", paired_model,
+                 "The model of the other source (llama2.c .bin), run in lockstep so that both "
+                 "models' activations enter the encoder (the default pairing)");
+  st->add_flag("--unpaired", unpaired,
+               "Let the other source enter the encoder as its mean instead of --paired-model");
   st->add_option("--block", block, "Block the crosscoder was trained at")->required();
   st->add_option("--latents", latents, "Comma list of latents, or none")->required();
   st->add_option("--alphas", alphas, "Comma list of scale factors");
@@ -345,8 +483,15 @@ int main(int argc, char** argv) try {
   if (cap->parsed()) return capture(base, rl, block, prompt_files, positions, out);
   if (latents != "none" && crosscoder_path.empty())
     throw Error("--crosscoder is required unless --latents none");
-  return steer(model, crosscoder_path, source, block, latents, alphas, prompts, convention, subset,
-               max_new, out);
+  if (unpaired && !paired_model.empty())
+    throw Error("--unpaired and --paired-model exclude each other");
+  if (latents != "none" && !unpaired && paired_model.empty())
+    throw Error(
+        "steering is paired: give --paired-model (the other source's model) or "
+        "--unpaired (the other source enters the encoder as its mean)");
+  if (latents == "none") paired_model.clear();  // nothing is encoded
+  return steer(model, paired_model, crosscoder_path, source, block, latents, alphas, prompts,
+               convention, subset, max_new, out);
 } catch (const std::exception& error) {
   std::fprintf(stderr, "llama2c_organism: %s\n", error.what());
   return 1;

@@ -69,7 +69,10 @@ def rotate(v, positions, head_size):
     return out
 
 
-def forward(config, w, tokens, block=None):
+def forward(config, w, tokens, block=None, replace=None):
+    """Logits [T, vocab] and block `block`'s output [T, dim]; `replace(x)`, when given,
+    returns what replaces that output for the rest of the forward pass (splicing: the whole
+    sequence at once is the same as token by token, the mask being causal)."""
     T = len(tokens)
     hs, heads, group = config["head_size"], config["heads"], config["heads"] // config["kv_heads"]
     positions = np.arange(T, dtype=np.float64)
@@ -95,6 +98,8 @@ def forward(config, w, tokens, block=None):
         x = x + (gate / (1.0 + np.exp(-gate)) * up) @ w["w2"][l].T
         if block == l:
             states = x.copy()
+            if replace is not None:
+                x = replace(x)
     logits = rmsnorm(x, w["rms_final"]) @ w["classifier"].T
     return logits, states
 

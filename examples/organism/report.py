@@ -3,9 +3,15 @@
 writes DIR/report.md (tables), DIR/results.json (every number) and DIR/steering.svg (tool-call
 correctness against α per condition, with bootstrap 95% intervals).
 
-  report.py DIR
+  report.py DIR [--unpaired]
 
-Intervals are percentile bootstraps over prompts (2,000 resamples, fixed seed).
+--unpaired reports the unpaired steering run (plan.unpaired.json) into report.unpaired.md,
+results.unpaired.json and steering.unpaired.svg.
+
+Intervals are percentile bootstraps over prompts (2,000 resamples, fixed seed). Each steering
+cell also reports on how many steered rows the steered latents were active (f_j > 0, computed
+before steering as the Steerer does): a latent with f_j = 0 on a row is not touched by `scale`,
+so a cell where it is rarely active says nothing about that latent.
 """
 
 from __future__ import annotations
@@ -92,10 +98,14 @@ def svg_plot(series: list[dict], path: Path, title: str) -> None:
 
 
 def main() -> None:
-    if len(sys.argv) != 2:
+    args = sys.argv[1:]
+    unpaired = "--unpaired" in args
+    args = [a for a in args if a != "--unpaired"]
+    if len(args) != 1:
         sys.exit(__doc__)
-    out = Path(sys.argv[1])
-    plan = json.loads((out / "plan.json").read_text())
+    out = Path(args[0])
+    suffix = ".unpaired" if unpaired else ""
+    plan = json.loads((out / f"plan{suffix}.json").read_text())
     rng = np.random.default_rng(0)
     results = {"plan": plan}
     lines = ["# Model organism: results", ""]
@@ -165,8 +175,13 @@ def main() -> None:
     lines.append("")
 
     # Steering
+    pairing = plan.get("pairing", "unpaired")
+    pairing_text = ("paired: the other source's model ran in lockstep and its activations "
+                    "entered the encoder" if pairing == "paired" else
+                    "unpaired: the other source entered the encoder as its mean")
     lines += [f"## Steering on {plan['steer_set']} (scale α at the last prompt token, prefill "
-              "only, greedy; bootstrap 95% CI)", "",
+              f"only, greedy; {pairing}; bootstrap 95% CI)", "", f"Encoder input: {pairing_text}.",
+              "",
               f"Dedicated-feature crosscoder: {plan['main_dedicated']}; plain: "
               f"{plan['main_plain']}. Top RL-exclusive latents by Cohen's d: "
               f"{plan['rl_exclusive_ranked'][:5]}; random RL-exclusive control "
@@ -186,9 +201,17 @@ def main() -> None:
         metric = "correct"
         stats = [bootstrap(c[metric], rng) for c in cell["cells"]]
         calls = [bootstrap(c["call"], rng) for c in cell["cells"]]
+        # f_j > 0: per prompt, the fraction of the steered latents that were active
+        n_latents = max(1, len(condition["latents"]))
+        positive = [bootstrap(np.asarray(c["active"]) / n_latents, rng) if "active" in c
+                    else (float("nan"),) * 3 for c in cell["cells"]]
         results["steering"][condition["condition"]] = {
             "latents": condition["latents"], "subset": condition["subset"],
-            "prompts": len(cell["tools"]), "alpha": alphas, "correct": stats, "call": calls}
+            "pairing": cell.get("pairing", "unpaired"),
+            "prompts": len(cell["tools"]), "alpha": alphas, "correct": stats, "call": calls,
+            "f_positive": positive,
+            "f_positive_by_latent": [c.get("active_rate_by_latent") for c in cell["cells"]],
+            "mean_f_by_latent": [c.get("mean_f_by_latent") for c in cell["cells"]]}
         lines.append(f"| {condition['condition']} | {condition['latents']} | {len(cell['tools'])} | "
                      + " | ".join(f"{m:.2f} [{lo:.2f}, {hi:.2f}]" for m, lo, hi in stats) + " |")
         if condition["subset"] == "request":
@@ -202,13 +225,24 @@ def main() -> None:
     for name, cell in results["steering"].items():
         lines.append(f"| {name} | " + " | ".join(f"{m:.2f} [{lo:.2f}, {hi:.2f}]"
                                                  for m, lo, hi in cell["call"]) + " |")
+    lines += ["", "How often the steered latents were active on the steered rows (f_j > 0 "
+              "before steering, the share of (prompt, latent) pairs; per latent in results.json). "
+              "`scale` changes nothing where f_j = 0, so a row near 0 says nothing about its "
+              "latents. f_j is computed before steering, so it is the same for every α:", "",
+              "| condition | latents | " + " | ".join(f"α={a:g}" for a in header) + " |",
+              "|---|---|" + "---|" * len(header)]
+    for name, cell in results["steering"].items():
+        lines.append(f"| {name} | {len(cell['latents'])} | " + " | ".join(
+            f"{m:.2f} [{lo:.2f}, {hi:.2f}]" for m, lo, hi in cell["f_positive"]) + " |")
     lines.append("")
-    svg_plot(series, out / "steering.svg",
-             f"Tool-call correctness on {plan['steer_set']} requests against α")
-    lines.append("![steering](steering.svg)")
-    (out / "report.md").write_text("\n".join(lines) + "\n")
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    print(f"report.py: wrote {out / 'report.md'}, {out / 'results.json'}, {out / 'steering.svg'}")
+    svg = f"steering{suffix}.svg"
+    svg_plot(series, out / svg,
+             f"Tool-call correctness on {plan['steer_set']} requests against α ({pairing})")
+    lines.append(f"![steering]({svg})")
+    (out / f"report{suffix}.md").write_text("\n".join(lines) + "\n")
+    (out / f"results{suffix}.json").write_text(json.dumps(results, indent=1) + "\n")
+    print(f"report.py: wrote {out / f'report{suffix}.md'}, {out / f'results{suffix}.json'}, "
+          f"{out / svg}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,11 @@
   4. crosscoder train    a sweep of plain BatchTopK and dedicated-feature crosscoders
   5. crosscoder diff     Cohen's d and AUROC between request and plain prompts, relative norms
   6. llama2c_organism steer     the study's protocol (scale at the last prompt token, prefill
-                         only, greedy) over α ∈ {0, 1, 4, 8, 16, 32, 64} per condition
+                         only, greedy) over α ∈ {0, 1, 4, 8, 16, 32, 64} per condition; paired
+                         (the other source's model runs in lockstep and its activations enter
+                         the encoder, as the study encoded both models together) unless
+                         --unpaired (the other source enters as its mean; results are then
+                         written beside the paired ones with the suffix .unpaired)
   7. report.py           bootstrap 95% intervals, the results table and the plots
 
 Every step's output lands in DIR; a step whose output exists is not run again (delete it to
@@ -89,12 +93,15 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=BLOCK,
                         help="block whose output is captured and steered (default: 2, the middle)")
     parser.add_argument("--reuse", help="a finished run's directory: reuse its prompts and RL model")
+    parser.add_argument("--unpaired", action="store_true",
+                        help="steer unpaired: the other source enters the encoder as its mean "
+                             "(steering/*.unpaired.json, plan.unpaired.json, report.unpaired.md)")
     args = parser.parse_args()
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     build = Path(args.build)
-    cli, organism = build / "examples" / "crosscoder", build / "examples" / "llama2c_organism"
+    cli, organism = build / "bin" / "crosscoder", build / "examples" / "llama2c_organism"
     for tool in (cli, organism):
         if not tool.exists():
             sys.exit(f"run_organism: {tool} not found: build the project first (./dev.sh run)")
@@ -195,14 +202,20 @@ def main() -> None:
     ]
     for n in (1, 4, 16):
         conditions.append((f"rl_plain_top{n}", rl, main_plain, 1, plain_ranked[:n], "request"))
+    # The model whose activations fill the other source: source 0 is the base, 1 the RL model
+    # (the capture's source order). The transplant steers the base model as source 1, so its
+    # partner for source 0 is the base model itself.
+    models = {0: model, 1: rl}
+    suffix = ".unpaired" if args.unpaired else ""
     cells = []
     for name, path, crosscoder, source, latents, subset in conditions:
         if not latents:
             log(f"{name}: no such latent in this crosscoder; skipped")
             continue
-        result = steering / f"{name}.json"
+        result = steering / f"{name}{suffix}.json"
+        pairing = ["--unpaired"] if args.unpaired else ["--paired-model", models[1 - source]]
         if not result.exists():
-            run([organism, "steer", "--model", path, "--crosscoder",
+            run([organism, "steer", "--model", path, *pairing, "--crosscoder",
                  out / "crosscoders" / f"{crosscoder}.safetensors", "--source", source,
                  "--block", block, "--latents", ",".join(map(str, latents)), "--alphas", ALPHAS,
                  "--prompts", prompts / f"{steer_set}.npy", "--convention", convention,
@@ -211,16 +224,17 @@ def main() -> None:
                       "latents": latents, "subset": subset, "result": str(result)})
 
     plan = {"block": block, "steer_set": steer_set, "alphas": ALPHAS,
+            "pairing": "unpaired" if args.unpaired else "paired",
             "baseline_request_correct": {f"{w}/{n}": v for (w, n), v in baseline.items()},
             "main_dedicated": main_dedicated, "main_plain": main_plain,
             "rl_exclusive_ranked": rl_exclusive[:10], "rl_exclusive_class_ranked": rl_class[:10], "base_exclusive_ranked": base_exclusive[:10],
             "plain_ranked": plain_ranked[:20], "random_rl_exclusive": random_rl,
             "conditions": cells, "smoke": args.smoke}
-    (out / "plan.json").write_text(json.dumps(plan, indent=2) + "\n")
+    (out / f"plan{suffix}.json").write_text(json.dumps(plan, indent=2) + "\n")
 
     # 7: the report
-    run([python, HERE / "report.py", out])
-    log(f"finished in {time.time() - started:.0f} s: {out / 'report.md'}")
+    run([python, HERE / "report.py", out, *(["--unpaired"] if args.unpaired else [])])
+    log(f"finished in {time.time() - started:.0f} s: {out / f'report{suffix}.md'}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 
 Runs a base model and its fine-tune on the same tokenized prompts and writes, per token, the
 residual stream at one layer of each model: the sharded layout of docs/formats.md ("Dataset
-manifests"), ready for `crosscoder train --data OUT/manifest.json`.
+manifests"), ready for `crosscoder train --data OUT/manifest.json`. Every prompt is a document:
+its rows' document id is the prompt's index (0-based, in file order, blank lines not counted).
 
     python examples/python/dump_activations.py --base BASE --tuned TUNED --layer 6 \\
         --prompts prompts.jsonl --out acts/
@@ -46,7 +47,8 @@ class Prompt:
 
 @dataclass
 class Column:
-    """One column of the dataset being written: a source's activations, labels or token ids."""
+    """One column of the dataset being written: a source's activations, labels, token ids or
+    document ids."""
 
     name: str  # file prefix, e.g. "base" → base-00000.npy
     dtype: str  # the manifest's dtype: f32, f16, bf16, int8, int32
@@ -89,9 +91,10 @@ def read_prompts(path: Path) -> list[Prompt]:
     return prompts
 
 
-def batches(items: list[Prompt], size: int) -> Iterator[list[Prompt]]:
+def batches(items: list[Prompt], size: int) -> Iterator[tuple[int, list[Prompt]]]:
+    """(index of the batch's first prompt, the batch's prompts)."""
     for start in range(0, len(items), size):
-        yield items[start : start + size]
+        yield start, items[start : start + size]
 
 
 # --- the dataset being written ----------------------------------------------------------------
@@ -377,6 +380,7 @@ def build_manifest(
         "width": width,
         "sources": [{"name": n, **column_json(by_name[n])} for n in SOURCE_NAMES],
         "token_ids": column_json(by_name["tokens"]),
+        "document_ids": column_json(by_name["documents"]),
     }
     if "labels" in by_name:
         manifest["labels"] = column_json(by_name["labels"])
@@ -425,13 +429,14 @@ def dump(args: argparse.Namespace) -> dict[str, Any]:
     labelled = prompts[0].label is not None
     columns = [Column(name, args.dtype) for name in SOURCE_NAMES]
     columns.append(Column("tokens", "int32"))
+    columns.append(Column("documents", "int32"))
     if labelled:
         columns.append(Column("labels", "int8"))
     writer = ShardedWriter(args.out, columns, args.shard_rows)
     width: int | None = None
 
     bar = progress(len(prompts))
-    for batch_prompts in batches(prompts, args.batch_size):
+    for first_prompt, batch_prompts in batches(prompts, args.batch_size):
         texts = [p.text for p in batch_prompts]
         encode = dict(
             padding=True, truncation=True, max_length=args.max_length, return_tensors="pt"
@@ -467,6 +472,10 @@ def dump(args: argparse.Namespace) -> dict[str, Any]:
         arrays = [to_storage(s[rows.to(device), cols.to(device)], args.dtype) for s in states]
         ids = batch["input_ids"].cpu()[rows, cols].numpy().astype(np.int32)
         arrays.append(ids)
+        # Each prompt is a document; ids need only differ between neighbours, so the prompt's
+        # index (wrapped to int32) is enough.
+        documents = [(first_prompt + b) % 2**31 for b, ps in enumerate(chosen) for _ in ps]
+        arrays.append(np.array(documents, dtype=np.int32))
         if labelled:
             labels = [p.label for p, ps in zip(batch_prompts, chosen, strict=True) for _ in ps]
             arrays.append(np.array(labels, dtype=np.int8))

@@ -23,16 +23,19 @@ struct ActivationWriterOptions {
   std::int64_t shard_rows = 65536;
   bool labels = false;     ///< expect append_labels (stored as int8)
   bool token_ids = false;  ///< expect append_token_ids (int32)
+  /// Expect append_document_ids (int32), stored as documents-NNNNN.npy (so no source may then
+  /// be named "documents").
+  bool document_ids = false;
   /// Replace an existing manifest in the directory (default: refuse).
   bool overwrite = false;
 };
 
-/// Appends rows per source (and labels, token ids) as a capture hook produces them, writes each
-/// full shard as a .npy file at once (atomically), and at close() writes the last shards and the
-/// manifest, atomically, so a reader sees either no dataset or a complete one. Sources may be
-/// appended at different paces (e.g. one model's forward pass, then the other's); at close every
-/// column must have the same number of rows. Thread-safe: appends from several threads are
-/// serialised.
+/// Appends rows per source (and labels, token ids, document ids) as a capture hook produces them,
+/// writes each full shard as a .npy file at once (atomically), and at close() writes the last
+/// shards and the manifest, atomically, so a reader sees either no dataset or a complete one.
+/// Sources may be appended at different paces (e.g. one model's forward pass, then the other's); at
+/// close every column must have the same number of rows. Thread-safe: appends from several threads
+/// are serialised.
 class ActivationWriter {
  public:
   /// Creates `directory` if needed.
@@ -54,6 +57,9 @@ class ActivationWriter {
   void append_labels(std::span<const std::int8_t> labels);
   /// @throws Error unless the writer was created with token_ids = true.
   void append_token_ids(std::span<const std::int32_t> token_ids);
+  /// Which document each row's token is from. Ids need only differ between neighbouring
+  /// documents (e.g. the sequence's index). @throws Error unless created with document_ids.
+  void append_document_ids(std::span<const std::int32_t> document_ids);
 
   /// Rows appended so far to a source.
   std::int64_t rows(int source) const;
@@ -75,12 +81,15 @@ class ActivationWriter {
   };
 
   void add_rows(PendingColumn& column, const std::byte* data, std::int64_t rows);
+  // Appends to an integer column (labels, token ids, document ids) if the options asked for it.
+  void append_integers(PendingColumn& column, bool expected, const char* what,
+                       std::span<const std::byte> values);
   void write_shard(PendingColumn& column);
 
   std::filesystem::path directory_;
   ActivationWriterOptions options_;
   std::vector<PendingColumn> sources_;
-  PendingColumn labels_, token_ids_;
+  PendingColumn labels_, token_ids_, document_ids_;
   std::vector<std::byte> converted_;
   bool closed_ = false;
   mutable std::mutex mutex_;

@@ -3,7 +3,7 @@
 /// Capturing activations from an inference loop into a dataset: the counterpart of steering.
 
 #include "crosscoder/activation_writer.hpp"
-#include "crosscoder/steering.hpp"
+#include "crosscoder/hook.hpp"
 
 namespace crosscoder {
 

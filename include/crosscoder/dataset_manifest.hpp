@@ -12,11 +12,12 @@
 ///          "shards": [{"path": "tuned.safetensors", "tensor": "layer6", "rows": 65536}, ...]}
 ///       ],
 ///       "labels": {"dtype": "int8", "shards": [{"path": "labels-00000.npy", "rows": 65536}]},
-///       "token_ids": {"dtype": "int32", "shards": [...]}
+///       "token_ids": {"dtype": "int32", "shards": [...]},
+///       "document_ids": {"dtype": "int32", "shards": [...]}
 ///     }
 ///
 /// Parsing checks the manifest itself (types, names, positive row counts, identical shard row
-/// counts across sources, labels and token ids); opening the files it lists is
+/// counts across sources, labels, token ids and document ids); opening the files it lists is
 /// ActivationDataset's job.
 
 #include <cstdint>
@@ -42,7 +43,8 @@ struct ManifestShard {
   std::int64_t rows = 0;
 };
 
-/// One column of the dataset: a source's activations, the labels or the token ids.
+/// One column of the dataset: a source's activations, the labels, the token ids or the document
+/// ids.
 struct ManifestColumn {
   std::string name;
   StoredType dtype = StoredType::F32;
@@ -55,6 +57,10 @@ struct DatasetManifest {
   std::vector<ManifestColumn> sources;
   std::optional<ManifestColumn> labels;
   std::optional<ManifestColumn> token_ids;
+  /// Which document (text, sequence) each row's token belongs to. Ids need only differ between
+  /// neighbouring documents: consumers compare a row's id with its neighbours', never across
+  /// the dataset.
+  std::optional<ManifestColumn> document_ids;
   /// Σ rows of one column's shards.
   std::int64_t rows() const noexcept;
 };
@@ -67,8 +73,8 @@ inline constexpr std::string_view manifest_format = "crosscoder-activations-1";
 /// @throws Error naming `manifest_path` and the offending key (e.g. "sources[1].shards[3].rows")
 ///         for malformed JSON, a missing or mistyped key, an unknown format, a non-positive
 ///         width or row count, an activation dtype that is not f32/f16/bf16 (labels: int8 or
-///         int32; token ids: int32), duplicate source names, or shard row counts that differ
-///         between sources, labels and token ids.
+///         int32; token ids and document ids: int32), duplicate source names, or shard row
+///         counts that differ between sources, labels, token ids and document ids.
 DatasetManifest parse_manifest(std::string_view text, const std::filesystem::path& manifest_path);
 
 /// Reads and parses a manifest file. @throws Error as parse_manifest, or naming the path when

@@ -52,7 +52,6 @@ class DeviceArray {
   std::size_t size() const noexcept { return size_; }
   bool empty() const noexcept { return size_ == 0; }
   Backend& backend() const noexcept { return *backend_; }
-  const std::shared_ptr<Backend>& backend_ptr() const noexcept { return backend_; }
 
   /// Copies `host` (exactly size() elements) into the array.
   void upload(std::span<const T> host) {

@@ -12,6 +12,7 @@
 
 #include "crosscoder/contrast.hpp"
 #include "crosscoder/data_metrics.hpp"
+#include "crosscoder/latent_examples.hpp"
 #include "crosscoder/latent_metrics.hpp"
 #include "crosscoder/latent_scaling.hpp"
 
@@ -27,6 +28,9 @@ struct DiffReport {
   std::optional<DataMetrics> data;
   std::optional<LatentContrast> contrast;
   std::optional<LatentScaling> scaling;  ///< for the latents it measured
+  /// Top and sampled examples per latent (DiffOptions::examples), with token windows when the
+  /// dataset has token ids. Not part of the JSON: save_examples writes them to their own file.
+  std::optional<LatentExamples> examples;
 };
 
 /// Names accepted by rank_latents and latent_metric: decoder_norm_<m>, relative_norm_<m>,

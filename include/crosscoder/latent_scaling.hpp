@@ -16,14 +16,19 @@ namespace crosscoder {
 /// latent belongs to), in normalised units and over the rows where f_j > 0:
 ///   β = Σ_x f_j(x)·⟨d, y(x)⟩ / (‖d‖² · Σ_x f_j(x)²),
 /// the least-squares scale with which f_j(x)·d explains a target y(x). Targets for each
-/// source m (x̂_m includes b_dec):
+/// source m, the reference source included (x̂_m includes b_dec):
 ///   error:          y = x_m − x̂_m + f_j(x)·d_{j,m}  (the reconstruction error with the
 ///                                                     latent's own contribution added back)
-///   reconstruction: y = x̂_m − f_j(x)·d_{j,m}        (what the other latents reconstruct)
-/// and the ratios ν_m = β_m / β_s. For a latent exclusive to the fine-tuned model s, a small
+///   reconstruction: y = x̂_m                        (the full reconstruction, the latent's own
+///                                                     contribution included)
+/// as the reference code computes them (science-of-finetuning/sparsity-artifacts-crosscoders,
+/// scripts/compute_scalers.py; diffing-toolkit, latent_scaling/utils.py), and the ratios
+/// ν_m = β_m / β_s, so ν_s = 1. β^r_s is 1 plus the other latents' share along d, so ν^r does
+/// not divide by a number near zero. For a latent exclusive to the fine-tuned model s, a small
 /// ν^ε_base says the base model lacks the direction (true exclusivity) where a large one flags
-/// Complete Shrinkage; a large ν^r_base flags Latent Decoupling (another base latent carries
-/// it).
+/// Complete Shrinkage; a large ν^r_base flags Latent Decoupling (other base latents carry it).
+/// For a source m whose own decoder vector d_{j,m} is not zero, β^r_m includes the latent's own
+/// share ⟨d_{j,m}, d⟩/‖d‖² (the reference code's definition; 0 for a latent exclusive to s).
 struct LatentScaling {
   std::vector<std::int32_t> latents;        ///< [L] the latents measured
   std::vector<int> reference_source;        ///< [L] s for each latent

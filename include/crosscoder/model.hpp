@@ -17,6 +17,8 @@
 
 namespace crosscoder {
 
+struct SelectionRequest;  // backend_ops.hpp
+
 /// The trainable tensors, in backend memory. D = M·d. Both weight matrices keep one
 /// contiguous row per latent (the encoder is stored transposed relative to the checkpoint's
 /// `encoder.weight [M, d, F]`) so sparse passes read whole rows.
@@ -28,12 +30,16 @@ struct CrosscoderParameters {
   DeviceArray<float> threshold;       ///< [F] JumpReLU thresholds; empty otherwise
 };
 
-/// Per-source affine normalisation, applied inside encode/decode so that every public entry
+/// Affine normalisation x̃ = (x − μ)·s, applied inside encode/decode so that every public entry
 /// point takes raw activations (no train/inference mismatch is possible).
 struct Normaliser {
-  std::vector<float> scale;  ///< [M] s_m
-  std::vector<float> mean;   ///< [M·d] μ_m (zeros unless mean_and_scale)
-  bool fitted = false;       ///< false until fit() or a checkpoint set it
+  /// [M] one s_m per source, or [M·d] one s_{m,i} per channel (Normalisation::per_channel).
+  std::vector<float> scale;
+  std::vector<float> mean;  ///< [M·d] μ (zeros unless mean_and_scale or per_channel)
+  bool fitted = false;      ///< false until fit() or a checkpoint set it
+
+  /// The scale of every input column, [M·d], whichever form `scale` has.
+  std::vector<float> column_scales(int sources, int width) const;
 };
 
 /// A sparse crosscoder over M sources of width d with F latents.
@@ -50,8 +56,8 @@ class Crosscoder {
 
   /// Writes the model as safetensors with dictionary_learning's crosscoder names
   /// (encoder.weight [M,d,F], encoder.bias [F], decoder.weight [M,F,d], decoder.bias [M,d],
-  /// k, threshold, normaliser.scale [M], normaliser.mean [M,d]) and the JSON config in
-  /// `__metadata__["config"]`. Atomic: the old file survives any failure.
+  /// k, threshold, normaliser.scale [M] (or [M,d] per channel), normaliser.mean [M,d]) and the
+  /// JSON config in `__metadata__["config"]`. Atomic: the old file survives any failure.
   /// `extra_metadata` is added to `__metadata__`.
   void save(const std::filesystem::path& path,
             const std::map<std::string, std::string>& extra_metadata = {}) const;
@@ -70,7 +76,8 @@ class Crosscoder {
   /// Estimates the normaliser from raw rows x[rows, M, d] (see Normalisation) and uploads it.
   /// @throws Error when a source has zero energy or the data holds NaN/Inf.
   void fit_normaliser(std::span<const float> x, std::int64_t rows);
-  /// Sets the normaliser directly (scale [M], mean [M·d]).
+  /// Sets the normaliser directly: scale [M], or [M·d] for Normalisation::per_channel; mean
+  /// [M·d]. @throws Error naming the sizes, or a scale that is not positive and finite.
   void set_normaliser(Normaliser normaliser);
 
   /// BatchTopK's inference threshold on decoder-norm-weighted activations; negative until
@@ -130,7 +137,7 @@ class Crosscoder {
   std::shared_ptr<Backend> backend_;
   CrosscoderParameters parameters_;
   Normaliser normaliser_;
-  DeviceArray<float> normaliser_scale_;  // [M]
+  DeviceArray<float> normaliser_scale_;  // [M·d], one scale per column
   DeviceArray<float> normaliser_mean_;   // [D]
   float batch_threshold_ = -1.0f;
 };

@@ -1,14 +1,27 @@
 #pragma once
 /// @file progress.hpp
 /// Progress of long work: a redrawn bar with rate and ETA on a terminal, plain log lines
-/// otherwise (CI logs, files, pipes).
+/// otherwise (CI logs, files, pipes); and the progress and stop hooks of a pass over data.
 
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <functional>
 #include <string>
 
 namespace crosscoder {
+
+/// How a pass over a dataset (diff, measure_data, check_dataset) reports progress and how its
+/// caller stops it.
+struct PassControl {
+  std::int64_t chunk_rows = 4096;  ///< rows read and encoded at once
+  std::string label;               ///< the progress bar's label; empty: the function's name
+  bool show_progress = true;       ///< a progress bar (terminal) or log lines on stderr
+  /// Called after every chunk with the rows done so far and the rows in the pass.
+  std::function<void(std::int64_t rows_done, std::int64_t rows_total)> on_progress;
+  /// Polled before every chunk; returning true stops the pass with Cancelled.
+  std::function<bool()> should_stop;
+};
 
 class ProgressBar {
  public:

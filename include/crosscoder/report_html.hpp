@@ -7,6 +7,7 @@
 #include <string>
 
 #include "crosscoder/diff_report.hpp"
+#include "crosscoder/vocabulary.hpp"
 
 namespace crosscoder {
 
@@ -17,10 +18,21 @@ struct HtmlReportOptions {
   int top = 100;
   /// At most this many points per scatter plot (an evenly spaced subset of latents beyond it).
   int max_points = 20000;
+  /// With examples in the report: a feature page (metrics, decoder norms per source, activation
+  /// histogram, top and sampled examples as text) for each of the first `feature_pages`
+  /// latents of every ranking the page shows (relative norm of the last source; Cohen's d
+  /// with labels), linked from the table. The table indexes the rest.
+  int feature_pages = 200;
+  /// How many top and sampled examples a feature page shows.
+  int examples_per_page = 10;
+  /// Turns the examples' token ids into text; without it the pages show token ids.
+  const Vocabulary* vocabulary = nullptr;
 };
 
 /// The page. Every histogram bar is an SVG <rect> carrying data-plot, data-class, data-bin and
-/// data-count attributes, so tools (and tests) can read the numbers back.
+/// data-count attributes, so tools (and tests) can read the numbers back. A feature page is a
+/// <section class='feature' data-latent='F'>; each example's own token is a <mark> whose
+/// data-activation is its activation.
 std::string diff_report_html(const DiffReport& report, const HtmlReportOptions& options = {});
 /// Writes diff_report_html atomically. @throws Error naming the path.
 void write_diff_report_html(const std::filesystem::path& path, const DiffReport& report,

@@ -45,10 +45,6 @@ class ShuffledBatches : public BatchSource {
   void fill(std::int64_t step, std::int64_t rows, float* out, std::int8_t* labels) override;
   std::string identity() const override;
 
-  /// The dataset row that position `position` (0-based, counting rows delivered since step 0)
-  /// holds. Exposed for tests and tools.
-  std::int64_t row_at(std::int64_t position);
-
  private:
   struct EpochPlan {
     std::int64_t epoch = -1;

@@ -9,20 +9,10 @@
 #include <string_view>
 #include <vector>
 
+#include "crosscoder/hook.hpp"
 #include "crosscoder/model.hpp"
 
 namespace crosscoder {
-
-/// What the engine knows about each row it hands to a hook.
-struct RowInfo {
-  std::int64_t position = 0;  ///< token position in the sequence
-  bool prompt = true;         ///< part of the prompt (prefill), not generated
-  bool last_prompt = false;   ///< the prompt's last token
-};
-
-/// The hook type an engine calls at a layer: rows [n_rows, d], modified in place.
-using ActivationHook =
-    std::function<void(int layer, float* rows, int n_rows, int d, const RowInfo* info)>;
 
 enum class InterventionKind {
   add,          ///< x += α·d_j
@@ -43,19 +33,6 @@ struct Intervention {
   /// Steerer::set_max_activations), so strengths are comparable across latents.
   bool in_max_activation_units = false;
 };
-
-enum class PositionMode { all, last_prompt, prompt, generated, listed };
-
-/// Which rows an intervention touches.
-struct PositionFilter {
-  PositionMode mode = PositionMode::all;
-  std::vector<std::int64_t> positions;  ///< for PositionMode::listed
-  /// Apply in one call only (e.g. the prefill), then never again until Steerer::reset().
-  bool once = false;
-};
-
-/// Whether `info` is among the rows `filter` selects (ignoring `once`).
-bool position_selected(const PositionFilter& filter, const RowInfo& info);
 
 /// Applies a list of interventions to one source's activations. d_j is latent j's decoder
 /// direction for that source in raw activation units; f_j(x) is the latent's activation, from
@@ -88,6 +65,13 @@ class Steerer {
                     std::span<const float> paired);
   /// A hook that steers at `layer` and ignores other layers.
   ActivationHook hook(int layer);
+  /// Fills `paired` [n_rows, M, d] with the other sources' activations for the rows a hook was
+  /// given (this source's block may be left as is: it is ignored).
+  using PairedRows =
+      std::function<void(const RowInfo* info, int n_rows, int d, std::span<float> paired)>;
+  /// hook() for an engine that runs the other model in lockstep: at `layer` it asks
+  /// `other_rows` for the other sources' rows of the same tokens and calls apply_paired().
+  ActivationHook paired_hook(int layer, PairedRows other_rows);
   /// Forgets that a once-only filter has fired (call at the start of each sequence).
   void reset() noexcept { fired_ = false; }
 

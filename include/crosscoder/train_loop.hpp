@@ -24,11 +24,16 @@ struct TrainingOptions {
   bool show_progress = true;
   /// Called after every step with its report (loss, FVE, L0, dead fraction, ...).
   std::function<void(const StepReport&, double tokens_per_second)> on_step;
+  /// Polled after every step; returning true ends the run there: the training checkpoint is
+  /// written (when there is one), so that `resume` continues exactly, and train() throws
+  /// Cancelled naming the step.
+  std::function<bool()> should_stop;
 };
 
 /// Runs `trainer` from its current step to config().steps on batches of config().batch_size
 /// rows from `data`. On a non-finite loss it throws Error naming the step; the last checkpoint
 /// written stays intact. Returns the last step's report.
+/// @throws Cancelled when options.should_stop asks, after writing the checkpoint.
 StepReport train(Trainer& trainer, BatchSource& data, const TrainingOptions& options);
 
 }  // namespace crosscoder

@@ -15,32 +15,61 @@
 
 namespace crosscoder {
 
+struct SelectionRequest;       // backend_ops.hpp
+struct SparseBackwardRequest;  // backend_ops.hpp
+
 /// Optimisation settings. Losses are computed in normalised units and averaged over rows.
 struct TrainConfig {
-  std::int64_t steps = 1000;           ///< optimisation steps
-  std::int64_t batch_size = 1024;      ///< rows per step
-  float learning_rate = 5e-4f;         ///< peak Adam learning rate
-  float beta1 = 0.9f;                  ///< Adam: decay of the first-moment estimate
-  float beta2 = 0.999f;                ///< Adam: decay of the second-moment estimate
-  float epsilon = 1e-8f;               ///< Adam: added to √v̂ in the denominator
-  std::int64_t warmup_steps = 100;     ///< linear warm-up from 0 to the peak rate
-  float decay_fraction = 0.2f;         ///< linear decay to 0 over this final fraction of steps
-  float gradient_clip = 1.0f;          ///< max global gradient norm; ≤ 0 disables clipping
-  float l1_coefficient = 1.0f;         ///< ReLU: λ of the decoder-norm-weighted L1 penalty
-  float l0_coefficient = 1.0f;         ///< JumpReLU: λ of the L0 penalty
-  float auxk_coefficient = 1.0f / 32;  ///< TopK/BatchTopK: weight of the AuxK loss
-  int aux_k = 0;                       ///< latents in the AuxK reconstruction; 0 = D/2
-  std::int64_t dead_after_tokens = 10'000'000;  ///< a latent silent this long is dead
-  int k_initial = 0;                            ///< BatchTopK k annealing: start value (0 = off)
-  std::int64_t k_anneal_steps = 0;              ///< steps over which k goes linearly to config.k
+  static constexpr std::int64_t kAutomatic = -1;  ///< dead_after_tokens: scale with the run
+
+  std::int64_t steps = 1000;        ///< optimisation steps
+  std::int64_t batch_size = 1024;   ///< rows per step
+  float learning_rate = 5e-4f;      ///< peak Adam learning rate
+  float beta1 = 0.9f;               ///< Adam: decay of the first-moment estimate
+  float beta2 = 0.999f;             ///< Adam: decay of the second-moment estimate
+  float epsilon = 1e-8f;            ///< Adam: added to √v̂ in the denominator
+  std::int64_t warmup_steps = 100;  ///< linear warm-up from 0 to the peak rate
+  float decay_fraction = 0.2f;      ///< linear decay to 0 over this final fraction of steps
+  float gradient_clip = 1.0f;       ///< max global gradient norm; ≤ 0 disables clipping
+  float l1_coefficient = 1.0f;      ///< ReLU: λ of the decoder-norm-weighted L1 penalty
+  float l0_coefficient = 1.0f;      ///< JumpReLU: λ of the L0 penalty
+  /// A plain L1 penalty on the activations with one coefficient per partition, models() + 1
+  /// values: shared latents, then the latents exclusive to each model in order; empty: none.
+  /// Adds (λ_p/B) Σ_b Σ_{f ∈ p} a_bf to the loss for any activation but JumpReLU (for ReLU, on
+  /// top of the decoder-norm-weighted L1). study_dfc_partition_l1() gives the values that
+  /// reproduce the DFC objective of arXiv 2606.26474.
+  std::vector<float> partition_l1;
+  /// TopK/BatchTopK: keep every decoder row at unit norm (the gradient loses its component
+  /// along the row, the row is renormalised after each step), as the field's references do.
+  /// false: free decoder norms, as the study's DFC runs trained.
+  bool unit_norm_decoder = true;
+  float auxk_coefficient = 1.0f / 32;  ///< TopK/BatchTopK: weight of the AuxK loss (0: off)
+  /// Matryoshka dictionaries (CrosscoderConfig::matryoshka_groups): the weight w_i of prefix
+  /// i's reconstruction loss; empty: 1/G each, the mean over the G prefixes.
+  std::vector<float> matryoshka_weights;
+  int aux_k = 0;  ///< latents in the AuxK reconstruction; 0 = D/2
+  /// Rows a latent must stay silent to count as dead (AuxK trains the dead ones). −1, the
+  /// default: automatic, dead_horizon() = min(10,000,000, steps·batch_size/10).
+  std::int64_t dead_after_tokens = kAutomatic;
+  int k_initial = 0;                  ///< BatchTopK k annealing: start value (0 = off)
+  std::int64_t k_anneal_steps = 0;    ///< steps over which k goes linearly to config.k
   float threshold_momentum = 0.999f;  ///< BatchTopK: EMA momentum of the inference threshold
-  std::int64_t normaliser_rows = 0;   ///< rows used to fit the normaliser (0 = first batch)
+  /// BatchTopK: the inference threshold's moving average takes the (1-based) steps after this
+  /// one. 1001 is dictionary_learning's rule (its 0-based step must exceed its
+  /// threshold_start_step = 1000); 0 starts at the first step.
+  std::int64_t threshold_start_step = 1001;
+  std::int64_t normaliser_rows = 0;  ///< rows used to fit the normaliser (0 = first batch)
   /// Rows whose pre-activations (the one dense rows × F array of a step) are held at once; the
   /// batch is encoded and selected tile by tile, with the same result. 0: the whole batch,
   /// unless its pre-activations would exceed 2 GiB.
   std::int64_t tile_rows = 0;
   std::uint64_t seed = 0;  ///< initialisation and data order
 
+  /// The dead-latent horizon in force: dead_after_tokens, or when it is kAutomatic
+  /// min(10,000,000, ⌊steps·batch_size/10⌋), at least 1. 10 M is dictionary_learning's fixed
+  /// horizon; a tenth of the run's rows lets AuxK start in short runs, and leaves a latent that
+  /// died early nine tenths of the run to be revived.
+  std::int64_t dead_horizon() const noexcept;
   /// Throws Error naming the field when a value is out of range.
   void validate() const;
   /// Every field as a JSON object (stored in training checkpoints).
@@ -49,17 +78,29 @@ struct TrainConfig {
   static TrainConfig from_json(std::string_view json);
 };
 
+/// TrainConfig::partition_l1 for the DFC objective of arXiv 2606.26474 (its dfc.py loss:
+/// mean-squared error over all B·M·d elements + c_e·mean_m(mean |a| over source m's exclusive
+/// and the shared latents) + c_s·mean |a| over the shared latents), from its sparsity_coef c_s
+/// and exclusive_sparsity_coef c_e, in this library's units: the reconstruction term here is
+/// a sum over the D = M·d columns, so every coefficient is multiplied by D, and the means over
+/// a partition become per-latent weights. With those, this library's loss is D times the
+/// study's; Adam is invariant to that factor (but for ε), gradient clipping is not: the study
+/// clips at norm 1 of its loss's gradient, gradient_clip = D here.
+/// @throws Error when the config has no shared latents or c_s, c_e are negative or not finite.
+std::vector<float> study_dfc_partition_l1(const CrosscoderConfig& config, float sparsity_coef,
+                                          float exclusive_sparsity_coef);
+
 /// The loss terms and statistics of one step (before the update).
 struct StepReport {
   std::int64_t step = 0;        ///< 1-based number of the step just taken
   double loss = 0.0;            ///< total loss
   double reconstruction = 0.0;  ///< Σ_m MSE_m
-  double sparsity = 0.0;        ///< λ-weighted L1 (ReLU) or L0 (JumpReLU) term
+  double sparsity = 0.0;        ///< λ-weighted L1 (ReLU; and partition_l1) or L0 (JumpReLU)
   double auxk = 0.0;            ///< coefficient-weighted AuxK term
   std::vector<double> mse;      ///< [M] mean over rows of ‖x̂_m − x_m‖² (normalised)
   std::vector<double> fve;      ///< [M] fraction of variance explained per source
   double l0 = 0.0;              ///< mean active latents per row
-  double dead_fraction = 0.0;   ///< latents silent for dead_after_tokens
+  double dead_fraction = 0.0;   ///< latents silent for dead_horizon() rows
   double gradient_norm = 0.0;   ///< global norm before clipping
   double learning_rate = 0.0;
   int k = 0;  ///< k in force (BatchTopK annealing)
@@ -135,11 +176,24 @@ class Trainer {
   TileSelections encode_and_select(const float* raw, Batch& batch, std::int64_t tile,
                                    const SelectionRequest& request, const SelectionRequest& aux,
                                    const SelectionRequest& near);
-  void reconstruction_terms(Batch& batch, const SparseCodes& codes, StepReport& report);
-  /// The decoder-norm-weighted L1 penalty; returns ∂penalty/∂a per latent [F] (backend memory)
-  /// and leaves its decoder gradient factors in the scratch buffer "l1_factor".
+  /// Σ_m (w/B) Σ_b ‖x̂_bm − x_bm‖² of the reconstruction from `codes` (added to
+  /// report.reconstruction), the reconstruction into `recon` and its gradient 2w(x̂ − x)/B into
+  /// `grad`; with `report_fit`, the per-source MSE and FVE of this reconstruction.
+  void reconstruction_terms(Batch& batch, const SparseCodes& codes, float* recon, float* grad,
+                            double weight, bool report_fit, StepReport& report);
+  /// The nested dictionary's reconstruction terms and backward pass (Matryoshka): every prefix
+  /// reconstructs the batch with its weight; the full dictionary's reconstruction is left in
+  /// batch.recon for AuxK. Returns the decoder bias gradient.
+  std::vector<double> matryoshka_terms(Batch& batch, const SparseCodes& codes,
+                                       const float* value_gradient_offset, StepReport& report);
+  /// The L1 penalties (ReLU's decoder-norm-weighted one, partition_l1); returns ∂penalty/∂a
+  /// per latent [F] (backend memory), or null when there is none, and leaves the ReLU
+  /// penalty's decoder gradient factors in the scratch buffer "l1_factor".
   const float* l1_terms(const Batch& batch, const std::vector<float>& latent_sums,
                         StepReport& report);
+  /// Whether the decoder rows are held at unit norm (TopK/BatchTopK unless unit_norm_decoder
+  /// is off).
+  bool unit_norm_rows() const noexcept;
   void jumprelu_terms(const Batch& batch, const SparseCodes& near_threshold, std::int64_t active,
                       StepReport& report);
   void auxk_terms(const Batch& batch, const SparseCodes& aux_codes, StepReport& report);
@@ -169,6 +223,9 @@ class Trainer {
   /// rows (SparseBackwardRequest::row_statistics), from which apply_update takes the clipping
   /// norm for every activation whose rows nothing changes after that pass (all but ReLU).
   DeviceArray<double> row_statistics_;
+  std::vector<float> partition_weight_;  // [F] partition_l1 per latent; empty when off
+  std::vector<int> prefix_ends_;         // Matryoshka prefixes' ends; empty when not nested
+  std::vector<double> prefix_weights_;   // w_i per prefix
   std::vector<std::int64_t> tokens_since_fired_;
   std::vector<std::int64_t> fired_this_step_;
   float last_min_selected_score_ = -1.0f;

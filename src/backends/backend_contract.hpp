@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "crosscoder/backend.hpp"
+#include "crosscoder/backend_ops.hpp"
 
 namespace crosscoder::detail {
 

@@ -1,4 +1,4 @@
-#include "crosscoder/io/atomic_file.hpp"
+#include "io/atomic_file.hpp"
 
 #include <fcntl.h>
 #include <fmt/format.h>

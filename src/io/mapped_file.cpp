@@ -12,7 +12,7 @@
 
 #include "crosscoder/error.hpp"
 
-namespace crosscoder::io {
+namespace crosscoder::io::detail {
 namespace {
 
 // Closes the descriptor on every path out of open(); the mapping outlives it.
@@ -76,4 +76,4 @@ MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
   return *this;
 }
 
-}  // namespace crosscoder::io
+}  // namespace crosscoder::io::detail

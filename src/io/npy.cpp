@@ -14,8 +14,8 @@
 #include <utility>
 
 #include "crosscoder/error.hpp"
-#include "crosscoder/io/atomic_file.hpp"
 #include "crosscoder/io/half.hpp"
+#include "io/atomic_file.hpp"
 
 namespace crosscoder::io {
 
@@ -239,7 +239,7 @@ void write_array(const std::filesystem::path& path, const std::vector<std::size_
 
 NpyFile NpyFile::open(const std::filesystem::path& path) {
   NpyFile result;
-  result.file_ = MappedFile::open(path);
+  result.file_ = detail::MappedFile::open(path);
   const std::span<const std::byte> bytes = result.file_.bytes();
   const std::string file = path.string();
   if (bytes.size() < kMagicLength || std::memcmp(bytes.data(), kMagic, kMagicLength) != 0) {

@@ -14,8 +14,8 @@
 #include <utility>
 
 #include "crosscoder/error.hpp"
-#include "crosscoder/io/atomic_file.hpp"
 #include "crosscoder/io/half.hpp"
+#include "io/atomic_file.hpp"
 
 namespace crosscoder::io {
 
@@ -213,7 +213,7 @@ std::int64_t TensorInfo::elements() const noexcept {
 
 SafetensorsFile SafetensorsFile::open(const std::filesystem::path& path) {
   SafetensorsFile result;
-  result.file_ = MappedFile::open(path);
+  result.file_ = detail::MappedFile::open(path);
   const std::span<const std::byte> bytes = result.file_.bytes();
   const std::string file = path.string();
   const std::function<Error(const std::string&)> fail = [&](const std::string& what) {

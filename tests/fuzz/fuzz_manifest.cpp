@@ -27,12 +27,14 @@ bool same_column(const crosscoder::ManifestColumn& a, const crosscoder::Manifest
 bool same_manifest(const crosscoder::DatasetManifest& a, const crosscoder::DatasetManifest& b) {
   if (a.width != b.width || a.rows() != b.rows() || a.sources.size() != b.sources.size() ||
       a.labels.has_value() != b.labels.has_value() ||
-      a.token_ids.has_value() != b.token_ids.has_value())
+      a.token_ids.has_value() != b.token_ids.has_value() ||
+      a.document_ids.has_value() != b.document_ids.has_value())
     return false;
   for (std::size_t m = 0; m < a.sources.size(); ++m)
     if (!same_column(a.sources[m], b.sources[m])) return false;
   if (a.labels && !same_column(*a.labels, *b.labels)) return false;
   if (a.token_ids && !same_column(*a.token_ids, *b.token_ids)) return false;
+  if (a.document_ids && !same_column(*a.document_ids, *b.document_ids)) return false;
   return true;
 }
 

@@ -42,7 +42,38 @@ def seeds():
         labels={"dtype": "int8", "shards": [shard("l-0.npy", 10), shard("l-1.npy", 3)]},
         token_ids={"dtype": "int32", "shards": [shard("/abs/tok.npy", 10), shard("tok-1.npy", 3)]}))
     write(d, "one_source.json", manifest([source("only", [shard("a.npy", 1)])], width=1))
+    write(d, "document_ids.json", manifest(
+        [source("base", [shard("b-0.npy", 4), shard("b-1.npy", 2)])],
+        token_ids={"dtype": "int32", "shards": [shard("tok-0.npy", 4), shard("tok-1.npy", 2)]},
+        document_ids={"dtype": "int32",
+                      "shards": [shard("documents-0.npy", 4), shard("/abs/documents-1.npy", 2)]}))
+
+
+def vocabulary_seeds():
+    """Vocabularies: Hugging Face tokenizer.json in its three piece encodings, and llama2.c's
+    binary tokenizer."""
+    import json
+    d = os.path.join(CORPUS, "vocabulary")
+    byte_level = {"model": {"type": "BPE", "vocab": {"\u0120the": 0, "\u010a": 1, "\u00c3": 2,
+                                                     "\u00a9": 3, "a": 4}},
+                  "added_tokens": [{"id": 5, "content": "<|endoftext|>"}],
+                  "decoder": {"type": "ByteLevel"}}
+    write(d, "byte_level.json", json.dumps(byte_level).encode())
+    sentencepiece = {"model": {"type": "BPE", "byte_fallback": True,
+                               "vocab": {"<unk>": 0, "<0x0A>": 1, "\u2581the": 2, "s": 3}},
+                     "decoder": {"type": "Sequence", "decoders": [
+                         {"type": "Replace"}, {"type": "ByteFallback"}]}}
+    write(d, "sentencepiece.json", json.dumps(sentencepiece).encode())
+    unigram = {"model": {"type": "Unigram", "vocab": [["<pad>", 0.0], ["\u2581a", -1.5]]}}
+    write(d, "unigram.json", json.dumps(unigram).encode())
+    wordpiece = {"model": {"type": "WordPiece", "vocab": {"[CLS]": 0, "play": 1, "##ing": 2}}}
+    write(d, "wordpiece.json", json.dumps(wordpiece).encode())
+    pieces = [b"<unk>", b"<0x0A>", b" the", b"s"]
+    binary = struct.pack("<i", 8) + b"".join(
+        struct.pack("<fi", -float(i), len(p)) + p for i, p in enumerate(pieces))
+    write(d, "llama2c.bin", binary)
 
 
 if __name__ == "__main__":
     seeds()
+    vocabulary_seeds()

@@ -48,7 +48,7 @@ export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 status=0
 mkdir -p "$build/findings"
-for target in npy safetensors manifest; do
+for target in npy safetensors manifest vocabulary; do
   scratch=$build/corpus-$target
   rm -rf "$scratch"
   cp -r "tests/fuzz/corpus/$target" "$scratch"

@@ -181,7 +181,7 @@ def validate_manifest(directory: Path) -> dict[str, Any]:
     names = [s["name"] for s in sources]
     assert len(sources) >= 1 and all(names) and len(set(names)) == len(names)
     columns = list(sources)
-    for key in ["labels", "token_ids"]:
+    for key in ["labels", "token_ids", "document_ids"]:
         if key in manifest:
             columns.append(manifest[key])
     shard_rows = [[shard["rows"] for shard in column["shards"]] for column in columns]
@@ -193,9 +193,10 @@ def validate_manifest(directory: Path) -> dict[str, Any]:
     if "labels" in manifest:
         assert manifest["labels"]["dtype"] in ("int8", "int32")
         arrays["labels"] = load_column(directory, manifest["labels"], None)
-    if "token_ids" in manifest:
-        assert manifest["token_ids"]["dtype"] == "int32"
-        arrays["token_ids"] = load_column(directory, manifest["token_ids"], None)
+    for key in ["token_ids", "document_ids"]:
+        if key in manifest:
+            assert manifest[key]["dtype"] == "int32"
+            arrays[key] = load_column(directory, manifest[key], None)
     manifest["arrays"] = arrays
     return manifest
 
@@ -278,12 +279,16 @@ class DumpActivationsTest(unittest.TestCase):
             np.abs(as_float32(arrays["base"], dtype) - as_float32(arrays["tuned"], dtype)).max(),
             1e-2,
         )
+        tokens_per_prompt = [len(t.split()) + 1 for t in texts]  # + BOS
+        if positions == "last":
+            tokens_per_prompt = [1] * len(texts)
+        elif skip_bos:
+            tokens_per_prompt = [n - 1 for n in tokens_per_prompt]
+        # Every prompt is a document, numbered in file order.
+        self.assertEqual(arrays["document_ids"].dtype, np.int32)
+        expected_documents = np.repeat(np.arange(len(texts)), tokens_per_prompt)
+        np.testing.assert_array_equal(arrays["document_ids"], expected_documents)
         if labelled:
-            tokens_per_prompt = [len(t.split()) + 1 for t in texts]  # + BOS
-            if positions == "last":
-                tokens_per_prompt = [1] * len(texts)
-            elif skip_bos:
-                tokens_per_prompt = [n - 1 for n in tokens_per_prompt]
             expected_labels = np.repeat([y for _, y in PROMPTS], tokens_per_prompt)
             self.assertEqual(arrays["labels"].dtype, np.int8)
             np.testing.assert_array_equal(arrays["labels"], expected_labels)
@@ -383,6 +388,7 @@ class DumpActivationsTest(unittest.TestCase):
         )
         self.assertEqual(info.returncode, 0, info.stdout + info.stderr)
         self.assertIn("every value is finite", info.stdout)
+        self.assertIn("document ids: int32", info.stdout)
         positives, negatives = int((labels == 1).sum()), int((labels == 0).sum())
         self.assertIn(f"labels: {positives} positive, {negatives} negative", info.stdout)
         options = "--latents 16 --k 2 --steps 3 --batch 8 --device cpu"

@@ -23,7 +23,7 @@ BUILD = Path(os.environ.get("CROSSCODER_BUILD", ROOT / "build"))
 MODEL = Path(os.environ.get("CROSSCODER_LLAMA2C_MODEL",
                             ROOT.parent / "shared" / "models" / "stories260K.bin"))
 ORGANISM = BUILD / "examples" / "llama2c_organism"
-CLI = BUILD / "examples" / "crosscoder"
+CLI = BUILD / "bin" / "crosscoder"
 
 if not MODEL.exists():
     print(f"skipped: the model {MODEL} is absent")
@@ -78,6 +78,20 @@ class OrganismSmoke(unittest.TestCase):
         self.assertEqual(sum(s["rows"] for s in rows["sources"][0]["shards"]),
                          len(np.load(contrast)))
 
+    def test_the_captures_carry_one_document_per_prompt(self) -> None:
+        prompts = self.out / "prompts"
+        for name, files, last in (("capture_train", ["text.npy", "capture_train.npy"], False),
+                                  ("capture_contrast", ["contrast.npy"], True)):
+            data = json.loads((self.out / name / "manifest.json").read_text())
+            self.assertEqual(data["document_ids"]["dtype"], "int32", name)
+            ids = np.concatenate([np.load(self.out / name / shard["path"])
+                                  for shard in data["document_ids"]["shards"]])
+            # A prompt's tokens end at its first -1 (padding); prompts are numbered across files.
+            lengths = [1 if last else next((t for t, v in enumerate(row) if v < 0), len(row))
+                       for file in files for row in np.load(prompts / file)]
+            np.testing.assert_array_equal(ids, np.repeat(np.arange(len(lengths)), lengths),
+                                          err_msg=name)
+
     def test_every_steering_cell_is_well_formed(self) -> None:
         steering = self.results["steering"]
         self.assertGreaterEqual(len(steering), 8)
@@ -88,9 +102,28 @@ class OrganismSmoke(unittest.TestCase):
                 self.assertTrue(0 <= low <= mean <= high <= 1, f"{name}: {mean} [{low}, {high}]")
         for path in (self.out / "steering").glob("*.json"):
             cell = json.loads(path.read_text())
+            steered = not path.name.startswith("unsteered")
+            # Steering is paired by default: the other source's model ran in lockstep.
+            self.assertEqual(cell["pairing"], "paired" if steered else "none", path)
+            self.assertEqual(bool(cell["paired_model"]), steered, path)
             for entry in cell["cells"]:
                 self.assertEqual(len(entry["correct"]), len(cell["tools"]), path)
                 self.assertEqual(len(entry["call"]), len(cell["tools"]), path)
+                if not steered:
+                    continue
+                # f_j > 0 counts per prompt, between none and every steered latent
+                self.assertEqual(len(entry["active"]), len(cell["tools"]), path)
+                self.assertTrue(all(0 <= n <= len(cell["latents"]) for n in entry["active"]))
+                self.assertAlmostEqual(entry["any_active_rate"],
+                                       np.mean(np.array(entry["active"]) > 0), places=9)
+                self.assertAlmostEqual(entry["active_rate"],
+                                       np.mean(entry["active"]) / len(cell["latents"]),
+                                       places=9)
+            if steered:  # f_j is computed before steering: the same for every α
+                self.assertEqual(len({tuple(e["active"]) for e in cell["cells"]}), 1, path)
+        for name, cell in steering.items():
+            for mean, low, high in cell["f_positive"]:
+                self.assertTrue(0 <= low <= mean <= high <= 1, f"{name}: f_j > 0 {mean}")
         report = (self.out / "report.md").read_text()
         self.assertIn("Smoke run", report)
         self.assertTrue((self.out / "steering.svg").read_text().startswith("<svg"))
@@ -100,7 +133,7 @@ class OrganismSmoke(unittest.TestCase):
         prompts = self.out / "prompts" / "eval_near.npy"
         convention = self.out / "prompts" / "convention.json"
         common = ["--crosscoder", crosscoder, "--prompts", prompts, "--convention", convention,
-                  "--out", self.out / "bad.json"]
+                  "--out", self.out / "bad.json", "--paired-model", self.out / "rl.bin"]
         result = self.run_organism("steer", "--model", MODEL, "--block", 2, "--latents", 99999,
                                    *common)
         self.assertEqual(result.returncode, 1)
@@ -109,6 +142,15 @@ class OrganismSmoke(unittest.TestCase):
                                    *common)
         self.assertEqual(result.returncode, 1)
         self.assertIn("--block 7 is out of range", result.stderr)
+        unpaired = common[:-2]
+        result = self.run_organism("steer", "--model", MODEL, "--block", 2, "--latents", 0,
+                                   *unpaired)
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("--paired-model", result.stderr)
+        result = self.run_organism("steer", "--model", MODEL, "--block", 2, "--latents", 0,
+                                   *common, "--unpaired")
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("exclude each other", result.stderr)
         truncated = self.out / "truncated.bin"
         truncated.write_bytes(MODEL.read_bytes()[:50000])
         result = self.run_organism("steer", "--model", truncated, "--block", 2, "--latents", 0,

@@ -1,6 +1,8 @@
 // Writes a synthetic model pair as one .npy per source (and labels), and the same rows as a
 // sharded bfloat16 dataset with a manifest (OUT_DIR/sharded/manifest.json, written by
-// ActivationWriter), for end-to-end tests of `crosscoder train`, `diff`, `info` and the
+// ActivationWriter, with token ids 1000 + row so that example windows can be checked by eye, and
+// a vocabulary for them, OUT_DIR/vocab.txt),
+// for end-to-end tests of `crosscoder train`, `diff`, `info` and the
 // quickstart example:  write_synthetic_npy OUT_DIR ROWS
 #include <cstdio>
 #include <cstdlib>
@@ -42,11 +44,25 @@ int main(int argc, char** argv) {
   options.dtype = crosscoder::StoredType::BF16;
   options.shard_rows = 1000;
   options.labels = true;
+  options.token_ids = true;
+  options.document_ids = true;
   options.overwrite = true;
   crosscoder::ActivationWriter writer(out / "sharded", options);
   writer.append_all(rows_data);
   writer.append_labels(labels);
+  std::vector<std::int32_t> token_ids(rows);
+  for (std::size_t r = 0; r < rows; ++r) token_ids[r] = static_cast<std::int32_t>(1000 + r);
+  writer.append_token_ids(token_ids);
+  // Documents of 7 rows: example windows (2 before, 1 after in the tests) often meet a boundary.
+  std::vector<std::int32_t> document_ids(rows);
+  for (std::size_t r = 0; r < rows; ++r) document_ids[r] = static_cast<std::int32_t>(r / 7);
+  writer.append_document_ids(document_ids);
   writer.close();
+  // A vocabulary for those ids (one piece per line: " w<id>"), for `crosscoder examples --vocab`.
+  std::FILE* vocabulary = std::fopen((out / "vocab.txt").c_str(), "w");
+  if (vocabulary == nullptr) return 1;
+  for (std::size_t id = 0; id < 1000 + rows; ++id) std::fprintf(vocabulary, " w%zu\n", id);
+  std::fclose(vocabulary);
   std::printf("wrote %zu rows to %s\n", rows, out.c_str());
   return 0;
 }

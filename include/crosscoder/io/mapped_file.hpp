@@ -1,12 +1,13 @@
 #pragma once
 /// @file mapped_file.hpp
-/// A whole file mapped read-only into memory.
+/// A whole file mapped read-only into memory: the storage behind NpyFile and SafetensorsFile.
+/// An implementation detail (namespace io::detail), public only because those classes hold one.
 
 #include <cstddef>
 #include <filesystem>
 #include <span>
 
-namespace crosscoder::io {
+namespace crosscoder::io::detail {
 
 /// RAII read-only memory map of a whole regular file. Move-only; a moved-from or
 /// default-constructed MappedFile is empty. An empty file maps to an empty span (mmap of size
@@ -36,4 +37,4 @@ class MappedFile {
   std::filesystem::path path_;
 };
 
-}  // namespace crosscoder::io
+}  // namespace crosscoder::io::detail

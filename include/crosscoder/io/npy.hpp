@@ -56,7 +56,7 @@ class NpyFile {
   std::vector<std::int64_t> read_int() const;
 
  private:
-  MappedFile file_;
+  detail::MappedFile file_;
   std::vector<std::size_t> shape_;
   std::string descr_;
   std::size_t item_size_ = 0;

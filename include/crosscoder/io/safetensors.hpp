@@ -69,7 +69,7 @@ class SafetensorsFile {
   std::vector<std::int64_t> read_int(std::string_view name) const;
 
  private:
-  MappedFile file_;
+  detail::MappedFile file_;
   std::vector<TensorInfo> tensors_;  // in data order
   std::map<std::string, std::string> metadata_;
 };

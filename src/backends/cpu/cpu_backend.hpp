@@ -5,11 +5,15 @@
 #include <string>
 
 #include "crosscoder/backend.hpp"
+#include "crosscoder/backend_ops.hpp"
 
 namespace crosscoder::detail {
 
-class CpuBackend final : public Backend, public std::enable_shared_from_this<CpuBackend> {
+class CpuBackend final : public Backend,
+                         public BackendOps,
+                         public std::enable_shared_from_this<CpuBackend> {
  public:
+  BackendOps& ops() noexcept override { return *this; }
   CpuBackend();
 
   BackendKind kind() const noexcept override { return BackendKind::cpu; }
@@ -41,16 +45,12 @@ class CpuBackend final : public Backend, public std::enable_shared_from_this<Cpu
   void sparse_backward(const SparseCodes& codes, const SparseBackwardRequest& request) override;
   void decoder_backward(const SparseCodes& codes, const float* grad_out, const float* decoder,
                         std::int64_t output_width, float* d_value, float* d_decoder) override;
-  void encoder_backward(const SparseCodes& codes, const float* d_pre, const float* xn,
-                        std::int64_t input_width, float* d_encoder, float* d_bias) override;
   void latent_totals(const SparseCodes& codes, std::int64_t latents, float* sums,
                      std::int64_t* counts) override;
   void decoder_norms(const float* decoder, std::int64_t latents, int sources, int width,
                      float* norms) override;
   void add_scaled_blocks(const float* source, const float* factor, std::int64_t latents,
                          int sources, int width, float* target) override;
-  void constrain_decoder(float* decoder, float* gradient, std::int64_t latents,
-                         std::int64_t width) override;
   void column_sums(const float* x, std::int64_t rows, std::int64_t width, double* sums) override;
   void clamp_min(float* x, std::int64_t n, float lower) override;
   double sum_of_squares(const float* x, std::int64_t n) override;

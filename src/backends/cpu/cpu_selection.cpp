@@ -1,6 +1,7 @@
 #include "backends/cpu/cpu_selection.hpp"
 
 #include "backends/backend_contract.hpp"
+#include "backends/cpu/cpu_backend.hpp"
 
 #include <fmt/format.h>
 #include <algorithm>
@@ -17,6 +18,7 @@
 #endif
 
 #include "crosscoder/error.hpp"
+#include "crosscoder/sparse_codes.hpp"
 
 namespace crosscoder::detail {
 namespace {
@@ -461,6 +463,64 @@ SparseCodes cpu_select(const std::shared_ptr<Backend>& backend, const float* pre
       });
   }
   throw Error("select: unknown selection");
+}
+
+// ---- The backend's entry points -------------------------------------------------------
+
+SparseCodes CpuBackend::select(const float* pre, std::int64_t rows, std::int64_t latents,
+                               const SelectionRequest& request, float* min_selected_score) {
+  return cpu_select(shared_from_this(), pre, rows, latents, request, min_selected_score);
+}
+
+SparseCodes CpuBackend::select_top_entries(const SparseCodes& codes, std::int64_t count,
+                                           const float* weight, float* min_selected_score) {
+  if (min_selected_score) *min_selected_score = -1.0f;
+  const std::int64_t nnz = codes.nnz;
+  const std::int32_t* latent = codes.latent.data();
+  const float* value = codes.value.data();
+  // Non-negative floats order like their bits; the count-th largest key is the threshold, and
+  // its ties are taken in entry order.
+  std::vector<std::uint32_t> keys(static_cast<std::size_t>(nnz));
+  for (std::int64_t e = 0; e < nnz; ++e) {
+    const float positive = value[e] > 0.0f ? value[e] : 0.0f;
+    keys[e] = std::bit_cast<std::uint32_t>(weight ? positive * weight[latent[e]] : positive);
+  }
+  const std::int64_t wanted = std::clamp<std::int64_t>(count, 0, nnz);
+  std::uint32_t threshold = 0xFFFFFFFFu;  // with nothing wanted, above every key
+  std::int64_t ties_left = 0;
+  if (wanted > 0) {
+    std::vector<std::uint32_t> sorted = keys;
+    std::nth_element(sorted.begin(), sorted.begin() + (wanted - 1), sorted.end(), std::greater<>());
+    threshold = sorted[static_cast<std::size_t>(wanted - 1)];
+    ties_left = wanted;
+    for (std::uint32_t key : keys) ties_left -= key > threshold ? 1 : 0;
+  }
+  std::vector<std::int64_t> row_ptr(static_cast<std::size_t>(codes.rows + 1), 0);
+  std::vector<std::int32_t> kept_latent;
+  std::vector<float> kept_value;
+  kept_latent.reserve(static_cast<std::size_t>(wanted));
+  kept_value.reserve(static_cast<std::size_t>(wanted));
+  std::uint32_t smallest_positive = 0xFFFFFFFFu;
+  for (std::int64_t b = 0; b < codes.rows; ++b) {
+    for (std::int64_t e = codes.row_ptr.data()[b]; e < codes.row_ptr.data()[b + 1]; ++e) {
+      if (!(keys[e] > threshold || (keys[e] == threshold && ties_left-- > 0))) continue;
+      kept_latent.push_back(latent[e]);
+      kept_value.push_back(value[e]);
+      if (keys[e] > 0) smallest_positive = std::min(smallest_positive, keys[e]);
+    }
+    row_ptr[b + 1] = static_cast<std::int64_t>(kept_latent.size());
+  }
+  if (min_selected_score && smallest_positive != 0xFFFFFFFFu)
+    *min_selected_score = std::bit_cast<float>(smallest_positive);
+  SparseCodes out;
+  out.rows = codes.rows;
+  out.nnz = static_cast<std::int64_t>(kept_latent.size());
+  out.row_ptr =
+      DeviceArray<std::int64_t>(shared_from_this(), std::span<const std::int64_t>(row_ptr));
+  out.latent =
+      DeviceArray<std::int32_t>(shared_from_this(), std::span<const std::int32_t>(kept_latent));
+  out.value = DeviceArray<float>(shared_from_this(), std::span<const float>(kept_value));
+  return out;
 }
 
 }  // namespace crosscoder::detail

@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "crosscoder/backend.hpp"
+#include "crosscoder/backend_ops.hpp"
 #include "crosscoder/sparse_codes.hpp"
 
 namespace crosscoder::detail {

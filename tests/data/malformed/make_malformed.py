@@ -190,6 +190,15 @@ def malformed():
         manifest([source("a", [shard("a.npy", -5)])]))
     add("manifest_rows_overflow.json", "manifest", "overflows the row count",
         manifest([source("a", [shard("a.npy", 2 ** 62), shard("b.npy", 2 ** 62)])]))
+    two = [source("a", [shard("a0.npy", 2), shard("a1.npy", 3)])]
+    add("manifest_document_ids_rows.json", "manifest",
+        "document_ids.shards[1].rows is 4 but sources[0].shards[1].rows is 3",
+        manifest(two, document_ids={"dtype": "int32",
+                                    "shards": [shard("d0.npy", 2), shard("d1.npy", 4)]}))
+    add("manifest_document_ids_dtype.json", "manifest",
+        "document_ids.dtype is int8; document ids are int32",
+        manifest(two, document_ids={"dtype": "int8",
+                                    "shards": [shard("d0.npy", 2), shard("d1.npy", 3)]}))
 
     # --- datasets (ActivationDataset::open_manifest: the manifest parses, its shards do not
     # match). shard_*.npy / shard_*.safetensors are valid files the manifests refer to.
@@ -208,6 +217,10 @@ def malformed():
         manifest([source("a", [shard("shard_x.safetensors", 2, tensor="nope")])]))
     add("dataset_malformed_shard.json", "dataset", "npy_truncated_data.npy: .npy data is truncated",
         manifest([source("a", [shard("npy_truncated_data.npy", 2)], dtype="f32")], width=2))
+    add("dataset_document_ids_float.json", "dataset",
+        "shard_f4_2x4.npy: dtype '<f4' is not int8 ('|i1') or int32",
+        manifest([source("a", [shard("shard_f4_2x4.npy", 2)])],
+                 document_ids={"dtype": "int32", "shards": [shard("shard_f4_2x4.npy", 2)]}))
 
     write(HERE, "EXPECTED.tsv", ("# file\tparser\texpected substring of the error\n" +
                                  "".join("%s\t%s\t%s\n" % row for row in rows)).encode())

@@ -1,5 +1,6 @@
-// Model and training checkpoints in safetensors, with dictionary_learning's crosscoder tensor
-// names so that Python users can load them (docs/formats.md has the full layout).
+// The model's checkpoint: Crosscoder::save and Crosscoder::load in safetensors, with
+// dictionary_learning's crosscoder tensor names so that Python users can load them
+// (docs/formats.md has the full layout). Training checkpoints add to it (trainer_checkpoint.cpp).
 #include <fmt/format.h>
 
 #include <nlohmann/json.hpp>
@@ -8,17 +9,13 @@
 #include "crosscoder/io/safetensors.hpp"
 #include "crosscoder/log.hpp"
 #include "crosscoder/model.hpp"
-#include "crosscoder/trainer.hpp"
 #include "crosscoder/version.hpp"
+#include "model_tensors.hpp"
 
 namespace crosscoder {
 namespace {
 
 constexpr const char* kFormat = "crosscoder-checkpoint-1";
-
-// Adam moments are saved per parameter, in CrosscoderParameters order, in internal layout.
-constexpr const char* kMomentNames[] = {"encoder.weight", "encoder.bias", "decoder.weight",
-                                        "decoder.bias", "threshold"};
 
 // Internal [F, M·d] rows ↔ checkpoint layouts.
 std::vector<float> encoder_to_file(const std::vector<float>& rows, std::int64_t F, std::int64_t D) {
@@ -51,7 +48,9 @@ std::vector<float> decoder_from_file(const std::vector<float>& file, std::int64_
   return rows;
 }
 
-void add_model_tensors(const Crosscoder& model, io::SafetensorsWriter& writer) {
+}  // namespace
+
+void detail::add_model_tensors(const Crosscoder& model, io::SafetensorsWriter& writer) {
   const CrosscoderConfig& c = model.config();
   const std::int64_t F = c.latents, M = c.sources, d = c.width, D = c.input_width();
   const CrosscoderParameters& p = model.parameters();
@@ -66,7 +65,11 @@ void add_model_tensors(const Crosscoder& model, io::SafetensorsWriter& writer) {
   } else if (c.activation == Activation::batchtopk) {
     writer.add_float("threshold", {}, std::vector<float>{model.batch_threshold()});
   }
-  writer.add_float("normaliser.scale", {M}, model.normaliser().scale);
+  if (c.normalisation == Normalisation::per_channel) {
+    writer.add_float("normaliser.scale", {M, d}, model.normaliser().scale);
+  } else {
+    writer.add_float("normaliser.scale", {M}, model.normaliser().scale);
+  }
   writer.add_float("normaliser.mean", {M, d}, model.normaliser().mean);
   writer.set_metadata("format", kFormat);
   writer.set_metadata("library_version", version_string);
@@ -74,12 +77,10 @@ void add_model_tensors(const Crosscoder& model, io::SafetensorsWriter& writer) {
   writer.set_metadata("normaliser_fitted", model.normaliser().fitted ? "true" : "false");
 }
 
-}  // namespace
-
 void Crosscoder::save(const std::filesystem::path& path,
                       const std::map<std::string, std::string>& extra_metadata) const {
   io::SafetensorsWriter writer;
-  add_model_tensors(*this, writer);
+  detail::add_model_tensors(*this, writer);
   for (const auto& [key, value] : extra_metadata) writer.set_metadata(key, value);
   writer.write(path);
 }
@@ -113,7 +114,9 @@ Crosscoder Crosscoder::load(const std::filesystem::path& path, std::shared_ptr<B
     model.batch_threshold_ = file.read_float("threshold", {}).at(0);
   }
   Normaliser normaliser;
-  normaliser.scale = file.read_float("normaliser.scale", {M});
+  normaliser.scale = config.normalisation == Normalisation::per_channel
+                         ? file.read_float("normaliser.scale", {M, d})
+                         : file.read_float("normaliser.scale", {M});
   normaliser.mean = file.read_float("normaliser.mean", {M, d});
   const auto fitted = metadata.find("normaliser_fitted");
   if (fitted != metadata.end() && fitted->second == "true") {
@@ -123,82 +126,6 @@ Crosscoder Crosscoder::load(const std::filesystem::path& path, std::shared_ptr<B
     model.upload_normaliser();
   }
   return model;
-}
-
-void Trainer::save_checkpoint(const std::filesystem::path& path,
-                              const std::string& data_state) const {
-  io::SafetensorsWriter writer;
-  add_model_tensors(model_, writer);
-  const CrosscoderParameters& p = model_.parameters();
-  const std::vector<const DeviceArray<float>*> parameters = {
-      &p.encoder_weight, &p.encoder_bias, &p.decoder_weight, &p.decoder_bias, &p.threshold};
-  for (std::size_t i = 0; i < moments_.size(); ++i) {
-    const std::string name = kMomentNames[i];
-    const auto n = static_cast<std::int64_t>(parameters[i]->size());
-    writer.add_float("optimizer." + name + ".exp_avg", {n}, moments_[i].m.download());
-    writer.add_float("optimizer." + name + ".exp_avg_sq", {n}, moments_[i].v.download());
-  }
-  writer.add_int64("trainer.tokens_since_fired",
-                   {static_cast<std::int64_t>(tokens_since_fired_.size())}, tokens_since_fired_);
-  writer.set_metadata("train_config", config_.to_json());
-  writer.set_metadata("step", std::to_string(step_));
-  writer.set_metadata("data_state", data_state);
-  writer.write(path);
-}
-
-std::string Trainer::load_checkpoint(const std::filesystem::path& path) {
-  const io::SafetensorsFile file = io::SafetensorsFile::open(path);
-  const auto& metadata = file.metadata();
-  const auto entry = [&](const char* key) {
-    const auto found = metadata.find(key);
-    if (found == metadata.end()) {
-      throw Error(fmt::format("{}: not a training checkpoint (no '{}' in __metadata__)",
-                              path.string(), key));
-    }
-    return found->second;
-  };
-  if (entry("config") != model_.config().to_json()) {
-    throw Error(fmt::format("{}: the checkpoint's crosscoder config {} differs from this run's {}",
-                            path.string(), entry("config"), model_.config().to_json()));
-  }
-  if (entry("train_config") != config_.to_json()) {
-    log_message(LogLevel::warning,
-                fmt::format("{}: resuming with a training configuration different from the "
-                            "checkpoint's; the run will not match an uninterrupted one",
-                            path.string()));
-  }
-  Crosscoder loaded = Crosscoder::load(path, backend_);
-  CrosscoderParameters& p = model_.parameters();
-  CrosscoderParameters& q = loaded.parameters();
-  p.encoder_weight = std::move(q.encoder_weight);
-  p.encoder_bias = std::move(q.encoder_bias);
-  p.decoder_weight = std::move(q.decoder_weight);
-  p.decoder_bias = std::move(q.decoder_bias);
-  p.threshold = std::move(q.threshold);
-  model_.set_batch_threshold(loaded.batch_threshold());
-  if (loaded.normaliser().fitted) model_.set_normaliser(loaded.normaliser());
-
-  const std::vector<const DeviceArray<float>*> parameters = {
-      &p.encoder_weight, &p.encoder_bias, &p.decoder_weight, &p.decoder_bias, &p.threshold};
-  for (std::size_t i = 0; i < moments_.size(); ++i) {
-    const std::string name = kMomentNames[i];
-    const auto n = static_cast<std::int64_t>(parameters[i]->size());
-    moments_[i].m.upload(file.read_float("optimizer." + name + ".exp_avg", {n}));
-    moments_[i].v.upload(file.read_float("optimizer." + name + ".exp_avg_sq", {n}));
-  }
-  const std::vector<std::int64_t> since = file.read_int("trainer.tokens_since_fired");
-  if (since.size() != tokens_since_fired_.size()) {
-    throw Error(fmt::format("{}: trainer.tokens_since_fired has {} entries, expected {}",
-                            path.string(), since.size(), tokens_since_fired_.size()));
-  }
-  tokens_since_fired_ = since;
-  try {
-    step_ = std::stoll(entry("step"));
-  } catch (const std::exception&) {
-    throw Error(
-        fmt::format("{}: metadata 'step' is not a number: '{}'", path.string(), entry("step")));
-  }
-  return entry("data_state");
 }
 
 }  // namespace crosscoder

@@ -1,0 +1,32 @@
+// The `crosscoder` command-line tool: one subcommand per pipeline stage, each a thin layer of
+// flags over library calls (see cli.hpp).
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "cli.hpp"
+#include "crosscoder/error.hpp"
+#include "crosscoder/version.hpp"
+
+int main(int argc, char** argv) {
+  using namespace crosscoder::cli;
+  CLI::App app{"crosscoder: sparse crosscoders for model diffing"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", std::string(crosscoder::version_string));
+  const std::vector<std::pair<std::string, Runner>> commands = {
+      {"backends", add_backends_command(app)}, {"demo", add_demo_command(app)},
+      {"train", add_train_command(app)},       {"diff", add_diff_command(app)},
+      {"examples", add_examples_command(app)}, {"export", add_export_command(app)},
+      {"info", add_info_command(app)},
+  };
+  CLI11_PARSE(app, argc, argv);
+  try {
+    for (const auto& [name, run] : commands) {
+      if (app.got_subcommand(name)) return run();
+    }
+  } catch (const crosscoder::Error& error) {
+    std::fprintf(stderr, "crosscoder: error: %s\n", error.what());
+    return 1;
+  }
+  return 0;
+}
