@@ -56,6 +56,26 @@ if [[ -n "$sanitize" ]]; then
 fi
 if [[ -n "${CI:-}" ]]; then configure_args+=(-DCROSSCODER_WARNINGS_AS_ERRORS=ON); fi
 
+# The Python package's extension is built with the project's virtual environment (nanobind
+# comes from scripts/setup_python.sh), so test mode makes that environment before configuring:
+# numpy, safetensors, nanobind and pytest (seconds); with CROSSCODER_PYTHON_MODELS=1 also torch
+# and transformers (minutes, several GB). CROSSCODER_PYTHON_TESTS=0 skips Python entirely.
+python_ready=0
+if [[ "$mode" == test && "${CROSSCODER_PYTHON_TESTS:-1}" != 0 ]]; then
+  python_args=()
+  if [[ "${CROSSCODER_PYTHON_MODELS:-0}" == 1 ]]; then python_args+=(--with-torch); fi
+  if scripts/setup_python.sh "${python_args[@]}"; then
+    python_ready=1
+  else
+    echo "dev.sh: warning: scripts/setup_python.sh failed; the python tests will be skipped" >&2
+  fi
+fi
+if [[ -n "$sanitize" ]]; then
+  configure_args+=(-DCROSSCODER_PYTHON_PACKAGE=OFF)
+elif ((python_ready)) || [[ -x .venv/bin/python ]]; then
+  configure_args+=("-DPython_EXECUTABLE=$PWD/.venv/bin/python")
+fi
+
 cmake -S . -B "$build_dir" "-DCROSSCODER_CUDA=$cuda" "${configure_args[@]}"
 cmake --build "$build_dir" --parallel "$jobs"
 
@@ -65,15 +85,6 @@ case "$mode" in
     "$build_dir/bin/crosscoder" demo "$@"
     ;;
   test)
-    # The Python interop tests need numpy and safetensors in .venv (seconds); the activation
-    # dumper's test also needs torch and transformers (minutes, several GB): set
-    # CROSSCODER_PYTHON_MODELS=1 for those. CROSSCODER_PYTHON_TESTS=0 skips Python entirely.
-    if [[ "${CROSSCODER_PYTHON_TESTS:-1}" != 0 ]]; then
-      python_args=()
-      if [[ "${CROSSCODER_PYTHON_MODELS:-0}" == 1 ]]; then python_args+=(--with-torch); fi
-      scripts/setup_python.sh "${python_args[@]}" ||
-        echo "dev.sh: warning: scripts/setup_python.sh failed; the python tests will be skipped" >&2
-    fi
     # ctest runs tests side by side, each with an OpenMP team as wide as the machine: idle
     # OpenMP threads must sleep rather than spin, or the oversubscribed cores crawl (the demo
     # test ran 10× slower beside another test with spinning threads).

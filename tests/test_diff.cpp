@@ -69,11 +69,14 @@ class DiffTest : public ::testing::Test {
   std::unique_ptr<Crosscoder> model_;
 };
 
+// The pass encodes in chunks and the reference in one batch: the CPU GEMM may take another
+// kernel for another row count, so activations agree to float32 rounding (~1e-7), not bitwise.
+// A row lost or counted twice moves these statistics by far more than the tolerance.
 void expect_near_vectors(const std::vector<double>& got, const std::vector<double>& want,
                          const char* what) {
   ASSERT_EQ(got.size(), want.size()) << what;
   for (std::size_t i = 0; i < got.size(); ++i)
-    EXPECT_NEAR(got[i], want[i], 1e-9 * (1.0 + std::abs(want[i]))) << what << " [" << i << "]";
+    EXPECT_NEAR(got[i], want[i], 1e-5 * (1.0 + std::abs(want[i]))) << what << " [" << i << "]";
 }
 
 TEST_F(DiffTest, MatchesTheAccumulatorsOverOneBatchWhateverTheChunking) {

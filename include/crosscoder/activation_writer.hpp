@@ -68,6 +68,11 @@ class ActivationWriter {
   /// Writes the remaining rows and the manifest; returns the manifest's path.
   /// @throws Error naming the columns whose row counts differ, or when nothing was written.
   std::filesystem::path close();
+  /// True once close() has written the manifest.
+  bool closed() const {
+    std::lock_guard lock(mutex_);
+    return closed_;
+  }
 
  private:
   struct PendingColumn {

@@ -84,6 +84,8 @@ class Splicer {
 
   const SpliceOptions& options() const noexcept { return options_; }
   int source() const noexcept { return source_; }
+  /// The crosscoder that reconstructs the rows.
+  const Crosscoder& model() const noexcept { return model_; }
 
  private:
   void splice(float* rows, int n_rows, int d, const RowInfo* info, std::span<const float> paired);

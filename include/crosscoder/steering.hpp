@@ -86,6 +86,8 @@ class Steerer {
                                  std::span<const float> paired = {}) const;
   /// The distinct latents that scale and clamp interventions need f_j for.
   const std::vector<int>& latents() const noexcept { return encoded_latents_; }
+  /// The crosscoder whose latents are steered.
+  const Crosscoder& model() const noexcept { return model_; }
   /// Latent j's direction d_j for this source in raw units, [d].
   std::span<const float> direction(int latent) const;
 
