@@ -289,40 +289,14 @@ DiffReport diff_from_python(const Crosscoder& model,
   options.pass.chunk_rows = chunk_rows;
   options.pass.label = "diff";
   options.pass.show_progress = progress;
-  std::exception_ptr python_failure;
-  bool keyboard_interrupt = false;
-  if (!on_progress.is_none()) {
-    options.pass.on_progress = [&](std::int64_t done, std::int64_t total) {
-      if (python_failure) return;
-      nb::gil_scoped_acquire gil;
-      try {
-        on_progress(done, total);
-      } catch (nb::python_error& e) {
-        // Ctrl-C while the callback ran: stop as if polled (checkpoint, KeyboardInterrupt).
-        if (e.matches(PyExc_KeyboardInterrupt))
-          keyboard_interrupt = true;
-        else
-          python_failure = std::current_exception();
-      } catch (...) {
-        python_failure = std::current_exception();
-      }
-    };
-  }
-  options.pass.should_stop = [&] {
-    if (python_failure) return true;
-    if (interrupted()) keyboard_interrupt = true;
-    return keyboard_interrupt;
-  };
+  PythonStop stop;
+  options.pass.on_progress = stop.wrap<std::int64_t, std::int64_t>(on_progress);
+  options.pass.should_stop = stop.should_stop();
   try {
     nb::gil_scoped_release release;
     return dataset ? diff(model, *dataset, options) : diff(model, options);
-  } catch (const Cancelled& stopped) {
-    if (python_failure) std::rethrow_exception(python_failure);
-    if (keyboard_interrupt) {
-      PyErr_SetString(PyExc_KeyboardInterrupt, stopped.what());
-      throw nb::python_error();
-    }
-    throw;
+  } catch (const Error& error) {
+    stop.raise(error);
   }
 }
 

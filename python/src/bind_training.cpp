@@ -115,13 +115,12 @@ void bind_step_report(nb::module_& m) {
 // that lets activations captured in Python stream into training without touching the disk.
 class PythonBatches : public BatchSource {
  public:
-  PythonBatches(nb::object iterator, int sources, int width, std::string identity,
-                std::exception_ptr& failure)
+  PythonBatches(nb::object iterator, int sources, int width, std::string identity, PythonStop& stop)
       : iterator_(std::move(iterator)),
         sources_(sources),
         width_(width),
         identity_(std::move(identity)),
-        failure_(failure) {}
+        stop_(stop) {}
   ~PythonBatches() override {
     nb::gil_scoped_acquire gil;
     iterator_.reset();
@@ -153,7 +152,7 @@ class PythonBatches : public BatchSource {
       std::memcpy(out, view.data,
                   static_cast<std::size_t>(rows * sources_ * width_) * sizeof(float));
     } catch (nb::python_error&) {
-      failure_ = std::current_exception();
+      stop_.record_failure(std::current_exception());
       throw Error("train: the batch iterator raised");
     } catch (nb::cast_error&) {
       throw Error(fmt::format("train: batch {} from the iterator is not an array", step + 1));
@@ -164,7 +163,7 @@ class PythonBatches : public BatchSource {
   nb::object iterator_;
   int sources_, width_;
   std::string identity_;
-  std::exception_ptr& failure_;
+  PythonStop& stop_;
 };
 
 StepReport train_from_python(Trainer& trainer, nb::handle data, const std::string& checkpoint,
@@ -173,7 +172,7 @@ StepReport train_from_python(Trainer& trainer, nb::handle data, const std::strin
                              double shuffle_buffer_mb, std::int64_t first_row,
                              std::int64_t row_count, const std::string& data_identity) {
   const CrosscoderConfig& config = trainer.model().config();
-  std::exception_ptr python_failure;
+  PythonStop stop;
   std::unique_ptr<BatchSource> source;
   if (nb::isinstance<ActivationDataset>(data)) {
     ShuffleOptions shuffle;
@@ -194,50 +193,21 @@ StepReport train_from_python(Trainer& trainer, nb::handle data, const std::strin
             ? fmt::format("python:{}", nb::cast<std::string>(nb::str(data.type().attr("__name__"))))
             : data_identity;
     source = std::make_unique<PythonBatches>(nb::iter(data), config.sources, config.width, identity,
-                                             python_failure);
+                                             stop);
   }
 
   TrainingOptions options;
-  bool keyboard_interrupt = false;
   options.checkpoint = checkpoint;
   options.checkpoint_every = checkpoint_every;
   options.resume = resume;
   options.show_progress = progress;
-  if (!on_step.is_none()) {
-    options.on_step = [&](const StepReport& report, double tokens_per_second) {
-      if (python_failure) return;
-      nb::gil_scoped_acquire gil;
-      try {
-        on_step(report, tokens_per_second);
-      } catch (nb::python_error& e) {
-        // Ctrl-C while the callback ran: stop as if polled (checkpoint, KeyboardInterrupt).
-        if (e.matches(PyExc_KeyboardInterrupt))
-          keyboard_interrupt = true;
-        else
-          python_failure = std::current_exception();
-      } catch (...) {
-        python_failure = std::current_exception();
-      }
-    };
-  }
-  options.should_stop = [&] {
-    if (python_failure) return true;
-    if (interrupted()) keyboard_interrupt = true;
-    return keyboard_interrupt;
-  };
+  options.on_step = stop.wrap<const StepReport&, double>(on_step);
+  options.should_stop = stop.should_stop();
   try {
     nb::gil_scoped_release release;
     return train(trainer, *source, options);
-  } catch (const Cancelled& stopped) {
-    if (python_failure) std::rethrow_exception(python_failure);
-    if (keyboard_interrupt) {
-      PyErr_SetString(PyExc_KeyboardInterrupt, stopped.what());
-      throw nb::python_error();
-    }
-    throw;
-  } catch (const Error&) {
-    if (python_failure) std::rethrow_exception(python_failure);
-    throw;
+  } catch (const Error& error) {
+    stop.raise(error);
   }
 }
 
