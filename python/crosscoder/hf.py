@@ -37,6 +37,7 @@ __all__ = [
     "stream_batches",
     "steer",
     "splice",
+    "evaluate_splice",
 ]
 
 
@@ -445,3 +446,51 @@ def splice(model: Any, crosscoder: Any, *, source: int, block: int,
 
     with _hooked(model, block, handler, paired_model, paired_block, prefill_only=False):
         yield splicer
+
+
+def evaluate_splice(model: Any, crosscoder: Any, token_batches: Iterable[Any], *, source: int,
+                    block: int, kinds: Sequence[str] = ("reconstruction",),
+                    paired_model: Any | None = None, mean: np.ndarray | None = None,
+                    reference_model: Any | None = None, resamples: int = 1000,
+                    seed: int = 0) -> Any:
+    """Next-token cross-entropy of ``model`` on its own text, clean and with block ``block``'s
+    output spliced (each of ``kinds``, and 'zero'), KL of each from the clean logits (or from
+    ``reference_model``'s, e.g. the other model for the diffing patches), and bootstrap 95%
+    intervals over sequences: a crosscoder.LanguageModelReport whose
+    ``recovered("reconstruction")`` is CE loss recovered. ``token_batches`` yield input ids or
+    dicts with input_ids and attention_mask; padded targets are skipped."""
+    torch = _torch()
+    conditions = ["clean", *[k for k in kinds if k != "zero"], "zero"]
+    scores = _core.LanguageModelScores(conditions)
+    device = next(model.parameters()).device
+    sequence = 0
+
+    def logits_of(runner: Any, inputs: dict[str, Any]) -> np.ndarray:
+        with torch.no_grad():
+            out = runner(**{k: v.to(device) for k, v in inputs.items()}, use_cache=False)
+        return out.logits.float().cpu().numpy()
+
+    for batch in token_batches:
+        ids, mask = (batch["input_ids"], batch.get("attention_mask")) if isinstance(batch, dict) \
+            else (batch, None)
+        inputs = _model_inputs(ids, mask)
+        targets = inputs["input_ids"][:, 1:].clone().to(torch.int32)
+        targets[inputs["attention_mask"][:, 1:] == 0] = -1
+        targets = targets.numpy()
+        clean = logits_of(model, inputs)
+        reference = clean if reference_model is None else logits_of(reference_model, inputs)
+        per_condition = {"clean": clean}
+        for kind in conditions[1:]:
+            with splice(model, crosscoder, source=source, block=block, kind=kind, mean=mean,
+                        paired_model=paired_model):
+                per_condition[kind] = logits_of(model, inputs)
+        for b in range(targets.shape[0]):
+            for index, name in enumerate(conditions):
+                logits = np.ascontiguousarray(per_condition[name][b, :-1])
+                kl = None if name == "clean" and reference_model is None \
+                    else np.ascontiguousarray(reference[b, :-1])
+                scores.add(sequence, index, logits, np.ascontiguousarray(targets[b]), kl)
+            sequence += 1
+    if sequence == 0:
+        raise _core.Error("evaluate_splice: no batches")
+    return scores.result(resamples, seed)

@@ -21,6 +21,7 @@ void bind_data(nb::module_& m);
 void bind_training(nb::module_& m);
 void bind_diff(nb::module_& m);
 void bind_steering(nb::module_& m);
+void bind_evaluation(nb::module_& m);
 
 /// A backend from a Python argument: a Backend object, or "best", "cpu", "cuda".
 std::shared_ptr<Backend> backend_from(const nb::handle& argument);

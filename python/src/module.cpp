@@ -16,4 +16,5 @@ NB_MODULE(_core, m) {
   py::bind_training(m);
   py::bind_diff(m);
   py::bind_steering(m);
+  py::bind_evaluation(m);
 }

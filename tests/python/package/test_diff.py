@@ -95,8 +95,7 @@ def test_json_is_the_command_line_tools(tmp_path, dataset):
     model = trained(data)
     path = tmp_path / "model.safetensors"
     model.save(str(path))
-    subprocess.run([cli, "diff", str(path), "--data", data.identity.split(" ")[0]
-                    if False else str(tmp_path / "data" / "manifest.json"),
+    subprocess.run([cli, "diff", str(path), "--data", str(tmp_path / "data" / "manifest.json"),
                     "--json", str(tmp_path / "cli.json"), "--device", "cpu"],
                    check=True, capture_output=True)
     from_cli = json.loads((tmp_path / "cli.json").read_text())

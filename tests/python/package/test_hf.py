@@ -209,3 +209,45 @@ def test_refused_inputs(pair, rng):
         hf.blocks_of(torch.nn.Linear(2, 2))
     with pytest.raises(cc.Error, match="exactly one of"):
         hf.capture_rows([base], *token_batch(rng))
+
+
+def reference_cross_entropy(logits, targets):
+    logits = logits.astype(np.float64)
+    log_z = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+    picked = logits[np.arange(len(targets)), targets]
+    return (log_z - picked)
+
+
+def test_evaluate_splice_scores_against_a_float64_reference(pair, rng):
+    _, tuned = pair
+    model = fitted_crosscoder(pair, rng, "topk")
+    batches = [token_batch(rng, batch=3, length=12) for _ in range(2)]
+    report = hf.evaluate_splice(
+        tuned, model, [{"input_ids": i, "attention_mask": m} for i, m in batches], source=1,
+        block=1, kinds=["reconstruction", "reconstruction_plus_error"], resamples=200)
+    assert [c.name for c in report.conditions] == ["clean", "reconstruction",
+                                                   "reconstruction_plus_error", "zero"]
+    assert report.sequences == 6
+    # Clean CE from the logits in float64, padded targets skipped.
+    total, tokens = 0.0, 0
+    for ids, mask in batches:
+        with torch.no_grad():
+            logits = tuned(input_ids=ids, attention_mask=mask,
+                           position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits.numpy()
+        for b in range(ids.shape[0]):
+            keep = mask[b, 1:].bool().numpy()
+            ce = reference_cross_entropy(logits[b, :-1], ids[b, 1:].numpy())
+            total += ce[keep].sum()
+            tokens += int(keep.sum())
+    clean = report.condition("clean")
+    assert clean.tokens == tokens
+    assert clean.cross_entropy.value == pytest.approx(total / tokens, rel=1e-5)
+    identity = report.condition("reconstruction_plus_error")
+    assert identity.cross_entropy.value == pytest.approx(clean.cross_entropy.value, abs=1e-3)
+    assert identity.kl.value < 1e-4
+    zero = report.condition("zero")
+    # (Random weights: zeroing a block need not raise the CE, but it changes the predictions.)
+    assert zero.kl.value > 1e-3 and zero.cross_entropy.value != clean.cross_entropy.value
+    recovered = report.recovered("reconstruction")
+    assert recovered.low <= recovered.value <= recovered.high
+    assert report.recovered("reconstruction_plus_error").value == pytest.approx(1.0, abs=1e-2)
