@@ -366,6 +366,20 @@ class LogProgress:
         pass
 
 
+def write_vocabulary(tokenizer: Any, out: Path) -> str:
+    """Writes the token vocabulary beside the dataset, so that reports show text
+    (`crosscoder diff --vocab`): tokenizer.json for a fast tokenizer, else vocab.txt with one
+    piece per line in id order. Returns the file name."""
+    if getattr(tokenizer, "is_fast", False):
+        path = out / "tokenizer.json"
+        tokenizer.backend_tokenizer.save(str(path))
+    else:
+        path = out / "vocab.txt"
+        pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+        path.write_text("".join(str(p).replace("\n", " ") + "\n" for p in pieces), encoding="utf-8")
+    return path.name
+
+
 def build_manifest(
     args: argparse.Namespace, columns: list[Column], width: int, prompt_count: int
 ) -> dict[str, Any]:
@@ -488,6 +502,7 @@ def dump(args: argparse.Namespace) -> dict[str, Any]:
         raise DumpError(f"{args.prompts}: the prompts gave no rows")
 
     manifest = build_manifest(args, columns, width, len(prompts))
+    manifest["producer"]["vocabulary"] = write_vocabulary(tokenizer, Path(args.out))
     write_manifest_atomically(manifest_path, manifest)
     log.info(
         "wrote %d rows of width %d in %d shards to %s",

@@ -305,7 +305,12 @@ class DumpActivationsTest(unittest.TestCase):
         self.assertEqual(manifest["sources"][0]["shards"][0]["path"], "base-00000.npy")
         self.assertFalse(list(out.glob("*.tmp")))
         self.assertEqual(manifest["producer"]["layers"], {"base": 0, "tuned": 0})
+        # The vocabulary beside the dataset: the fast tokenizer's tokenizer.json.
+        self.assertEqual(manifest["producer"]["vocabulary"], "tokenizer.json")
+        vocabulary = json.loads((out / "tokenizer.json").read_text())
+        self.assertEqual(vocabulary["model"]["vocab"]["w3"], 3)
         self.check_with_cli(out, manifest["arrays"]["labels"])
+        self.check_examples_show_text(out)
 
     def test_all_positions_left_padding_bf16_skip_bos_different_layers(self) -> None:
         options = "--layer 0 --layer-tuned 1 --dtype bf16 --skip-bos --batch-size 4"
@@ -397,6 +402,26 @@ class DumpActivationsTest(unittest.TestCase):
         train = subprocess.run(command, capture_output=True, text=True, check=False)
         self.assertEqual(train.returncode, 0, train.stdout + train.stderr)
         self.assertIn("final step 3", train.stdout + train.stderr)
+
+    def check_examples_show_text(self, out: Path) -> None:
+        """`crosscoder diff --examples` on the dump, then `crosscoder examples --vocab` with the
+        dumped tokenizer.json shows the prompts' words (w3 ... w299)."""
+        cli = os.environ.get("CROSSCODER_CLI")
+        if not cli or not Path(cli).is_file():
+            return
+        examples = out / "examples.safetensors"
+        command = [cli, "diff", str(out / "model.safetensors"), "--data", str(out / "manifest.json"),
+                   "--examples", "3", "--examples-out", str(examples), "--device", "cpu"]
+        diff = subprocess.run(command, capture_output=True, text=True, check=False)
+        self.assertEqual(diff.returncode, 0, diff.stdout + diff.stderr)
+        outputs = []
+        for latent in range(16):  # the model's 16 latents; some never fire after 3 steps
+            shown = subprocess.run([cli, "examples", str(examples), "--latent", str(latent),
+                                    "--vocab", str(out / "tokenizer.json")],
+                                   capture_output=True, text=True, check=False)
+            self.assertEqual(shown.returncode, 0, shown.stdout + shown.stderr)
+            outputs.append(shown.stdout)
+        self.assertRegex("".join(outputs), r"\bw[0-9]+")
 
 
 if __name__ == "__main__":
