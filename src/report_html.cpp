@@ -380,6 +380,10 @@ window.onerror = function (message) {
 
 }  // namespace
 
+double density_floor(std::int64_t rows) {
+  return std::floor(std::log10(1.0 / static_cast<double>(std::max<std::int64_t>(rows, 1))));
+}
+
 std::string diff_report_html(const DiffReport& report, const HtmlReportOptions& options) {
   const WeightMetrics& w = report.weights;
   const int M = w.sources;
@@ -444,6 +448,24 @@ std::string diff_report_html(const DiffReport& report, const HtmlReportOptions& 
   if (report.data || report.contrast) {
     body += "<h2>Activity</h2><div class='grid'>";
     if (report.data) {
+      // Density: how often latents fire, stacked by class, on a log scale from one row in the
+      // dataset to every row; dead latents (never active) cannot be placed and are counted in
+      // the title instead.
+      std::vector<double> log_frequency(report.data->frequency.size());
+      std::map<int, std::int64_t> dead;
+      for (std::size_t f = 0; f < log_frequency.size(); ++f) {
+        const double frequency = report.data->frequency[f];
+        log_frequency[f] = frequency > 0 ? std::log10(frequency) : std::nan("");
+        if (frequency <= 0) ++dead[w.latent_class[f]];
+      }
+      std::string dead_text;
+      for (const auto& [c, n] : dead)
+        dead_text += fmt::format("{}{} {}", dead_text.empty() ? "" : ", ", n, latent_class_name(c));
+      body += histogram("density",
+                        fmt::format("Firing frequency by class (dead, not shown: {})",
+                                    dead_text.empty() ? "none" : dead_text),
+                        "log10 frequency", log_frequency, w.latent_class,
+                        density_floor(report.data->rows), 0.0, kDensityBins);
       body +=
           scatter("frequency-vs-norm", "Activation frequency against relative norm",
                   "log10 frequency", fmt::format("relative norm of {}", names[last]),

@@ -216,6 +216,32 @@ TEST(DiffReport, HtmlHistogramsCountTheLatentsAndThePageIsSelfContained) {
   EXPECT_EQ(html.find("<b>"), std::string::npos);
   EXPECT_EQ(html.find("nan"), std::string::npos);
   EXPECT_NE(html.find("id='frequency-vs-norm'"), std::string::npos);
+  // Density: log10 frequency of the active latents, per class, in float64.
+  ASSERT_TRUE(report.data.has_value());
+  const double floor = density_floor(report.data->rows);
+  std::map<std::string, std::map<int, std::int64_t>> density;
+  std::int64_t dead = 0;
+  for (std::size_t f = 0; f < report.data->frequency.size(); ++f) {
+    const double frequency = report.data->frequency[f];
+    if (frequency <= 0) {
+      ++dead;
+      continue;
+    }
+    const int bin = std::min(kDensityBins - 1, static_cast<int>((std::log10(frequency) - floor) /
+                                                                -floor * kDensityBins));
+    ++density[latent_class_name(report.weights.latent_class[f])][bin];
+  }
+  std::map<std::string, std::map<int, std::int64_t>> shown;
+  const std::string key = "data-plot='density'";
+  for (std::size_t at = html.find(key); at != std::string::npos; at = html.find(key, at + 1)) {
+    const std::size_t name = html.find("data-class='", at) + 12;
+    const std::string cls = html.substr(name, html.find('\'', name) - name);
+    shown[cls][std::stoi(html.substr(html.find("data-bin='", at) + 10))] +=
+        std::stoll(html.substr(html.find("data-count='", at) + 12));
+  }
+  EXPECT_EQ(shown, density);
+  EXPECT_EQ(html.find("(dead, not shown: none)") != std::string::npos, dead == 0);
+  EXPECT_GT(density.size(), 1u);  // several classes, so the per-class split is exercised
   EXPECT_NE(html.find("id='cohens-d-vs-norm'"), std::string::npos);
   // Without data and labels: the weight plots only, still a table.
   DiffReport weights_only;

@@ -29,6 +29,11 @@ struct HtmlReportOptions {
   const Vocabulary* vocabulary = nullptr;
 };
 
+/// The density plot (firing frequency by class): log10 frequency over [density_floor(rows), 0]
+/// in kDensityBins bins, rows being the data's; density_floor is log10(1/rows) rounded down.
+inline constexpr int kDensityBins = 40;
+double density_floor(std::int64_t rows);
+
 /// The page. Every histogram bar is an SVG <rect> carrying data-plot, data-class, data-bin and
 /// data-count attributes, so tools (and tests) can read the numbers back. A feature page is a
 /// <section class='feature' data-latent='F'>; each example's own token is a <mark> whose

@@ -277,7 +277,7 @@ DiffReport diff_from_python(const Crosscoder& model,
     options.scaling_latents = nb::cast<std::vector<std::int32_t>>(scaling);
   }
   options.max_scaling_latents = max_scaling_latents;
-  if (examples) {
+  if (examples && dataset) {
     ExampleOptions e;
     e.top = example_top;
     e.samples = example_samples;
@@ -309,12 +309,13 @@ void bind_diff(nb::module_& m) {
         nb::arg("exclusive_threshold") = 0.9, nb::arg("class_rule") = "relative_norm",
         nb::arg("rows") = 0, nb::arg("labels") = nb::none(), nb::arg("cohens_d") = "pooled",
         nb::arg("scaling") = "exclusive_to_last", nb::arg("max_scaling_latents") = 1000,
-        nb::arg("examples") = false, nb::arg("example_top") = 20, nb::arg("example_samples") = 10,
+        nb::arg("examples") = true, nb::arg("example_top") = 20, nb::arg("example_samples") = 10,
         nb::arg("window_before") = 16, nb::arg("window_after") = 4, nb::arg("chunk_rows") = 4096,
         nb::arg("progress") = true, nb::arg("on_progress") = nb::none(),
         "The diff report of a crosscoder: weight metrics alone without a dataset; with one, one "
         "streaming pass adds data metrics, Cohen's d / AUROC (labels from the dataset or the "
-        "`labels` array), latent scaling and, with examples=True, max-activating examples. The "
+        "`labels` array), latent scaling and max-activating examples (examples=False skips them). "
+        "The "
         "same report as `crosscoder diff`; Ctrl-C stops the pass (KeyboardInterrupt).");
   m.def("check_fits", &check_fits, nb::arg("model"), nb::arg("dataset"),
         "Raises Error when the dataset's sources or width differ from the model's.");
