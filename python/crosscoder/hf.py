@@ -259,6 +259,7 @@ class _Rows:
         self.calls = 0  # forward passes of the model so far; 0 during the prompt's (prefill)
         self.mask = None
         self.prompt_ids = None
+        self.current_batch = 0
         self.current_length = 0
         self.seen = None
 
@@ -266,6 +267,7 @@ class _Rows:
         ids = kwargs.get("input_ids", args[0] if args else None)
         embeds = kwargs.get("inputs_embeds")
         shape = ids.shape if ids is not None else (embeds.shape[:2] if embeds is not None else None)
+        self.current_batch = int(shape[0]) if shape is not None else 0
         self.current_length = int(shape[1]) if shape is not None else 0
         if self.calls == 0:
             self.mask = kwargs.get("attention_mask")
@@ -294,12 +296,13 @@ class _Rows:
             out.append((index, positions, prompt, last))
         return out
 
-    def advance(self, batch: int) -> None:
+    def advance(self) -> None:
+        """After a forward pass of the model: counts its tokens into each sequence's position."""
         if self.calls == 0:
             if self.mask is not None:
                 self.seen = self.mask.long().sum(-1).cpu().numpy()
             else:
-                self.seen = np.full(batch, self.current_length, dtype=np.int64)
+                self.seen = np.full(self.current_batch, self.current_length, dtype=np.int64)
         else:
             self.seen = self.seen + self.current_length
         self.calls += 1
@@ -330,8 +333,6 @@ def _hooked(model: Any, block: int, handler: Any, paired_model: Any | None,
     target = _block(model, block)
     paired: dict[str, Any] = {}
 
-    batch_of_call = {"size": 0}
-
     def pre(_module, args, kwargs):
         rows.pre_forward(args, kwargs)
         if paired_model is not None and rows.calls == 0:
@@ -343,15 +344,13 @@ def _hooked(model: Any, block: int, handler: Any, paired_model: Any | None,
                                             [block if paired_block is None else paired_block])[0]
 
     def post(_module, _args, _kwargs, _output):
-        rows.advance(batch_of_call["size"])
+        rows.advance()
 
     def hook(_module, _args, output):
         hidden = _hidden(output)
-        batch_of_call["size"] = hidden.shape[0]
         if prefill_only and rows.calls > 0:
             return output
         batch, length = hidden.shape[0], hidden.shape[1]
-        batch_of_call["size"] = batch
         other = paired.get("rows") if rows.calls == 0 else None
         with torch.no_grad():
             for b, (index, positions, prompt, last) in enumerate(rows.infos(batch, length)):

@@ -2,6 +2,8 @@
 nothing downloaded): capture against output_hidden_states, streaming training, steering through
 the hook against the C++ Steerer on the same rows, splicing, and refused inputs."""
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -251,3 +253,31 @@ def test_evaluate_splice_scores_against_a_float64_reference(pair, rng):
     recovered = report.recovered("reconstruction")
     assert recovered.low <= recovered.value <= recovered.high
     assert report.recovered("reconstruction_plus_error").value == pytest.approx(1.0, abs=1e-2)
+
+
+def test_generated_positions_are_steered_on_every_decoding_step(pair, rng):
+    _, tuned = pair
+    model = fitted_crosscoder(pair, rng)
+    ids, mask = token_batch(rng, batch=1)
+    direction = model.raw_decoder_vectors()[4, 1]
+
+    def record(context):
+        calls = []
+        with context:
+            handle = hf.blocks_of(tuned)[1].register_forward_hook(
+                lambda _m, _a, out: calls.append(hf._hidden(out).detach().clone()))
+            try:
+                tuned.generate(input_ids=ids, attention_mask=mask, max_new_tokens=3, do_sample=False)
+            finally:
+                handle.remove()
+        return calls
+
+    plain = record(contextlib.nullcontext())
+    steered = record(hf.steer(tuned, model, source=1, block=1, positions="generated",
+                              prefill_only=False,
+                              interventions=[cc.Intervention("add", latent=4, strength=3.0)]))
+    assert len(plain) == len(steered) == 3  # the prompt's pass, then one per new token
+    np.testing.assert_array_equal(steered[0].numpy(), plain[0].numpy())  # prompt: untouched
+    # The first decoding step sees the same token in both runs (the prompt's logits agree).
+    np.testing.assert_allclose(steered[1][0, -1].numpy(), plain[1][0, -1].numpy() + 3.0 * direction,
+                               rtol=1e-4, atol=1e-4)
