@@ -1,13 +1,16 @@
 // The model organism's C++ half (docs/organism.md): capture and steering with the llama2.c
 // engine and the crosscoder library.
 //
-//   llama2c_organism capture --base BASE.bin --rl RL.bin --block N --out DIR
+//   llama2c_organism capture --base BASE.bin --rl RL.bin --block N|--blocks LIST --out DIR
 //       --prompts SET.npy [--prompts SET2.npy ...] --positions all|last
 //     Runs every prompt (BOS-first token ids [N, T] int32, padded with -1) through both models
 //     and writes block N's output with the ActivationWriter as a paired dataset (sources "base"
-//     and "rl"): every token, or only the last prompt token with labels (1 for a request, from
-//     SET.tools.npy ≥ 0; 0 for a plain prompt) and the prompt's token ids. Every prompt is a
-//     document: its rows carry the prompt's index, counted across all --prompts files.
+//     and "rl"); with --blocks 0,2,4 (or all), every listed block's output in the same engine
+//     pass, sources model-major ("base.block0", "base.block2", ..., "rl.block0", ...), for a
+//     crosscoder across layers (--source-models 0,0,0,1,1,1): every token, or only the last prompt
+//     token with labels (1 for a request, from SET.tools.npy ≥ 0; 0 for a plain prompt) and the
+//     prompt's token ids. Every prompt is a document: its rows carry the prompt's index, counted
+//     across all --prompts files.
 //
 //   llama2c_organism steer --model M.bin --crosscoder C.safetensors --source S --block N
 //       --latents J[,J...] --alphas 0,1,4,... --prompts SET.npy --convention convention.json
@@ -26,6 +29,7 @@
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <optional>
 #include <sstream>
@@ -143,19 +147,61 @@ void require_block(const llama2c::Model& model, int block) {
                 std::to_string(model.config().layers - 1) + ")");
 }
 
-int capture(const fs::path& base_path, const fs::path& rl_path, int block,
-            const std::vector<std::string>& prompt_files, const std::string& positions,
-            const fs::path& out) {
+// --blocks: "all" or a comma list of block indices, each in range and listed once.
+std::vector<int> parse_blocks(const std::string& text, const llama2c::Model& model) {
+  std::vector<int> blocks;
+  if (text == "all") {
+    for (int b = 0; b < model.config().layers; ++b) blocks.push_back(b);
+    return blocks;
+  }
+  std::stringstream list(text);
+  std::string item;
+  while (std::getline(list, item, ',')) {
+    char* rest = nullptr;
+    const long value = std::strtol(item.c_str(), &rest, 10);
+    if (item.empty() || *rest != '\0')
+      throw Error("--blocks: '" + item + "' is not a block index (expected e.g. 0,2,4 or all)");
+    const int block = static_cast<int>(value);
+    if (block < 0 || block >= model.config().layers)
+      throw Error("--blocks: block " + item + " is out of range: the model has " +
+                  std::to_string(model.config().layers) + " blocks (0-" +
+                  std::to_string(model.config().layers - 1) + ")");
+    if (std::find(blocks.begin(), blocks.end(), block) != blocks.end())
+      throw Error("--blocks lists block " + item + " twice");
+    blocks.push_back(block);
+  }
+  if (blocks.empty()) throw Error("--blocks is empty");
+  return blocks;
+}
+
+int capture(const fs::path& base_path, const fs::path& rl_path, int single_block,
+            const std::string& blocks_text, const std::vector<std::string>& prompt_files,
+            const std::string& positions, const fs::path& out) {
   if (positions != "all" && positions != "last")
     throw Error("--positions must be all or last, not '" + positions + "'");
   const bool last = positions == "last";
   const llama2c::Model base = llama2c::Model::load(base_path);
   const llama2c::Model rl = llama2c::Model::load(rl_path);
-  require_block(base, block);
   if (base.config().dim != rl.config().dim || base.config().vocab != rl.config().vocab)
     throw Error(rl_path.string() + ": its width or vocabulary differs from " + base_path.string());
+  if (base.config().layers != rl.config().layers)
+    throw Error(rl_path.string() + ": its block count differs from " + base_path.string());
+  std::vector<int> blocks;
+  if (blocks_text.empty()) {
+    require_block(base, single_block);
+    blocks = {single_block};
+  } else {
+    blocks = parse_blocks(blocks_text, base);
+  }
+  const bool several = !blocks_text.empty();
   crosscoder::ActivationWriterOptions options;
-  options.source_names = {"base", "rl"};
+  for (const char* model_name : {"base", "rl"}) {
+    for (const int block : blocks) {
+      options.source_names.push_back(several ? std::string(model_name) + ".block" +
+                                                   std::to_string(block)
+                                             : std::string(model_name));
+    }
+  }
   options.width = base.config().dim;
   options.labels = last;
   options.token_ids = true;
@@ -174,16 +220,24 @@ int capture(const fs::path& base_path, const fs::path& rl_path, int block,
     crosscoder::ProgressBar progress(static_cast<std::int64_t>(set.prompts.size()),
                                      "capture " + fs::path(file).filename().string(), "prompt");
     llama2c::Session sessions[] = {llama2c::Session(base), llama2c::Session(rl)};
-    for (int source = 0; source < 2; ++source)
-      sessions[source].add_hook(block, crosscoder::capture_hook(writer, source, block, filter));
+    // Source of (model, j-th block) = model·|blocks| + j: model-major, as --source-models wants.
+    const int per_model = static_cast<int>(blocks.size());
+    for (int model = 0; model < 2; ++model) {
+      for (int j = 0; j < per_model; ++j) {
+        sessions[model].add_hook(
+            blocks[static_cast<std::size_t>(j)],
+            crosscoder::capture_hook(writer, model * per_model + j,
+                                     blocks[static_cast<std::size_t>(j)], filter));
+      }
+    }
     for (std::size_t p = 0; p < set.prompts.size(); ++p) {
       const std::vector<int>& prompt = set.prompts[p];
-      for (int source = 0; source < 2; ++source) {
-        sessions[source].reset();
+      for (llama2c::Session& session : sessions) {
+        session.reset();
         for (std::size_t t = 0; t < prompt.size(); ++t) {
           crosscoder::RowInfo info;
           info.last_prompt = t + 1 == prompt.size();
-          sessions[source].step(prompt[t], info);
+          session.step(prompt[t], info);
         }
       }
       // Ids need only differ between neighbouring documents: wrapping past 2^31 is harmless.
@@ -204,8 +258,12 @@ int capture(const fs::path& base_path, const fs::path& rl_path, int block,
     progress.finish();
   }
   const fs::path manifest = writer.close();
-  std::printf("llama2c_organism: %lld rows per model at block %d -> %s\n",
-              static_cast<long long>(writer.rows(0)), block, manifest.string().c_str());
+  std::string block_list;
+  for (const int block : blocks)
+    block_list += (block_list.empty() ? "" : ",") + std::to_string(block);
+  std::printf("llama2c_organism: %lld rows per model at block%s %s -> %s\n",
+              static_cast<long long>(writer.rows(0)), several ? "s" : "", block_list.c_str(),
+              manifest.string().c_str());
   return 0;
 }
 
@@ -448,10 +506,21 @@ int main(int argc, char** argv) try {
   std::string base, rl, out, positions = "all";
   std::vector<std::string> prompt_files;
   int block = 2;
+  std::string blocks;
   CLI::App* cap = app.add_subcommand("capture", "Capture paired block outputs of two models");
   cap->add_option("--base", base, "Base model (llama2.c .bin)")->required();
   cap->add_option("--rl", rl, "Fine-tuned model (llama2.c .bin)")->required();
-  cap->add_option("--block", block, "Block whose output is captured (0-based)")->required();
+  auto* one_block = cap->add_option("--block", block, "Block whose output is captured (0-based)");
+  auto* many_blocks = cap->add_option(
+      "--blocks", blocks,
+      "Several blocks in one pass (comma list or all): sources model-major, base.blockN, ...");
+  one_block->excludes(many_blocks);
+  cap->callback([&] {
+    if (one_block->count() == 0 && many_blocks->count() == 0)
+      throw CLI::ValidationError("capture needs --block N or --blocks LIST");
+    if (many_blocks->count() > 0 && blocks.empty())
+      throw CLI::ValidationError("--blocks is empty: give a comma list of blocks, or all");
+  });
   cap->add_option("--prompts", prompt_files, "Prompt sets [N, T] int32 (-1 padded)")->required();
   cap->add_option("--positions", positions, "all | last (the last prompt token, labelled)");
   cap->add_option("--out", out, "Dataset directory")->required();
@@ -480,7 +549,7 @@ int main(int argc, char** argv) try {
   st->add_option("--out", out, "Result JSON")->required();
 
   CLI11_PARSE(app, argc, argv);
-  if (cap->parsed()) return capture(base, rl, block, prompt_files, positions, out);
+  if (cap->parsed()) return capture(base, rl, block, blocks, prompt_files, positions, out);
   if (latents != "none" && crosscoder_path.empty())
     throw Error("--crosscoder is required unless --latents none");
   if (unpaired && !paired_model.empty())

@@ -92,6 +92,37 @@ class OrganismSmoke(unittest.TestCase):
             np.testing.assert_array_equal(ids, np.repeat(np.arange(len(lengths)), lengths),
                                           err_msg=name)
 
+    def test_several_blocks_in_one_pass_equal_single_block_captures(self) -> None:
+        contrast = self.out / "prompts" / "contrast.npy"
+        rl = self.out / "rl.bin"
+
+        def column(directory: Path, name: str) -> "np.ndarray":
+            data = json.loads((directory / "manifest.json").read_text())
+            source = next(s for s in data["sources"] if s["name"] == name)
+            return np.concatenate([np.load(directory / shard["path"]) for shard in source["shards"]])
+
+        many = self.out / "blocks-0-2-4"
+        result = self.run_organism("capture", "--base", MODEL, "--rl", rl, "--blocks", "0,2,4",
+                                   "--prompts", contrast, "--positions", "last", "--out", many)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        names = [s["name"] for s in json.loads((many / "manifest.json").read_text())["sources"]]
+        self.assertEqual(names, ["base.block0", "base.block2", "base.block4",
+                                 "rl.block0", "rl.block2", "rl.block4"])
+        for block in (0, 4):
+            one = self.out / f"block-{block}"
+            result = self.run_organism("capture", "--base", MODEL, "--rl", rl, "--block", block,
+                                       "--prompts", contrast, "--positions", "last", "--out", one)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            for model in ("base", "rl"):
+                np.testing.assert_array_equal(column(many, f"{model}.block{block}"),
+                                              column(one, model), err_msg=f"{model} {block}")
+        self.assertFalse(np.array_equal(column(many, "rl.block0"), column(many, "rl.block4")))
+        for blocks, message in (("1,1", "twice"), ("0,x", "'x' is not a block"), ("9", "out of range")):
+            result = self.run_organism("capture", "--base", MODEL, "--rl", rl, "--blocks", blocks,
+                                       "--prompts", contrast, "--out", self.out / "bad-blocks")
+            self.assertEqual(result.returncode, 1, blocks)
+            self.assertIn(message, result.stderr, blocks)
+
     def test_every_steering_cell_is_well_formed(self) -> None:
         steering = self.results["steering"]
         self.assertGreaterEqual(len(steering), 8)
