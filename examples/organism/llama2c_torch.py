@@ -24,6 +24,45 @@ from reference_forward import tensor_shapes  # noqa: E402  (one definition of th
 HEADER = struct.Struct("<7i")
 
 
+class Block(nn.Module):
+    """One transformer block of a Llama2c model, as a module so that forward hooks can read and
+    change its output (crosscoder.hf finds the blocks as `model.layers`). Its weights stay in
+    the parent's ParameterDict, so the state dict and the saved file are unchanged."""
+
+    def __init__(self, parent: "Llama2c", layer: int):
+        super().__init__()
+        object.__setattr__(self, "_parent", parent)  # a plain reference, not a submodule
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                mask: torch.Tensor) -> torch.Tensor:
+        c, p, layer = self._parent.config, self._parent.params, self.layer
+        batch, length = x.shape[0], x.shape[1]
+        hs, heads, kv_heads = c["head_size"], c["heads"], c["kv_heads"]
+        group = heads // kv_heads
+
+        def rotate(v):  # [B, T, H, hs], interleaved pairs
+            a, b = v[..., 0::2], v[..., 1::2]
+            return torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2)
+
+        xb = rmsnorm(x, p["rms_att"][layer])
+        q = rotate((xb @ p["wq"][layer].T).view(batch, length, heads, hs))
+        k = rotate((xb @ p["wk"][layer].T).view(batch, length, kv_heads, hs))
+        v = (xb @ p["wv"][layer].T).view(batch, length, kv_heads, hs)
+        k = k.repeat_interleave(group, dim=2)
+        v = v.repeat_interleave(group, dim=2)
+        scores = torch.einsum("bthd,bshd->bhts", q, k) / hs**0.5 + mask
+        out = torch.einsum("bhts,bshd->bthd", scores.softmax(-1), v).reshape(batch, length, -1)
+        x = x + out @ p["wo"][layer].T
+        xb = rmsnorm(x, p["rms_ffn"][layer])
+        hidden = torch.nn.functional.silu(xb @ p["w1"][layer].T) * (xb @ p["w3"][layer].T)
+        return x + hidden @ p["w2"][layer].T
+
+
+def rmsnorm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return weight * x * torch.rsqrt(torch.mean(x * x, dim=-1, keepdim=True) + 1e-5)
+
+
 class Llama2c(nn.Module):
     def __init__(self, config: dict, arrays: dict[str, np.ndarray]):
         super().__init__()
@@ -34,6 +73,7 @@ class Llama2c(nn.Module):
         # The rotary tables are data, not parameters: saved back unchanged.
         self.register_buffer("freq_real", torch.tensor(arrays["freq_real"], dtype=torch.float32))
         self.register_buffer("freq_imag", torch.tensor(arrays["freq_imag"], dtype=torch.float32))
+        self.layers = nn.ModuleList(Block(self, layer) for layer in range(self.config["layers"]))
 
     def classifier(self) -> torch.Tensor:
         return self.params["classifier"] if "classifier" in self.params else self.params["embedding"]
@@ -41,36 +81,15 @@ class Llama2c(nn.Module):
     def forward(self, tokens: torch.Tensor, block: int | None = None):
         """tokens [B, T] int64 → logits [B, T, vocab] (and block `block`'s output [B, T, dim]
         when asked)."""
-        c, p = self.config, self.params
-        batch, length = tokens.shape
-        hs, heads, kv_heads = c["head_size"], c["heads"], c["kv_heads"]
-        group = heads // kv_heads
+        p = self.params
+        length = tokens.shape[1]
         cos = self.freq_real[:length][None, :, None, :]
         sin = self.freq_imag[:length][None, :, None, :]
-
-        def rotate(v):  # [B, T, H, hs], interleaved pairs
-            a, b = v[..., 0::2], v[..., 1::2]
-            return torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2)
-
-        def rmsnorm(x, weight):
-            return weight * x * torch.rsqrt(torch.mean(x * x, dim=-1, keepdim=True) + 1e-5)
-
         mask = torch.full((length, length), float("-inf"), device=tokens.device).triu(1)
         x = p["embedding"][tokens]
         states = None
-        for layer in range(c["layers"]):
-            xb = rmsnorm(x, p["rms_att"][layer])
-            q = rotate((xb @ p["wq"][layer].T).view(batch, length, heads, hs))
-            k = rotate((xb @ p["wk"][layer].T).view(batch, length, kv_heads, hs))
-            v = (xb @ p["wv"][layer].T).view(batch, length, kv_heads, hs)
-            k = k.repeat_interleave(group, dim=2)
-            v = v.repeat_interleave(group, dim=2)
-            scores = torch.einsum("bthd,bshd->bhts", q, k) / hs**0.5 + mask
-            out = torch.einsum("bhts,bshd->bthd", scores.softmax(-1), v).reshape(batch, length, -1)
-            x = x + out @ p["wo"][layer].T
-            xb = rmsnorm(x, p["rms_ffn"][layer])
-            hidden = torch.nn.functional.silu(xb @ p["w1"][layer].T) * (xb @ p["w3"][layer].T)
-            x = x + hidden @ p["w2"][layer].T
+        for layer, module in enumerate(self.layers):
+            x = module(x, cos, sin, mask)
             if block == layer:
                 states = x
         logits = rmsnorm(x, p["rms_final"]) @ self.classifier().T

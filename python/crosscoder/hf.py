@@ -51,7 +51,8 @@ def _torch():
 
 def blocks_of(model: Any) -> Sequence[Any]:
     """The decoder blocks of a transformers model (Llama/Qwen/Mistral/Gemma, GPT-2, GPT-NeoX,
-    OPT), in order. Raises crosscoder.Error naming the model class when none is found."""
+    OPT), or of any module with a `layers` list (the llama2.c port), in order. Raises
+    crosscoder.Error naming the model class when none is found."""
     for path in ("model.layers", "model.model.layers", "transformer.h", "gpt_neox.layers",
                  "model.decoder.layers", "layers"):
         node = model
@@ -100,6 +101,25 @@ def _model_inputs(input_ids: Any, attention_mask: Any | None) -> dict[str, Any]:
     return {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids}
 
 
+def _run(model: Any, inputs: dict[str, Any]) -> Any:
+    """One forward pass: a transformers model with input ids, attention mask and position ids;
+    any other module (e.g. examples/organism/llama2c_torch.py) with the token ids alone, which
+    then must be unpadded."""
+    device = next(model.parameters()).device
+    if hasattr(model, "generate"):
+        return model(**{k: v.to(device) for k, v in inputs.items()}, use_cache=False)
+    if not bool(inputs["attention_mask"].bool().all()):
+        raise _core.Error(f"{type(model).__name__} is not a transformers model: it takes token "
+                          "ids alone, so batches cannot be padded")
+    return model(inputs["input_ids"].to(device))
+
+
+def _logits(output: Any) -> Any:
+    if hasattr(output, "logits"):
+        return output.logits
+    return output[0] if isinstance(output, tuple) else output
+
+
 def _block_outputs(model: Any, inputs: dict[str, Any], blocks: list[int]) -> list[Any]:
     """The outputs [B, T, d] of the given blocks in one forward pass (hooks, no grad)."""
     torch = _torch()
@@ -110,9 +130,8 @@ def _block_outputs(model: Any, inputs: dict[str, Any], blocks: list[int]) -> lis
             seen[b] = _hidden(output).detach()
         handles.append(_block(model, b).register_forward_hook(keep))
     try:
-        device = next(model.parameters()).device
         with torch.no_grad():
-            model(**{k: v.to(device) for k, v in inputs.items()}, use_cache=False)
+            _run(model, inputs)
     finally:
         for handle in handles:
             handle.remove()
@@ -372,7 +391,10 @@ def _hooked(model: Any, block: int, handler: Any, paired_model: Any | None,
 
 def _check_width(crosscoder: Any, model: Any, block: int) -> None:
     config = getattr(model, "config", None)
-    width = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
+    if isinstance(config, dict):  # e.g. the llama2.c port: {"dim": ...}
+        width = config.get("hidden_size") or config.get("dim")
+    else:
+        width = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
     if width is not None and width != crosscoder.config.width:
         raise _core.Error(f"the crosscoder's width is {crosscoder.config.width}, but "
                           f"{type(model).__name__} has hidden size {width}")
@@ -461,13 +483,11 @@ def evaluate_splice(model: Any, crosscoder: Any, token_batches: Iterable[Any], *
     torch = _torch()
     conditions = ["clean", *[k for k in kinds if k != "zero"], "zero"]
     scores = _core.LanguageModelScores(conditions)
-    device = next(model.parameters()).device
     sequence = 0
 
     def logits_of(runner: Any, inputs: dict[str, Any]) -> np.ndarray:
         with torch.no_grad():
-            out = runner(**{k: v.to(device) for k, v in inputs.items()}, use_cache=False)
-        return out.logits.float().cpu().numpy()
+            return _logits(_run(runner, inputs)).float().cpu().numpy()
 
     for batch in token_batches:
         ids, mask = (batch["input_ids"], batch.get("attention_mask")) if isinstance(batch, dict) \
