@@ -167,6 +167,39 @@ nb::object optional_part(nb::handle self, const std::optional<T>& part) {
   return nb::cast(&*part, nb::rv_policy::reference_internal, self);
 }
 
+void bind_vocabulary(nb::module_& m) {
+  nb::class_<Vocabulary>(m, "Vocabulary",
+                         "Token ids to text: a Hugging Face tokenizer.json, llama2.c's "
+                         "tokenizer.bin or a .txt of one piece per line.")
+      .def_static(
+          "load", [](const std::string& path) { return Vocabulary::load(path); }, nb::arg("path"))
+      .def("__len__", &Vocabulary::size)
+      .def("piece", &Vocabulary::piece, nb::arg("id"), "The piece as stored (e.g. 'Ġthe').")
+      .def(
+          "token_text",
+          [](const Vocabulary& v, std::int32_t id) {
+            const std::string text = v.token_text(id);
+            return nb::bytes(text.data(), text.size());
+          },
+          nb::arg("id"), "The bytes the token stands for (may be part of a UTF-8 character).")
+      .def(
+          "decode",
+          [](const Vocabulary& v, nb::ndarray<nb::ro> ids) {
+            const std::string text =
+                v.decode(vector_of<std::int32_t>(ids, "Vocabulary.decode: ids"));
+            return nb::str(text.data(), text.size());
+          },
+          nb::arg("ids"),
+          "The text of int32 token ids (ids < 0 skipped, as in example windows); bytes that "
+          "are not UTF-8 raise UnicodeDecodeError: use printable() for display.")
+      .def(
+          "printable",
+          [](const Vocabulary& v, nb::ndarray<nb::ro> ids) {
+            return printable(v.decode(vector_of<std::int32_t>(ids, "Vocabulary.printable: ids")));
+          },
+          nb::arg("ids"), "decode() for display: control characters and stray bytes escaped.");
+}
+
 void bind_report(nb::module_& m) {
   nb::class_<DiffReport>(m, "DiffReport",
                          "Everything `crosscoder diff` measures: weight metrics, data metrics, "
@@ -303,6 +336,7 @@ DiffReport diff_from_python(const Crosscoder& model,
 }  // namespace
 
 void bind_diff(nb::module_& m) {
+  bind_vocabulary(m);
   bind_parts(m);
   bind_report(m);
   m.def("diff", &diff_from_python, nb::arg("model"), nb::arg("dataset") = nb::none(), nb::kw_only(),

@@ -113,3 +113,31 @@ def test_an_exception_in_the_progress_callback_stops_the_pass(dataset):
 
     with pytest.raises(ValueError, match="stop at"):
         cc.diff(model, data, chunk_rows=256, progress=False, on_progress=fail)
+
+
+def test_examples_carry_token_windows_that_a_vocabulary_turns_into_text(tmp_path, dataset):
+    data, rows, _ = dataset  # token id of row r is r (conftest), no document ids
+    model = trained(data)
+    report = cc.diff(model, data, progress=False, window_before=3, window_after=2)
+    examples = report.examples
+    windows = examples.top_windows
+    assert windows.shape == (64, 20, 6)
+    vocabulary_file = tmp_path / "vocab.txt"
+    vocabulary_file.write_text("".join(f"<{i}>\n" for i in range(len(rows))))
+    vocabulary = cc.Vocabulary.load(str(vocabulary_file))
+    assert len(vocabulary) == len(rows) and vocabulary.piece(7) == "<7>"
+    checked = 0
+    for f in range(64):
+        for slot in range(20):
+            if examples.top_values[f, slot] <= 0:
+                continue
+            row = int(examples.top_rows[f, slot])
+            window = windows[f, slot]
+            assert window[3] == row  # the example's own token sits after window_before tokens
+            expected = "".join(f"<{t}>" for t in range(max(0, row - 3), min(len(rows), row + 3)))
+            assert vocabulary.decode(np.ascontiguousarray(window)) == expected
+            checked += 1
+    assert checked > 0
+    assert vocabulary.token_text(3) == b"<3>"
+    with pytest.raises(cc.Error, match="vocab"):
+        cc.Vocabulary.load(str(tmp_path / "missing-vocab.txt"))

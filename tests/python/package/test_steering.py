@@ -68,6 +68,10 @@ def test_torch_tensors_are_steered_in_place():
         cc.Steerer(model, 0, [cc.Intervention("add", latent=1)]).apply(x.double())
     with pytest.raises(cc.Error, match="C-contiguous"):
         cc.Steerer(model, 0, [cc.Intervention("add", latent=1)]).apply(torch.zeros(16, 4).T)
+    # NumPy out, torch in through DLPack without a copy: the same memory.
+    dense = model.encode_dense(np.ascontiguousarray(np.stack([before.numpy()] * 2, 1)))
+    shared = torch.from_dlpack(dense)
+    assert shared.data_ptr() == dense.__array_interface__["data"][0]
     # DLPack in, NumPy out: encode reads the tensor's memory.
     np.testing.assert_array_equal(model.encode_dense(torch.from_numpy(np.ascontiguousarray(
         np.stack([before.numpy(), before.numpy()], 1)))).shape, (4, 64))
