@@ -18,6 +18,9 @@ namespace crosscoder::python {
 
 namespace nb = nanobind;
 
+/// A non-negative count as a size (shapes of the arrays handed to NumPy).
+inline std::size_t size(std::int64_t n) { return static_cast<std::size_t>(n); }
+
 /// "float32", "int64", ... for messages.
 std::string dtype_name(nb::dlpack::dtype dtype);
 /// "(4, 2, 16)" for messages.
@@ -60,6 +63,16 @@ template <typename T>
 nb::ndarray<nb::numpy, T> copy_to_numpy(const std::vector<T>& values,
                                         const std::vector<std::size_t>& shape) {
   return to_numpy(std::vector<T>(values), shape);
+}
+
+/// A copy of a per-row table the library keeps flat ([rows, columns] row-major), shaped [rows]
+/// when it has one column, else [rows, columns].
+template <typename T>
+nb::ndarray<nb::numpy, T> table(const std::vector<T>& values, std::int64_t rows) {
+  const std::size_t n = size(rows);
+  const std::size_t columns = n == 0 ? 0 : values.size() / n;
+  return copy_to_numpy(
+      values, columns == 1 ? std::vector<std::size_t>{n} : std::vector<std::size_t>{n, columns});
 }
 
 }  // namespace crosscoder::python

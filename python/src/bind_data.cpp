@@ -17,8 +17,6 @@
 namespace crosscoder::python {
 namespace {
 
-std::size_t size(std::int64_t n) { return static_cast<std::size_t>(n); }
-
 std::vector<std::filesystem::path> paths_from(const nb::handle& argument) {
   std::vector<std::filesystem::path> paths;
   if (nb::isinstance<nb::str>(argument)) {

@@ -22,16 +22,6 @@
 namespace crosscoder::python {
 namespace {
 
-std::size_t size(std::int64_t n) { return static_cast<std::size_t>(n); }
-
-template <typename T>
-nb::ndarray<nb::numpy, T> table(const std::vector<T>& values, std::int64_t rows) {
-  const std::size_t n = size(rows);
-  const std::size_t columns = n == 0 ? 0 : values.size() / n;
-  return copy_to_numpy(
-      values, columns == 1 ? std::vector<std::size_t>{n} : std::vector<std::size_t>{n, columns});
-}
-
 template <typename T>
 nb::ndarray<nb::numpy, T> column(const std::vector<T>& values) {
   return copy_to_numpy(values, {values.size()});

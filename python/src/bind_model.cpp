@@ -45,8 +45,6 @@ void bind_errors(nb::module_& m) {
 
 namespace {
 
-std::size_t size(std::int64_t n) { return static_cast<std::size_t>(n); }
-
 CrosscoderConfig make_config(int sources, int width, int latents, const std::string& activation,
                              int k, std::vector<int> exclusive, std::vector<int> source_models,
                              const std::string& normalisation, std::vector<int> matryoshka_groups,
@@ -158,6 +156,21 @@ void bind_config(nb::module_& m) {
       });
 }
 
+// The codes as a dense [rows, latents] array (zeros where a latent is inactive).
+nb::ndarray<nb::numpy, float> dense_codes(const HostSparseCodes& c, std::int64_t latents) {
+  if (latents <= 0) throw Error(fmt::format("dense: latents {} must be positive", latents));
+  std::vector<float> out(size(c.rows * latents), 0.0f);
+  for (std::int64_t r = 0; r < c.rows; ++r) {
+    for (auto j = c.row_ptr[size(r)]; j < c.row_ptr[size(r + 1)]; ++j) {
+      const std::int32_t f = c.latent[size(j)];
+      if (f >= latents)
+        throw Error(fmt::format("dense: latent {} in the codes is ≥ latents {}", f, latents));
+      out[size(r * latents + f)] = c.value[size(j)];
+    }
+  }
+  return to_numpy(std::move(out), {size(c.rows), size(latents)});
+}
+
 void bind_codes(nb::module_& m) {
   nb::class_<HostSparseCodes>(m, "SparseCodes",
                               "Latent activations in compressed-row form (CSR): row r's active "
@@ -181,24 +194,8 @@ void bind_codes(nb::module_& m) {
             return nb::ndarray<nb::numpy, const float>(c.value.data(), {c.value.size()});
           },
           nb::rv_policy::reference_internal)
-      .def(
-          "dense",
-          [](const HostSparseCodes& c, std::int64_t latents) {
-            if (latents <= 0)
-              throw Error(fmt::format("dense: latents {} must be positive", latents));
-            std::vector<float> out(size(c.rows * latents), 0.0f);
-            for (std::int64_t r = 0; r < c.rows; ++r) {
-              for (auto j = c.row_ptr[size(r)]; j < c.row_ptr[size(r + 1)]; ++j) {
-                const std::int32_t f = c.latent[size(j)];
-                if (f >= latents)
-                  throw Error(
-                      fmt::format("dense: latent {} in the codes is ≥ latents {}", f, latents));
-                out[size(r * latents + f)] = c.value[size(j)];
-              }
-            }
-            return to_numpy(std::move(out), {size(c.rows), size(latents)});
-          },
-          nb::arg("latents"), "The codes as a dense float32 array [rows, latents].")
+      .def("dense", &dense_codes, nb::arg("latents"),
+           "The codes as a dense float32 array [rows, latents].")
       .def("__repr__", [](const HostSparseCodes& c) {
         return fmt::format("<SparseCodes {} rows, {} active>", c.rows, c.value.size());
       });
@@ -269,16 +266,12 @@ void bind_crosscoder(nb::module_& m) {
           "encode_dense",
           [](const Crosscoder& model, nb::ndarray<nb::ro> x) {
             const auto rows = model_rows(model, x, "encode_dense: x");
-            const auto F = static_cast<std::int64_t>(model.config().latents);
-            std::vector<float> dense(size(rows.rows * F), 0.0f);
+            HostSparseCodes codes;
             {
               nb::gil_scoped_release release;
-              const HostSparseCodes codes = model.encode(rows.span(), rows.rows);
-              for (std::int64_t r = 0; r < codes.rows; ++r)
-                for (auto j = codes.row_ptr[size(r)]; j < codes.row_ptr[size(r + 1)]; ++j)
-                  dense[size(r * F + codes.latent[size(j)])] = codes.value[size(j)];
+              codes = model.encode(rows.span(), rows.rows);
             }
-            return to_numpy(std::move(dense), {size(rows.rows), size(F)});
+            return dense_codes(codes, model.config().latents);
           },
           nb::arg("x"), "Latent activations as a dense float32 array [N, F].")
       .def(
@@ -362,14 +355,6 @@ void bind_crosscoder(nb::module_& m) {
       });
 }
 
-template <typename T>
-nb::ndarray<nb::numpy, T> matrix(const std::vector<T>& values, std::int64_t rows) {
-  const std::size_t n = size(rows);
-  const std::size_t columns = n == 0 ? 0 : values.size() / n;
-  return copy_to_numpy(
-      values, columns == 1 ? std::vector<std::size_t>{n} : std::vector<std::size_t>{n, columns});
-}
-
 void bind_weight_metrics(nb::module_& m) {
   m.attr("SHARED_LATENT") = kSharedLatent;
   m.attr("MIXED_LATENT") = kMixedLatent;
@@ -379,38 +364,37 @@ void bind_weight_metrics(nb::module_& m) {
       .def_ro("latents", &WeightMetrics::latents)
       .def_ro("exclusive_threshold", &WeightMetrics::exclusive_threshold)
       .def_prop_ro(
-          "decoder_norm", [](const WeightMetrics& w) { return matrix(w.decoder_norm, w.latents); },
+          "decoder_norm", [](const WeightMetrics& w) { return table(w.decoder_norm, w.latents); },
           nb::rv_policy::move)
       .def_prop_ro(
-          "relative_norm",
-          [](const WeightMetrics& w) { return matrix(w.relative_norm, w.latents); },
+          "relative_norm", [](const WeightMetrics& w) { return table(w.relative_norm, w.latents); },
           nb::rv_policy::move)
       .def_prop_ro(
           "normalised_difference",
-          [](const WeightMetrics& w) { return matrix(w.normalised_difference, w.latents); },
+          [](const WeightMetrics& w) { return table(w.normalised_difference, w.latents); },
           nb::rv_policy::move)
       .def_prop_ro(
           "decoder_cosine",
-          [](const WeightMetrics& w) { return matrix(w.decoder_cosine, w.latents); },
+          [](const WeightMetrics& w) { return table(w.decoder_cosine, w.latents); },
           nb::rv_policy::move)
       .def_prop_ro(
           "encoder_cosine",
-          [](const WeightMetrics& w) { return matrix(w.encoder_cosine, w.latents); },
+          [](const WeightMetrics& w) { return table(w.encoder_cosine, w.latents); },
           nb::rv_policy::move)
       .def_prop_ro(
-          "latent_class", [](const WeightMetrics& w) { return matrix(w.latent_class, w.latents); },
+          "latent_class", [](const WeightMetrics& w) { return table(w.latent_class, w.latents); },
           nb::rv_policy::move,
           "[F] the source a latent is exclusive to, SHARED_LATENT (-1) or MIXED_LATENT (-2)")
       .def_ro("models", &WeightMetrics::models)
       .def_prop_ro(
           "model_relative_norm",
-          [](const WeightMetrics& w) { return matrix(w.model_relative_norm, w.latents); },
+          [](const WeightMetrics& w) { return table(w.model_relative_norm, w.latents); },
           nb::rv_policy::move)
       .def_prop_ro(
-          "model_class", [](const WeightMetrics& w) { return matrix(w.model_class, w.latents); },
+          "model_class", [](const WeightMetrics& w) { return table(w.model_class, w.latents); },
           nb::rv_policy::move)
       .def_prop_ro(
-          "peak_source", [](const WeightMetrics& w) { return matrix(w.peak_source, w.latents); },
+          "peak_source", [](const WeightMetrics& w) { return table(w.peak_source, w.latents); },
           nb::rv_policy::move);
 }
 

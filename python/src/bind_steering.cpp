@@ -7,6 +7,7 @@
 #include <nanobind/stl/vector.h>
 
 #include <optional>
+#include <type_traits>
 
 #include "arrays.hpp"
 #include "bindings.hpp"
@@ -17,8 +18,6 @@
 
 namespace crosscoder::python {
 namespace {
-
-std::size_t size(std::int64_t n) { return static_cast<std::size_t>(n); }
 
 PositionFilter position_filter(nb::handle positions, bool once) {
   PositionFilter filter;
@@ -89,6 +88,25 @@ int checked_rows(std::int64_t rows) {
   return static_cast<int>(rows);
 }
 
+// Steerer.apply and Splicer.apply: the same arguments, rows changed in place; paired rows
+// (every source's rows of the same tokens) take the tool's paired path.
+template <typename Tool>
+void apply_rows(Tool& tool, nb::ndarray<> rows, std::optional<nb::ndarray<nb::ro>> position,
+                std::optional<nb::ndarray<nb::ro>> prompt,
+                std::optional<nb::ndarray<nb::ro>> last_prompt,
+                std::optional<nb::ndarray<nb::ro>> paired) {
+  const char* what = std::is_same_v<Tool, Steerer> ? "Steerer.apply: rows" : "Splicer.apply: rows";
+  const auto view = writable_rows(rows, what, -1);
+  const auto info = row_infos(view.rows, position, prompt, last_prompt);
+  const auto other = paired_rows(tool.model(), paired, view.rows);
+  nb::gil_scoped_release release;
+  if (other.empty())
+    tool.apply(view.data, checked_rows(view.rows), static_cast<int>(view.columns), info.data());
+  else
+    tool.apply_paired(view.data, checked_rows(view.rows), static_cast<int>(view.columns),
+                      info.data(), other);
+}
+
 void bind_interventions(nb::module_& m) {
   nb::class_<Intervention>(m, "Intervention",
                            "One latent's intervention: 'add' (x += α·d_j), 'scale' (x += "
@@ -127,30 +145,13 @@ void bind_steerer(nb::module_& m) {
           },
           nb::arg("model"), nb::arg("source"), nb::arg("interventions"),
           nb::arg("positions") = "all", nb::arg("once") = false, nb::keep_alive<1, 2>())
-      .def(
-          "apply",
-          [](Steerer& steerer, nb::ndarray<> rows, std::optional<nb::ndarray<nb::ro>> position,
-             std::optional<nb::ndarray<nb::ro>> prompt,
-             std::optional<nb::ndarray<nb::ro>> last_prompt,
-             std::optional<nb::ndarray<nb::ro>> paired) {
-            const auto view = writable_rows(rows, "Steerer.apply: rows", -1);
-            const auto info = row_infos(view.rows, position, prompt, last_prompt);
-            const auto other = paired_rows(steerer.model(), paired, view.rows);
-            nb::gil_scoped_release release;
-            if (other.empty())
-              steerer.apply(view.data, checked_rows(view.rows), static_cast<int>(view.columns),
-                            info.data());
-            else
-              steerer.apply_paired(view.data, checked_rows(view.rows),
-                                   static_cast<int>(view.columns), info.data(), other);
-          },
-          nb::arg("rows"), nb::kw_only(), nb::arg("position") = nb::none(),
-          nb::arg("prompt") = nb::none(), nb::arg("last_prompt") = nb::none(),
-          nb::arg("paired") = nb::none(),
-          "Steers float32 rows [n, d] in place. position (int64 [n]), prompt and last_prompt "
-          "(bool [n]) describe each row for the position filter (default: a prompt of n "
-          "tokens); paired [n, M, d] holds every source's rows of the same tokens (paired "
-          "steering, as the study encoded both models together).")
+      .def("apply", &apply_rows<Steerer>, nb::arg("rows"), nb::kw_only(),
+           nb::arg("position") = nb::none(), nb::arg("prompt") = nb::none(),
+           nb::arg("last_prompt") = nb::none(), nb::arg("paired") = nb::none(),
+           "Steers float32 rows [n, d] in place. position (int64 [n]), prompt and last_prompt "
+           "(bool [n]) describe each row for the position filter (default: a prompt of n "
+           "tokens); paired [n, M, d] holds every source's rows of the same tokens (paired "
+           "steering, as the study encoded both models together).")
       .def(
           "activations",
           [](const Steerer& steerer, nb::ndarray<nb::ro> rows,
@@ -209,26 +210,10 @@ void bind_splicer(nb::module_& m) {
           nb::arg("model"), nb::arg("source"), nb::arg("kind") = "reconstruction",
           nb::arg("other_source") = -1, nb::arg("latents") = std::vector<int>{},
           nb::arg("mean") = nb::none(), nb::arg("positions") = "all", nb::keep_alive<1, 2>())
-      .def(
-          "apply",
-          [](Splicer& splicer, nb::ndarray<> rows, std::optional<nb::ndarray<nb::ro>> position,
-             std::optional<nb::ndarray<nb::ro>> prompt,
-             std::optional<nb::ndarray<nb::ro>> last_prompt,
-             std::optional<nb::ndarray<nb::ro>> paired) {
-            const auto view = writable_rows(rows, "Splicer.apply: rows", -1);
-            const auto info = row_infos(view.rows, position, prompt, last_prompt);
-            const auto other = paired_rows(splicer.model(), paired, view.rows);
-            nb::gil_scoped_release release;
-            if (other.empty())
-              splicer.apply(view.data, checked_rows(view.rows), static_cast<int>(view.columns),
-                            info.data());
-            else
-              splicer.apply_paired(view.data, checked_rows(view.rows),
-                                   static_cast<int>(view.columns), info.data(), other);
-          },
-          nb::arg("rows"), nb::kw_only(), nb::arg("position") = nb::none(),
-          nb::arg("prompt") = nb::none(), nb::arg("last_prompt") = nb::none(),
-          nb::arg("paired") = nb::none(), "Splices float32 rows [n, d] in place.")
+      .def("apply", &apply_rows<Splicer>, nb::arg("rows"), nb::kw_only(),
+           nb::arg("position") = nb::none(), nb::arg("prompt") = nb::none(),
+           nb::arg("last_prompt") = nb::none(), nb::arg("paired") = nb::none(),
+           "Splices float32 rows [n, d] in place.")
       .def_prop_ro("source", &Splicer::source)
       .def_prop_ro("kind",
                    [](const Splicer& s) { return std::string(to_string(s.options().kind)); });
