@@ -120,6 +120,13 @@ def _logits(output: Any) -> Any:
     return output[0] if isinstance(output, tuple) else output
 
 
+def _ids_and_mask(batch: Any) -> tuple[Any, Any | None]:
+    """A token batch: a tensor of input ids, or a dict with input_ids and attention_mask."""
+    if isinstance(batch, dict):
+        return batch["input_ids"], batch.get("attention_mask")
+    return batch, None
+
+
 def _block_outputs(model: Any, inputs: dict[str, Any], blocks: list[int]) -> list[Any]:
     """The outputs [B, T, d] of the given blocks in one forward pass (hooks, no grad)."""
     torch = _torch()
@@ -182,8 +189,7 @@ def capture_to_dataset(models: Sequence[Any], token_batches: Iterable[Any], dire
     writer = None
     documents = 0
     for batch in token_batches:
-        ids, mask = (batch["input_ids"], batch.get("attention_mask")) if isinstance(batch, dict) \
-            else (batch, None)
+        ids, mask = _ids_and_mask(batch)
         rows, token_ids, sequence = capture_rows(models, ids, mask, blocks=chosen,
                                                  skip_first=skip_first)
         if writer is None:
@@ -238,8 +244,7 @@ def stream_batches(models: Sequence[Any], token_batches: Iterable[Any], *, batch
         held = 0
         try:
             for batch in token_batches:
-                ids, mask = (batch["input_ids"], batch.get("attention_mask")) \
-                    if isinstance(batch, dict) else (batch, None)
+                ids, mask = _ids_and_mask(batch)
                 rows, _, _ = capture_rows(models, ids, mask, blocks=chosen, skip_first=skip_first)
                 pending.append(rows)
                 held += len(rows)
@@ -345,9 +350,14 @@ def _apply_in_place(hidden: Any, b: int, index: np.ndarray, apply: Any) -> None:
 
 
 @contextlib.contextmanager
-def _hooked(model: Any, block: int, handler: Any, paired_model: Any | None,
-            paired_block: int | None, prefill_only: bool):
+def _hooked(model: Any, block: int, tool: Any, source: int, sources: int,
+            paired_model: Any | None, paired_block: int | None, prefill_only: bool):
+    """Runs `tool` (a crosscoder.Steerer or Splicer of source `source`) on the output rows of
+    `block` of `model` while the context is open, sequence by sequence, with each row's
+    position and prompt flags, and with `paired_model`'s rows of the same prompt when given."""
     torch = _torch()
+    if paired_model is not None and sources != 2:
+        raise _core.Error("paired_model needs a crosscoder of two sources")
     rows = _Rows()
     target = _block(model, block)
     paired: dict[str, Any] = {}
@@ -376,7 +386,14 @@ def _hooked(model: Any, block: int, handler: Any, paired_model: Any | None,
                 partner = None
                 if other is not None and len(index):
                     partner = other[b, torch.as_tensor(index)].float().cpu().numpy()
-                handler(hidden, b, index, positions, prompt, last, partner)
+
+                def apply(rows, positions=positions, prompt=prompt, last=last, partner=partner):
+                    paired = None if partner is None else _paired_array(partner, rows, source,
+                                                                        sources)
+                    tool.apply(rows, position=positions, prompt=prompt, last_prompt=last,
+                               paired=paired)
+
+                _apply_in_place(hidden, b, index, apply)
         return output
 
     handles = [model.register_forward_pre_hook(pre, with_kwargs=True),
@@ -424,20 +441,8 @@ def steer(model: Any, crosscoder: Any, *, source: int, block: int,
     assumed (unpaired). Yields the Steerer."""
     _check_width(crosscoder, model, block)
     steerer = _core.Steerer(crosscoder, source, list(interventions), positions=positions)
-    sources = crosscoder.config.sources
-    if paired_model is not None and sources != 2:
-        raise _core.Error("paired_model needs a crosscoder of two sources")
-
-    def handler(hidden, b, index, positions_, prompt, last, partner):
-        def apply(rows):
-            if partner is not None:
-                steerer.apply(rows, position=positions_, prompt=prompt, last_prompt=last,
-                              paired=_paired_array(partner, rows, source, sources))
-            else:
-                steerer.apply(rows, position=positions_, prompt=prompt, last_prompt=last)
-        _apply_in_place(hidden, b, index, apply)
-
-    with _hooked(model, block, handler, paired_model, paired_block, prefill_only):
+    with _hooked(model, block, steerer, source, crosscoder.config.sources, paired_model,
+                 paired_block, prefill_only):
         yield steerer
 
 
@@ -454,18 +459,8 @@ def splice(model: Any, crosscoder: Any, *, source: int, block: int,
     _check_width(crosscoder, model, block)
     splicer = _core.Splicer(crosscoder, source, kind, other_source=other_source,
                             latents=list(latents), mean=mean, positions=positions)
-    sources = crosscoder.config.sources
-
-    def handler(hidden, b, index, positions_, prompt, last, partner):
-        def apply(rows):
-            if partner is not None:
-                splicer.apply(rows, position=positions_, prompt=prompt, last_prompt=last,
-                              paired=_paired_array(partner, rows, source, sources))
-            else:
-                splicer.apply(rows, position=positions_, prompt=prompt, last_prompt=last)
-        _apply_in_place(hidden, b, index, apply)
-
-    with _hooked(model, block, handler, paired_model, paired_block, prefill_only=False):
+    with _hooked(model, block, splicer, source, crosscoder.config.sources, paired_model,
+                 paired_block, prefill_only=False):
         yield splicer
 
 
@@ -490,9 +485,7 @@ def evaluate_splice(model: Any, crosscoder: Any, token_batches: Iterable[Any], *
             return _logits(_run(runner, inputs)).float().cpu().numpy()
 
     for batch in token_batches:
-        ids, mask = (batch["input_ids"], batch.get("attention_mask")) if isinstance(batch, dict) \
-            else (batch, None)
-        inputs = _model_inputs(ids, mask)
+        inputs = _model_inputs(*_ids_and_mask(batch))
         targets = inputs["input_ids"][:, 1:].clone().to(torch.int32)
         targets[inputs["attention_mask"][:, 1:] == 0] = -1
         targets = targets.numpy()
