@@ -175,14 +175,22 @@ Vocabulary parse_tokenizer_json(const std::filesystem::path& path, const std::st
   const nlohmann::json decoder = root.value("decoder", nlohmann::json());
   const nlohmann::json pre = root.value("pre_tokenizer", nlohmann::json());
   const nlohmann::json& model = root["model"];
+  bool byte_fallback = false;
+  if (model.contains("byte_fallback") && !model["byte_fallback"].is_null()) {
+    if (!model["byte_fallback"].is_boolean()) {
+      throw Error(where(fmt::format("model.byte_fallback is {}, not true or false",
+                                    model["byte_fallback"].dump())));
+    }
+    byte_fallback = model["byte_fallback"].get<bool>();
+  }
   PieceEncoding encoding = PieceEncoding::plain;
   if (mentions(decoder, "ByteLevel") || mentions(pre, "ByteLevel")) {
     encoding = PieceEncoding::byte_level;
   } else if (mentions(decoder, "WordPiece") || type_of(model) == "WordPiece") {
     encoding = PieceEncoding::wordpiece;
   } else if (mentions(decoder, "ByteFallback") || mentions(decoder, "Metaspace") ||
-             mentions(pre, "Metaspace") || mentions(decoder, "Replace") ||
-             model.value("byte_fallback", false) || type_of(model) == "Unigram") {
+             mentions(pre, "Metaspace") || mentions(decoder, "Replace") || byte_fallback ||
+             type_of(model) == "Unigram") {
     encoding = PieceEncoding::sentencepiece;
   }
   const auto size = static_cast<std::size_t>(by_id.rbegin()->first + 1);

@@ -168,6 +168,9 @@ TEST_F(Vocabularies, MalformedTokenizerJsonIsRefusedByName) {
                  "outside [0, 16777216)");
   expect_refused(write("e4.json", "{\"model\": {\"vocab\": [[1, 0.5]]}}"),
                  "malformed vocabulary entry");
+  expect_refused(
+      write("e5.json", "{\"model\": {\"vocab\": {\"x\": 0}, \"byte_fallback\": \"yes\"}}"),
+      "model.byte_fallback is \"yes\", not true or false");
   expect_refused(write("f.json", "{\"model\": "), "invalid JSON");
   expect_refused(write("g.bin", "ab"), "too short");
   expect_refused(dir_ / "missing.json", "cannot open");
