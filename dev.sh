@@ -17,7 +17,8 @@ fi
 shift || true
 
 packages=(cmake make g++ pkg-config libeigen3-dev libfmt-dev nlohmann-json3-dev libcli11-dev
-          libgtest-dev libgmock-dev libbenchmark-dev libopenblas-openmp-dev)
+          libgtest-dev libgmock-dev libbenchmark-dev libopenblas-openmp-dev libopenmpi-dev
+          openmpi-bin)
 
 install_missing_packages() {
   local missing=()

@@ -13,9 +13,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${BUILD_DIR:-build-gpu}
 # -lineinfo: compute-sanitizer's reports (scripts/gpu_check.sh) name the kernels' source lines;
-# it adds line tables only (the kernels stay optimised, unlike -G).
+# it adds line tables only (the kernels stay optimised, unlike -G). MPI off: the GPU check runs
+# one process, and the bundle then carries no MPI libraries.
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DCROSSCODER_CUDA=ON -DCROSSCODER_NATIVE_ARCH=OFF \
-  -DCROSSCODER_BLAS=Eigen -DCMAKE_CUDA_FLAGS=-lineinfo \
+  -DCROSSCODER_BLAS=Eigen -DCROSSCODER_MPI=OFF -DCMAKE_CUDA_FLAGS=-lineinfo \
   -DCROSSCODER_BUILD_TOOLS=ON -DCROSSCODER_BUILD_EXAMPLES=ON -DCROSSCODER_BUILD_TESTS=ON \
   -DCROSSCODER_BUILD_BENCHMARKS=ON
 cmake --build "$build" --parallel "${JOBS:-$(nproc)}" \

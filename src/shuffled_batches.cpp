@@ -126,12 +126,21 @@ ShuffledBatches::Buffer& ShuffledBatches::buffer(std::int64_t epoch, std::int64_
 }
 
 void ShuffledBatches::fill(std::int64_t step, std::int64_t rows, float* out, std::int8_t* labels) {
+  fill_rows(step, rows, 0, rows, out, labels);
+}
+
+void ShuffledBatches::fill_rows(std::int64_t step, std::int64_t rows, std::int64_t first,
+                                std::int64_t count, float* out, std::int8_t* labels) {
   if (step < 0 || rows <= 0) {
     throw Error(fmt::format("batch {} of {} rows: step must be ≥ 0 and rows > 0", step, rows));
   }
+  if (first < 0 || count < 1 || first + count > rows) {
+    throw Error(
+        fmt::format("rows [{}, {}) are not inside a batch of {} rows", first, first + count, rows));
+  }
   const std::int64_t row_size = static_cast<std::int64_t>(sources()) * width();
-  for (std::int64_t i = 0; i < rows;) {
-    const std::int64_t position = step * rows + i;
+  for (std::int64_t i = 0; i < count;) {
+    const std::int64_t position = step * rows + first + i;
     const std::int64_t epoch = position / range_rows_;
     const EpochPlan& p = plan(epoch);
     const auto [index, within] = locate(p, position % range_rows_);
@@ -139,7 +148,7 @@ void ShuffledBatches::fill(std::int64_t step, std::int64_t rows, float* out, std
     // Serve as many rows as this buffer still has.
     const std::int64_t available = p.buffer_offsets[static_cast<std::size_t>(index + 1)] -
                                    p.buffer_offsets[static_cast<std::size_t>(index)] - within;
-    const std::int64_t n = std::min(rows - i, available);
+    const std::int64_t n = std::min(count - i, available);
     for (std::int64_t r = 0; r < n; ++r) {
       const std::int64_t source_row = b.permutation[static_cast<std::size_t>(within + r)];
       std::copy_n(b.values.data() + source_row * row_size, row_size, out + (i + r) * row_size);

@@ -40,13 +40,25 @@ StepReport train(Trainer& trainer, BatchSource& data, const TrainingOptions& opt
                                             options.checkpoint.string(), trainer.steps_done()));
   }
   const TrainConfig& config = trainer.config();
-  const std::int64_t rows = config.batch_size;
+  Communicator& ranks = trainer.communicator();
+  const bool lead = ranks.rank() == 0;
+  // This rank's rows of each global batch (all of them in one process).
+  const std::int64_t rows = row_slice(config.batch_size, ranks.rank(), ranks.size()).count;
   std::vector<float> batch(static_cast<std::size_t>(rows * c.input_width()));
-  ProgressBar progress(config.steps, "train", "step", options.show_progress ? stderr : nullptr,
-                       std::chrono::seconds(10), trainer.steps_done());
+  ProgressBar progress(config.steps, "train", "step",
+                       options.show_progress && lead ? stderr : nullptr, std::chrono::seconds(10),
+                       trainer.steps_done());
   StepReport report;
   const auto save = [&] {
-    if (!options.checkpoint.empty()) trainer.save_checkpoint(options.checkpoint, data.identity());
+    if (options.checkpoint.empty()) return;
+    if (ranks.size() > 1) trainer.check_ranks_agree();
+    if (lead) trainer.save_checkpoint(options.checkpoint, data.identity());
+    ranks.barrier();  // the file is whole before any rank goes on (or reads it)
+  };
+  const auto stop_requested = [&] {
+    std::int64_t requests = options.should_stop && options.should_stop() ? 1 : 0;
+    ranks.all_reduce_sum(std::span<std::int64_t>(&requests, 1));
+    return requests > 0;
   };
   bool stopped = false;  // by options.should_stop, after the checkpoint below
   while (trainer.steps_done() < config.steps) {
@@ -55,14 +67,15 @@ StepReport train(Trainer& trainer, BatchSource& data, const TrainingOptions& opt
     report = trainer.step(batch, rows);
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-    const double tokens_per_second = seconds > 0 ? static_cast<double>(rows) / seconds : 0.0;
+    const double tokens_per_second =
+        seconds > 0 ? static_cast<double>(config.batch_size) / seconds : 0.0;
     if (options.on_step) options.on_step(report, tokens_per_second);
     progress.update(report.step, status_line(report));
     if (options.checkpoint_every > 0 && report.step % options.checkpoint_every == 0 &&
         report.step < config.steps) {
       save();
     }
-    if (options.should_stop && report.step < config.steps && options.should_stop()) {
+    if (report.step < config.steps && stop_requested()) {
       stopped = true;
       break;
     }

@@ -3,8 +3,12 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
+#include <cstring>
+#include <limits>
 #include <nlohmann/json.hpp>
+#include <numeric>
 
 #include "crosscoder/backend_ops.hpp"
 #include "crosscoder/error.hpp"
@@ -210,9 +214,44 @@ void warn_about_short_run(Activation activation, const TrainConfig& config) {
 
 }  // namespace
 
-Trainer::Trainer(Crosscoder& model, const TrainConfig& config)
-    : model_(model), config_(config), backend_(model.backend()) {
+namespace {
+
+// FNV-1a over bytes, continued from `hash`.
+std::uint64_t fnv1a(const void* data, std::size_t bytes,
+                    std::uint64_t hash = 0xcbf29ce484222325ull) {
+  const auto* p = static_cast<const unsigned char*>(data);
+  for (std::size_t i = 0; i < bytes; ++i) hash = (hash ^ p[i]) * 0x100000001b3ull;
+  return hash;
+}
+
+// The first rank whose value differs from rank 0's, or −1.
+int first_rank_differing(const std::vector<std::int64_t>& values) {
+  for (std::size_t r = 1; r < values.size(); ++r)
+    if (values[r] != values[0]) return static_cast<int>(r);
+  return -1;
+}
+
+}  // namespace
+
+Trainer::Trainer(Crosscoder& model, const TrainConfig& config,
+                 std::shared_ptr<Communicator> communicator)
+    : model_(model),
+      config_(config),
+      backend_(model.backend()),
+      communicator_(communicator ? std::move(communicator) : single_process_communicator()) {
   config_.validate();
+  if (distributed()) {
+    // Ranks that disagree would deadlock or silently train different models: refuse at once.
+    const std::string text = model_.config().to_json() + config_.to_json();
+    const int differing = first_rank_differing(
+        communicator_->all_gather(static_cast<std::int64_t>(fnv1a(text.data(), text.size()))));
+    if (differing > 0) {
+      throw Error(fmt::format(
+          "data-parallel training: rank {}'s crosscoder or train configuration differs from "
+          "rank 0's (every rank must be started with the same flags)",
+          differing));
+    }
+  }
   const CrosscoderConfig& c = model_.config();
   if (config_.k_initial > 0 && config_.k_initial >= c.latents) {
     throw Error(fmt::format("train config: k_initial ({}) must be below latents ({})",
@@ -274,6 +313,33 @@ Trainer::Trainer(Crosscoder& model, const TrainConfig& config)
   }
   row_statistics_ = DeviceArray<double>(
       backend_, static_cast<std::size_t>(c.latents) * static_cast<std::size_t>(c.sources) * 4);
+  if (distributed()) check_ranks_agree();
+}
+
+std::uint64_t Trainer::parameter_hash() const {
+  const CrosscoderParameters& p = model_.parameters();
+  std::uint64_t hash = 0xcbf29ce484222325ull;
+  for (const DeviceArray<float>* array :
+       {&p.encoder_weight, &p.encoder_bias, &p.decoder_weight, &p.decoder_bias, &p.threshold}) {
+    const std::vector<float> values = array->download();
+    hash = fnv1a(values.data(), values.size() * sizeof(float), hash);
+  }
+  const Normaliser& normaliser = model_.normaliser();
+  hash = fnv1a(normaliser.scale.data(), normaliser.scale.size() * sizeof(float), hash);
+  hash = fnv1a(normaliser.mean.data(), normaliser.mean.size() * sizeof(float), hash);
+  const float threshold = model_.batch_threshold();
+  return fnv1a(&threshold, sizeof threshold, hash);
+}
+
+void Trainer::check_ranks_agree() const {
+  const int differing =
+      first_rank_differing(communicator_->all_gather(static_cast<std::int64_t>(parameter_hash())));
+  if (differing > 0) {
+    throw Error(fmt::format(
+        "data-parallel training at step {}: rank {}'s parameters differ from rank 0's (a rank "
+        "started from another model or seed, or the ranks' arithmetic diverged)",
+        step_, differing));
+  }
 }
 
 float Trainer::learning_rate_at(std::int64_t t) const noexcept {
@@ -323,10 +389,24 @@ StepReport Trainer::forward_backward(std::span<const float> x, std::int64_t rows
   const CrosscoderConfig& c = model_.config();
   detail::check_batch(x, rows, c.sources, c.width, "training batch");
   if (rows < 1) throw Error("training batch: needs at least one row");
+  global_rows_ = rows;
+  if (distributed()) {
+    const std::vector<std::int64_t> rank_rows = communicator_->all_gather(rows);
+    global_rows_ = std::accumulate(rank_rows.begin(), rank_rows.end(), std::int64_t{0});
+  }
   if (!model_.normaliser().fitted) {
-    const std::int64_t fit_rows =
-        config_.normaliser_rows > 0 ? std::min(config_.normaliser_rows, rows) : rows;
-    model_.fit_normaliser(x.first(static_cast<std::size_t>(fit_rows * c.input_width())), fit_rows);
+    const std::int64_t fit_rows = config_.normaliser_rows > 0
+                                      ? std::min(config_.normaliser_rows, global_rows_)
+                                      : global_rows_;
+    // Fitted once, on the global batch's first rows as one process would: gathered whole.
+    const std::vector<float> gathered =
+        distributed()
+            ? communicator_->all_gather(x.first(static_cast<std::size_t>(rows) *
+                                                static_cast<std::size_t>(c.input_width())))
+            : std::vector<float>();
+    const std::span<const float> all = distributed() ? std::span<const float>(gathered) : x;
+    model_.fit_normaliser(all.first(static_cast<std::size_t>(fit_rows * c.input_width())),
+                          fit_rows);
   }
   BackendOps& be = backend_->ops();
   const std::int64_t B = rows;
@@ -363,6 +443,7 @@ StepReport Trainer::forward_backward(std::span<const float> x, std::int64_t rows
   report.l0 = static_cast<double>(codes.nnz) / static_cast<double>(B);
   std::vector<float> latent_sums(static_cast<std::size_t>(F));
   be.latent_totals(codes, F, latent_sums.data(), fired_this_step_.data());
+  communicator_->all_reduce_sum(std::span<std::int64_t>(fired_this_step_));
   std::vector<double> bias_gradient(static_cast<std::size_t>(D));
   if (prefix_ends_.empty()) {
     reconstruction_terms(batch, codes, batch.recon.data(), batch.grad_recon.data(), 1.0, true,
@@ -371,10 +452,10 @@ StepReport Trainer::forward_backward(std::span<const float> x, std::int64_t rows
     // overwrites every row of the other gradients, so nothing is zeroed first.
     be.column_sums(batch.grad_recon.data(), B, D, bias_gradient.data());
     SparseBackwardRequest backward = gradient_rows_request(batch, batch.grad_recon.data());
-    backward.value_gradient_offset = l1_terms(batch, latent_sums, report);
+    backward.value_gradient_offset = l1_terms(latent_sums, report);
     be.sparse_backward(codes, backward);
   } else {
-    bias_gradient = matryoshka_terms(batch, codes, l1_terms(batch, latent_sums, report), report);
+    bias_gradient = matryoshka_terms(batch, codes, l1_terms(latent_sums, report), report);
   }
   gradients_.decoder_bias.upload(std::vector<float>(bias_gradient.begin(), bias_gradient.end()));
   switch (c.activation) {
@@ -392,11 +473,21 @@ StepReport Trainer::forward_backward(std::span<const float> x, std::int64_t rows
       break;
   }
 
+  if (distributed()) {
+    // The terms computed from this rank's rows are its share of the global batch's; the
+    // reconstruction term was summed over the ranks where it was computed.
+    std::array<double, 3> shares{report.sparsity, report.auxk, static_cast<double>(codes.nnz)};
+    communicator_->all_reduce_sum(std::span<double>(shares));
+    report.sparsity = shares[0];
+    report.auxk = shares[1];
+    report.l0 = shares[2] / static_cast<double>(global_rows_);
+    all_reduce_gradients();
+  }
   report.loss = report.reconstruction + report.sparsity + report.auxk;
   std::int64_t dead_now = 0;
   const std::int64_t horizon = config_.dead_horizon();
   for (std::int64_t f = 0; f < F; ++f) {
-    const std::int64_t since = fired_this_step_[f] > 0 ? 0 : tokens_since_fired_[f] + B;
+    const std::int64_t since = fired_this_step_[f] > 0 ? 0 : tokens_since_fired_[f] + global_rows_;
     dead_now += since >= horizon ? 1 : 0;
   }
   report.dead_fraction = static_cast<double>(dead_now) / static_cast<double>(F);
@@ -449,16 +540,19 @@ Trainer::TileSelections Trainer::encode_and_select(const float* raw, Batch& batc
   const CrosscoderConfig& c = model_.config();
   BackendOps& be = backend_->ops();
   const std::int64_t B = batch.rows, D = c.input_width(), F = c.latents;
-  // BatchTopK over tiles: each tile keeps its best B·k candidates (all that the batch's
-  // selection can take from it), and the batch's best B·k are chosen among those.
-  const bool tiled_batch_top_k = tile < B && request.selection == Selection::per_batch_top_k;
+  // BatchTopK over tiles (and over ranks): each tile keeps its best B·k candidates, B the
+  // global batch's rows (all that the batch's selection can take from it), and the batch's
+  // best B·k are chosen among those.
+  const std::int64_t batch_count = global_rows_ * request.k;
+  const bool tiled_batch_top_k =
+      (tile < B || distributed()) && request.selection == Selection::per_batch_top_k;
   std::vector<SparseCodes> main_parts, aux_parts, near_parts;
   for (std::int64_t first = 0; first < B; first += tile) {
     const std::int64_t rows_here = std::min(tile, B - first);
     model_.preactivations(raw + first * D, rows_here, batch.xn.data() + first * D,
                           batch.pre.data());
     SelectionRequest tile_request = request;
-    if (tiled_batch_top_k) tile_request.k = (B * request.k + rows_here - 1) / rows_here;
+    if (tiled_batch_top_k) tile_request.k = (batch_count + rows_here - 1) / rows_here;
     main_parts.push_back(be.select(batch.pre.data(), rows_here, F, tile_request,
                                    tiled_batch_top_k ? nullptr : &last_min_selected_score_));
     if (aux.allowed) aux_parts.push_back(be.select(batch.pre.data(), rows_here, F, aux, nullptr));
@@ -471,8 +565,10 @@ Trainer::TileSelections Trainer::encode_and_select(const float* raw, Batch& batc
   };
   TileSelections selected{join(main_parts), join(aux_parts), join(near_parts)};
   if (tiled_batch_top_k) {
-    selected.main = be.select_top_entries(selected.main, B * request.k, request.weight,
-                                          &last_min_selected_score_);
+    selected.main = distributed()
+                        ? global_top_entries(selected.main, batch_count, request.weight)
+                        : be.select_top_entries(selected.main, batch_count, request.weight,
+                                                &last_min_selected_score_);
   }
   return selected;
 }
@@ -491,26 +587,44 @@ void Trainer::reconstruction_terms(Batch& batch, const SparseCodes& codes, float
   request.target = batch.xn.data();
   request.sources = M;
   request.width = c.width;
-  // In float as always (for weight 1 the very same 2/B as before nested dictionaries).
-  request.gradient_scale = static_cast<float>(2.0 * weight) / static_cast<float>(B);
+  // In float as always (for weight 1 the very same 2/B as before nested dictionaries); B is
+  // the global batch's rows.
+  const auto G = static_cast<double>(global_rows_);
+  request.gradient_scale = static_cast<float>(2.0 * weight) / static_cast<float>(global_rows_);
   request.recon = recon;
   request.grad = grad;
   request.squared_error = sse.data();
   request.target_energy = report_fit ? energy.data() : nullptr;
   backend_->ops().reconstruct(codes, request);
-  for (const double value : sse) report.reconstruction += weight * (value / static_cast<double>(B));
+  std::vector<double> column_sums;
+  if (report_fit) {
+    column_sums.resize(static_cast<std::size_t>(D));
+    backend_->ops().column_sums(batch.xn.data(), B, D, column_sums.data());
+  }
+  if (distributed()) {  // one collective for the squared errors, energies and column sums
+    std::vector<double> sums = sse;
+    if (report_fit) {
+      sums.insert(sums.end(), energy.begin(), energy.end());
+      sums.insert(sums.end(), column_sums.begin(), column_sums.end());
+    }
+    communicator_->all_reduce_sum(std::span<double>(sums));
+    std::copy_n(sums.begin(), M, sse.begin());
+    if (report_fit) {
+      std::copy_n(sums.begin() + M, M, energy.begin());
+      std::copy(sums.begin() + 2 * M, sums.end(), column_sums.begin());
+    }
+  }
+  for (const double value : sse) report.reconstruction += weight * (value / G);
   if (!report_fit) return;
   // Σ_b ‖x_bm − mean_m‖² = Σ_b ‖x_bm‖² − B‖mean_m‖², per source.
-  std::vector<double> column_sums(static_cast<std::size_t>(D));
-  backend_->ops().column_sums(batch.xn.data(), B, D, column_sums.data());
   report.mse.resize(static_cast<std::size_t>(M));
   report.fve.resize(static_cast<std::size_t>(M));
   for (int m = 0; m < M; ++m) {
     for (int i = 0; i < c.width; ++i) {
-      const double mean = column_sums[m * c.width + i] / static_cast<double>(B);
-      energy[m] -= static_cast<double>(B) * mean * mean;
+      const double mean = column_sums[m * c.width + i] / G;
+      energy[m] -= G * mean * mean;
     }
-    report.mse[m] = sse[m] / static_cast<double>(B);
+    report.mse[m] = sse[m] / G;
     report.fve[m] = energy[m] > 0.0 ? 1.0 - sse[m] / energy[m] : 0.0;
   }
 }
@@ -585,14 +699,13 @@ bool Trainer::unit_norm_rows() const noexcept {
   return selects_top_k(model_.config().activation) && config_.unit_norm_decoder;
 }
 
-const float* Trainer::l1_terms(const Batch& batch, const std::vector<float>& latent_sums,
-                               StepReport& report) {
+const float* Trainer::l1_terms(const std::vector<float>& latent_sums, StepReport& report) {
   const CrosscoderConfig& c = model_.config();
   const bool decoder_weighted = c.activation == Activation::relu;
   if (!decoder_weighted && partition_weight_.empty()) return nullptr;
   const std::int64_t F = c.latents;
   const int M = c.sources;
-  const double inverse_b = 1.0 / static_cast<double>(batch.rows);
+  const double inverse_b = 1.0 / static_cast<double>(global_rows_);
   std::vector<float> value_gradient(static_cast<std::size_t>(F), 0.0f);
   // partition_l1: (λ_p/B) Σ_b a_bf, ∂/∂a_bf = λ_p/B; nothing reaches the decoder.
   for (std::size_t f = 0; f < partition_weight_.size(); ++f) {
@@ -634,7 +747,7 @@ void Trainer::jumprelu_terms(const Batch& batch, const SparseCodes& near_codes, 
   const CrosscoderConfig& c = model_.config();
   BackendOps& be = backend_->ops();
   const CrosscoderParameters& p = model_.parameters();
-  const double lambda_over_b = config_.l0_coefficient / static_cast<double>(batch.rows);
+  const double lambda_over_b = config_.l0_coefficient / static_cast<double>(global_rows_);
   report.sparsity = lambda_over_b * static_cast<double>(active);
   DeviceArray<float> d_near(backend_, static_cast<std::size_t>(near_codes.nnz));
   be.decoder_backward(near_codes, batch.grad_recon.data(), p.decoder_weight.data(), c.input_width(),
@@ -665,16 +778,22 @@ void Trainer::auxk_terms(const Batch& batch, const SparseCodes& aux_codes, StepR
   std::vector<double> unused(static_cast<std::size_t>(M));
   be.squared_error(batch.xn.data(), batch.recon.data(), B, M, c.width, 1.0f, residual.data(),
                    unused.data());
-  std::vector<double> residual_sums(static_cast<std::size_t>(D));
+  // The residual's variance over the global batch: its column sums and sum of squares, the
+  // latter last.
+  std::vector<double> residual_sums(static_cast<std::size_t>(D) + 1);
   be.column_sums(residual.data(), B, D, residual_sums.data());
-  double centred = be.sum_of_squares(residual.data(), B * D);
-  for (double sum : residual_sums) centred -= sum * sum / static_cast<double>(B);
-  const double denominator = centred / static_cast<double>(B);
+  residual_sums[static_cast<std::size_t>(D)] = be.sum_of_squares(residual.data(), B * D);
+  communicator_->all_reduce_sum(std::span<double>(residual_sums));
+  const auto G = static_cast<double>(global_rows_);
+  double centred = residual_sums.back();
+  residual_sums.pop_back();
+  for (double sum : residual_sums) centred -= sum * sum / G;
+  const double denominator = centred / G;
   if (!(denominator > 0.0)) return;
 
   DeviceArray<float>& grad_aux = scratch("grad_aux", B * D);
   std::vector<double> aux_sse(static_cast<std::size_t>(M));
-  const double scale = config_.auxk_coefficient * 2.0 / (static_cast<double>(B) * denominator);
+  const double scale = config_.auxk_coefficient * 2.0 / (G * denominator);
   ReconstructionRequest reconstruct;
   reconstruct.decoder = p.decoder_weight.data();
   reconstruct.target = residual.data();
@@ -687,7 +806,7 @@ void Trainer::auxk_terms(const Batch& batch, const SparseCodes& aux_codes, StepR
   be.reconstruct(aux_codes, reconstruct);
   double aux_total = 0.0;
   for (double sse : aux_sse) aux_total += sse;
-  report.auxk = config_.auxk_coefficient * (aux_total / static_cast<double>(B)) / denominator;
+  report.auxk = config_.auxk_coefficient * (aux_total / G) / denominator;
 
   SparseBackwardRequest backward = gradient_rows_request(batch, grad_aux.data());
   backward.accumulate = true;  // onto the main pass's rows, updating their row sums
@@ -726,7 +845,8 @@ void Trainer::apply_update(StepReport& report) {
   double squared_norm = 0.0;
   const auto parameter_slots = slots(p, gradients_);
   // The weight matrices' part from the sparse backward's row sums where they hold.
-  const bool from_row_statistics = norm_from_row_statistics(c.activation);
+  // Not across ranks: a norm of summed gradients is not a sum of the ranks' norms.
+  const bool from_row_statistics = norm_from_row_statistics(c.activation) && !distributed();
   if (from_row_statistics) squared_norm = constrained_weight_squares();
   for (const ParameterSlot& slot : parameter_slots) {
     if (from_row_statistics && is_weight_matrix(slot.parameter)) continue;
@@ -809,9 +929,70 @@ StepReport Trainer::step(std::span<const float> x, std::int64_t rows) {
   }
   apply_update(report);
   for (std::size_t f = 0; f < tokens_since_fired_.size(); ++f) {
-    tokens_since_fired_[f] = fired_this_step_[f] > 0 ? 0 : tokens_since_fired_[f] + rows;
+    tokens_since_fired_[f] = fired_this_step_[f] > 0 ? 0 : tokens_since_fired_[f] + global_rows_;
   }
   return report;
+}
+
+}  // namespace crosscoder
+
+namespace crosscoder {
+
+SparseCodes Trainer::global_top_entries(const SparseCodes& candidates, std::int64_t count,
+                                        const float* weight) {
+  // Every rank gathers every rank's candidate scores and finds the same global top `count`
+  // (score, then rank, then entry: the one-process tie order, rows being sliced in rank order);
+  // it keeps its own share, which select_top_entries picks with the same tie rule.
+  const std::int64_t F = model_.config().latents;
+  const HostSparseCodes host = HostSparseCodes::from(candidates);
+  std::vector<float> weights;
+  if (weight) {
+    weights.resize(static_cast<std::size_t>(F));
+    backend_->copy_to_host(weights.data(), weight, weights.size() * sizeof(float));
+  }
+  std::vector<float> scores(host.value.size());
+  for (std::size_t e = 0; e < scores.size(); ++e) {
+    const float positive = host.value[e] > 0.0f ? host.value[e] : 0.0f;
+    scores[e] = weight ? positive * weights[static_cast<std::size_t>(host.latent[e])] : positive;
+  }
+  std::vector<std::int64_t> counts;
+  const std::vector<float> all = communicator_->all_gather(scores, &counts);
+  std::vector<std::int64_t> order(all.size());
+  std::iota(order.begin(), order.end(), std::int64_t{0});
+  const auto kept = static_cast<std::ptrdiff_t>(
+      std::min<std::int64_t>(count, static_cast<std::int64_t>(all.size())));
+  std::nth_element(order.begin(), order.begin() + kept, order.end(),
+                   [&](std::int64_t a, std::int64_t b) {
+                     return all[a] > all[b] || (all[a] == all[b] && a < b);
+                   });
+  const std::int64_t first =
+      std::accumulate(counts.begin(), counts.begin() + communicator_->rank(), std::int64_t{0});
+  const std::int64_t end = first + counts[static_cast<std::size_t>(communicator_->rank())];
+  const auto own = std::count_if(order.begin(), order.begin() + kept,
+                                 [&](std::int64_t i) { return i >= first && i < end; });
+  float smallest = -1.0f;
+  SparseCodes selected = backend_->ops().select_top_entries(candidates, own, weight, &smallest);
+  // The inference threshold's statistic: the smallest positive score selected on any rank.
+  float global_smallest = smallest > 0.0f ? smallest : std::numeric_limits<float>::infinity();
+  communicator_->all_reduce_min(std::span<float>(&global_smallest, 1));
+  last_min_selected_score_ = std::isfinite(global_smallest) ? global_smallest : -1.0f;
+  return selected;
+}
+
+void Trainer::all_reduce_gradients() {
+  const bool host_memory = backend_->kind() == BackendKind::cpu;
+  for (DeviceArray<float>* gradient :
+       {&gradients_.encoder_weight, &gradients_.encoder_bias, &gradients_.decoder_weight,
+        &gradients_.decoder_bias, &gradients_.threshold}) {
+    if (gradient->size() == 0) continue;
+    if (host_memory) {  // the CPU backend's memory is the host's: reduce in place
+      communicator_->all_reduce_sum(std::span<float>(gradient->data(), gradient->size()));
+      continue;
+    }
+    std::vector<float> host = gradient->download();
+    communicator_->all_reduce_sum(std::span<float>(host));
+    gradient->upload(host);
+  }
 }
 
 }  // namespace crosscoder

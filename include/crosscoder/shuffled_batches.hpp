@@ -43,6 +43,9 @@ class ShuffledBatches : public BatchSource {
   std::int64_t buffer_rows() const noexcept { return blocks_per_buffer_ * options_.block_rows; }
   /// @throws Error naming the file and row of a non-finite value.
   void fill(std::int64_t step, std::int64_t rows, float* out, std::int8_t* labels) override;
+  /// Reads only the buffers that hold the slice's rows.
+  void fill_rows(std::int64_t step, std::int64_t rows, std::int64_t first, std::int64_t count,
+                 float* out, std::int8_t* labels) override;
   std::string identity() const override;
 
  private:

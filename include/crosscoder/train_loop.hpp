@@ -33,6 +33,12 @@ struct TrainingOptions {
 /// Runs `trainer` from its current step to config().steps on batches of config().batch_size
 /// rows from `data`. On a non-finite loss it throws Error naming the step; the last checkpoint
 /// written stays intact. Returns the last step's report.
+///
+/// Data parallel (a trainer over several ranks): every rank calls train() with `data` giving
+/// its own rows of each global batch (a RankSliceBatches over the same global source, with the
+/// slice row_slice(batch_size, rank, ranks)). Rank 0 alone draws progress and writes the
+/// checkpoint, after checking that every rank's parameters agree; every rank reads it to
+/// resume; a stop request on any rank stops all of them at the same step.
 /// @throws Cancelled when options.should_stop asks, after writing the checkpoint.
 StepReport train(Trainer& trainer, BatchSource& data, const TrainingOptions& options);
 

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "crosscoder/communicator.hpp"
 #include "crosscoder/model.hpp"
 
 namespace crosscoder {
@@ -112,13 +113,27 @@ struct Gradients {
 };
 
 /// Trains one Crosscoder in place. Deterministic on the CPU for a given seed and thread count.
+///
+/// Data parallel over a Communicator's ranks: every rank holds the whole model and calls
+/// step() with its own contiguous slice of each global batch, in rank order (row_slice()).
+/// Every quantity the one-process step takes over the batch is global: the loss and gradients
+/// are means over the global batch (gradients all-reduced before clipping and Adam, so every
+/// rank applies the same update), BatchTopK selects the global batch's top B·k exactly (local
+/// candidates, then one all-gather of their scores, ties in global row order), and AuxK's
+/// dead-latent counters, its residual variance, the learnt threshold and the normaliser's fit
+/// see the whole batch. The result equals the one-process step on the whole batch up to the
+/// order of float sums.
 class Trainer {
  public:
-  /// @throws Error when `config` is invalid.
-  Trainer(Crosscoder& model, const TrainConfig& config);
+  /// @param communicator the ranks that train together; null: this process alone.
+  /// @throws Error when `config` is invalid, or when the ranks' model or train configurations
+  ///         or initial parameters differ (naming the first rank that differs from rank 0).
+  Trainer(Crosscoder& model, const TrainConfig& config,
+          std::shared_ptr<Communicator> communicator = nullptr);
 
-  /// One optimisation step on raw rows x[rows, M, d] (host memory). Fits the normaliser
-  /// from this batch first if the model has none.
+  /// One optimisation step on raw rows x[rows, M, d] (host memory): the whole batch, or under
+  /// a multi-rank communicator this rank's slice of it. Fits the normaliser from this (global)
+  /// batch first if the model has none.
   /// @throws Error naming row and source on NaN/Inf input, and naming the step when the loss
   ///         becomes non-finite (the model is then left as it was before the step).
   StepReport step(std::span<const float> x, std::int64_t rows);
@@ -129,6 +144,14 @@ class Trainer {
   const Gradients& gradients() const noexcept { return gradients_; }
 
   std::int64_t steps_done() const noexcept { return step_; }
+  /// The ranks this trainer trains with (a single process unless one was given).
+  Communicator& communicator() const noexcept { return *communicator_; }
+  /// A hash (FNV-1a) of the model's parameters, normaliser and learnt threshold: equal on
+  /// every rank of a data-parallel run.
+  std::uint64_t parameter_hash() const;
+  /// Throws Error naming the first rank whose parameter_hash() differs from rank 0's (a
+  /// collective: every rank must call it).
+  void check_ranks_agree() const;
   const TrainConfig& config() const noexcept { return config_; }
   Crosscoder& model() noexcept { return model_; }
   /// Tokens since each latent last fired, [F].
@@ -189,8 +212,7 @@ class Trainer {
   /// The L1 penalties (ReLU's decoder-norm-weighted one, partition_l1); returns ∂penalty/∂a
   /// per latent [F] (backend memory), or null when there is none, and leaves the ReLU
   /// penalty's decoder gradient factors in the scratch buffer "l1_factor".
-  const float* l1_terms(const Batch& batch, const std::vector<float>& latent_sums,
-                        StepReport& report);
+  const float* l1_terms(const std::vector<float>& latent_sums, StepReport& report);
   /// Whether the decoder rows are held at unit norm (TopK/BatchTopK unless unit_norm_decoder
   /// is off).
   bool unit_norm_rows() const noexcept;
@@ -200,6 +222,14 @@ class Trainer {
   /// A sparse backward request that writes this trainer's gradient rows (and their row sums)
   /// from upstream gradient `grad_out` [B, D] and the batch's normalised input.
   SparseBackwardRequest gradient_rows_request(const Batch& batch, const float* grad_out);
+  /// Of every rank's BatchTopK candidates, the `count` best in the global order (score, then
+  /// rank, row and latent): this rank's share of them, as the selection (data parallel).
+  SparseCodes global_top_entries(const SparseCodes& candidates, std::int64_t count,
+                                 const float* weight);
+  /// Sums every gradient over the ranks (data parallel).
+  void all_reduce_gradients();
+  /// Whether more than one rank trains.
+  bool distributed() const noexcept { return communicator_->size() > 1; }
   /// The rows of one tile of a `rows`-row batch (TrainConfig::tile_rows).
   std::int64_t rows_per_tile(std::int64_t rows) const noexcept;
   /// A named working buffer of `size` floats, kept between steps: a fresh B×F allocation each
@@ -213,6 +243,8 @@ class Trainer {
   Crosscoder& model_;
   TrainConfig config_;
   std::shared_ptr<Backend> backend_;
+  std::shared_ptr<Communicator> communicator_;
+  std::int64_t global_rows_ = 0;  // rows of the current step's global batch
   Gradients gradients_;
   std::vector<Moments> moments_;  // one per parameter, in CrosscoderParameters order
   std::map<std::string, DeviceArray<float>> scratch_;

@@ -9,9 +9,11 @@
 #include <vector>
 
 #include "cli.hpp"
+#include "crosscoder/communicator.hpp"
 #include "crosscoder/dataset.hpp"
 #include "crosscoder/diff.hpp"
 #include "crosscoder/error.hpp"
+#include "crosscoder/log.hpp"
 #include "crosscoder/prefetch.hpp"
 #include "crosscoder/shuffled_batches.hpp"
 #include "crosscoder/train_loop.hpp"
@@ -68,6 +70,16 @@ int run(TrainFlags& flags) {
   shuffle.buffer_bytes = static_cast<std::int64_t>(flags.shuffle_buffer_mb * 1024 * 1024);
   shuffle.row_count = dataset->rows() - flags.validation_rows;
   std::unique_ptr<BatchSource> batches = std::make_unique<ShuffledBatches>(dataset, shuffle);
+  // Under mpirun (or srun), one data-parallel rank of several: it reads its own rows of each
+  // global batch, and only rank 0 speaks and writes.
+  const std::shared_ptr<Communicator> ranks = default_communicator();
+  const bool lead = ranks->rank() == 0;
+  if (!lead) set_log_sink([](LogLevel, std::string_view) {});  // rank 0 says it once
+  if (ranks->size() > 1) {
+    batches = std::make_unique<RankSliceBatches>(
+        std::move(batches), flags.train.batch_size,
+        row_slice(flags.train.batch_size, ranks->rank(), ranks->size()));
+  }
   if (flags.prefetch > 0)
     batches = std::make_unique<PrefetchingBatchSource>(std::move(batches), flags.prefetch);
   BatchSource& data = *batches;
@@ -104,19 +116,23 @@ int run(TrainFlags& flags) {
   }
   const auto backend = backend_for(flags.device);
   backend->set_matmul_precision(parse_matmul_precision(flags.matmul));
-  std::printf(
-      "crosscoder train: %lld training + %lld validation rows, %d sources of width %d → %s "
-      "crosscoder with %d latents on %s\n",
-      static_cast<long long>(shuffle.row_count), static_cast<long long>(flags.validation_rows),
-      config.sources, config.width, std::string(to_string(config.activation)).c_str(),
-      config.latents, backend->describe().c_str());
+  if (lead) {
+    std::printf(
+        "crosscoder train: %lld training + %lld validation rows, %d sources of width %d → %s "
+        "crosscoder with %d latents on %s%s\n",
+        static_cast<long long>(shuffle.row_count), static_cast<long long>(flags.validation_rows),
+        config.sources, config.width, std::string(to_string(config.activation)).c_str(),
+        config.latents, backend->describe().c_str(),
+        ranks->size() > 1 ? fmt::format(", data parallel over {}", ranks->describe()).c_str() : "");
+  }
   Crosscoder model(config, backend, flags.train.seed);
-  Trainer trainer(model, flags.train);
+  Trainer trainer(model, flags.train, ranks);
   TrainingOptions options;
   options.checkpoint = checkpoint;
   options.checkpoint_every = flags.checkpoint_every;
   options.resume = flags.resume;
   const StepReport last = train(trainer, data, options);
+  if (!lead) return 0;  // rank 0 holds the same model and writes it
   model.save(flags.out, {{"train_config", flags.train.to_json()}, {"data", data.identity()}});
   std::string fve;
   for (std::size_t m = 0; m < last.fve.size(); ++m) fve += fmt::format(" {:.4f}", last.fve[m]);

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# `mpirun -np N crosscoder train` end to end: the data-parallel model equals the one-process
+# model on the same data and flags; one progress report; a resumed run at another rank count;
+# bad input (a batch smaller than the ranks, ranks started with different flags) ends the job
+# with an error naming the cause, never a hang.
+#   cli_train.sh "MPIRUN" NUMPROC_FLAG CROSSCODER_CLI COMPARE_MODELS WRITE_SYNTHETIC_NPY WORKDIR
+set -euo pipefail
+read -r -a mpirun <<< "$1"
+np=$2
+cli=$3
+compare=$4
+write_npy=$5
+work=$6
+rm -rf "$work"
+mkdir -p "$work"
+"$write_npy" "$work" 3000 > /dev/null
+data=(--data "$work/base.npy" --data "$work/finetuned.npy" --latents 64 --k 4 --warmup 5
+      --checkpoint-every 10 --dead-after 400)
+flags=("${data[@]}" --batch 200)
+fail() { echo "cli_train.sh: $*" >&2; exit 1; }
+
+"$cli" train "${flags[@]}" --steps 30 --out "$work/alone.safetensors" > "$work/alone.log" 2>&1 ||
+  { cat "$work/alone.log"; fail "the one-process run failed"; }
+timeout 300 "${mpirun[@]}" "$np" 2 "$cli" train "${flags[@]}" --steps 30 \
+  --out "$work/ranks.safetensors" > "$work/ranks.log" 2>&1 ||
+  { cat "$work/ranks.log"; fail "the 2-rank run failed"; }
+grep -q "data parallel over MPI" "$work/ranks.log" || { cat "$work/ranks.log"; fail "no MPI banner"; }
+[[ $(grep -c "final step 30" "$work/ranks.log") == 1 ]] ||
+  { cat "$work/ranks.log"; fail "expected one final report (rank 0's)"; }
+"$compare" "$work/alone.safetensors" "$work/ranks.safetensors" 2e-4
+
+# A 30-step run at 2 ranks, resumed at 3 ranks to step 40.
+timeout 300 "${mpirun[@]}" "$np" 2 "$cli" train "${flags[@]}" --steps 30 \
+  --out "$work/split.safetensors" --checkpoint "$work/split.train.safetensors" > /dev/null 2>&1
+timeout 300 "${mpirun[@]}" "$np" 3 "$cli" train "${flags[@]}" --steps 40 --resume \
+  --out "$work/split.safetensors" --checkpoint "$work/split.train.safetensors" \
+  > "$work/resume.log" 2>&1 || { cat "$work/resume.log"; fail "the 3-rank resume failed"; }
+grep -q "resumed from .* at step 30" "$work/resume.log" || { cat "$work/resume.log"; fail "no resume"; }
+# Against the one-process run resumed the same way (its checkpoint: alone.safetensors's).
+"$cli" train "${flags[@]}" --steps 40 --resume --out "$work/alone.safetensors" > /dev/null 2>&1
+"$compare" "$work/alone.safetensors" "$work/split.safetensors" 2e-4
+
+# Bad input: errors that name the cause, within the timeout.
+set +e
+timeout 120 "${mpirun[@]}" "$np" 3 "$cli" train "${data[@]}" --batch 2 --steps 5 \
+  --out "$work/bad.safetensors" > "$work/bad.log" 2>&1
+status=$?
+set -e
+((status != 0 && status != 124)) || { cat "$work/bad.log"; fail "a batch of 2 rows on 3 ranks: status $status"; }
+grep -q "cannot be split over 3 ranks" "$work/bad.log" || { cat "$work/bad.log"; fail "no reason given"; }
+set +e
+timeout 120 "${mpirun[@]}" "$np" 1 "$cli" train "${flags[@]}" --steps 5 --lr 1e-3 \
+  --out "$work/mixed.safetensors" : "$np" 1 "$cli" train "${flags[@]}" --steps 5 --lr 2e-3 \
+  --out "$work/mixed.safetensors" > "$work/mixed.log" 2>&1
+status=$?
+set -e
+((status != 0 && status != 124)) || { cat "$work/mixed.log"; fail "ranks with other flags: status $status"; }
+grep -q "rank 1's crosscoder or train configuration differs" "$work/mixed.log" ||
+  { cat "$work/mixed.log"; fail "the differing rank is not named"; }
+echo "cli_train.sh: 2-rank model equals the one-process model; resumed at 3 ranks; bad input named"
