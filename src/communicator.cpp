@@ -4,7 +4,9 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <vector>
 
+#include "crosscoder/backend.hpp"
 #include "crosscoder/error.hpp"
 
 namespace crosscoder {
@@ -43,6 +45,17 @@ class SingleProcessCommunicator final : public Communicator {
 };
 
 }  // namespace
+
+void Communicator::all_reduce_sum_in_backend(Backend& backend, float* data, std::size_t n) {
+  if (backend.kind() == BackendKind::cpu) {  // the CPU backend's memory is the host's
+    all_reduce_sum(std::span<float>(data, n));
+    return;
+  }
+  std::vector<float> host(n);
+  backend.copy_to_host(host.data(), data, n * sizeof(float));
+  all_reduce_sum(std::span<float>(host));
+  backend.copy_to_device(data, host.data(), n * sizeof(float));
+}
 
 std::shared_ptr<Communicator> single_process_communicator() {
   return std::make_shared<SingleProcessCommunicator>();

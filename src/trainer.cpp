@@ -980,18 +980,11 @@ SparseCodes Trainer::global_top_entries(const SparseCodes& candidates, std::int6
 }
 
 void Trainer::all_reduce_gradients() {
-  const bool host_memory = backend_->kind() == BackendKind::cpu;
   for (DeviceArray<float>* gradient :
        {&gradients_.encoder_weight, &gradients_.encoder_bias, &gradients_.decoder_weight,
         &gradients_.decoder_bias, &gradients_.threshold}) {
-    if (gradient->size() == 0) continue;
-    if (host_memory) {  // the CPU backend's memory is the host's: reduce in place
-      communicator_->all_reduce_sum(std::span<float>(gradient->data(), gradient->size()));
-      continue;
-    }
-    std::vector<float> host = gradient->download();
-    communicator_->all_reduce_sum(std::span<float>(host));
-    gradient->upload(host);
+    if (gradient->size() > 0)
+      communicator_->all_reduce_sum_in_backend(*backend_, gradient->data(), gradient->size());
   }
 }
 

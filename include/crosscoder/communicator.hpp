@@ -6,6 +6,7 @@
 /// order with the same sizes; a rank that fails must call abort(), so that the others end
 /// with an error instead of waiting in a collective for ever.
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -13,6 +14,8 @@
 #include <vector>
 
 namespace crosscoder {
+
+class Backend;
 
 /// A group of cooperating processes (ranks 0 … size() − 1).
 class Communicator {
@@ -33,6 +36,10 @@ class Communicator {
   virtual void all_reduce_sum(std::span<double> values) = 0;
   virtual void all_reduce_sum(std::span<float> values) = 0;
   virtual void all_reduce_sum(std::span<std::int64_t> values) = 0;
+  /// Element-wise sum over all ranks of n floats in `backend`'s memory, in place. This default
+  /// reduces the CPU backend's memory (the host's) directly and a device's through host copies;
+  /// the NCCL communicator reduces CUDA memory between the GPUs.
+  virtual void all_reduce_sum_in_backend(Backend& backend, float* data, std::size_t n);
   /// Element-wise minimum over all ranks, in place.
   virtual void all_reduce_min(std::span<float> values) = 0;
   /// Element-wise sum over all ranks of `values` (size() equal blocks), of which this rank
@@ -67,6 +74,15 @@ bool launched_by_mpi_launcher() noexcept;
 /// communicator is gone). @throws Error when the library was built without MPI, or when MPI
 /// cannot be initialised.
 std::shared_ptr<Communicator> mpi_communicator();
+
+/// Whether this library was built with NCCL (CUDA, MPI and NCCL found at configure time).
+bool nccl_built() noexcept;
+
+/// A communicator whose all_reduce_sum_in_backend reduces CUDA memory with NCCL between the
+/// ranks' GPUs (each rank's current CUDA device: one GPU per rank, e.g. by CUDA_VISIBLE_DEVICES),
+/// bootstrapped through `host` (an MPI communicator), which carries every other collective.
+/// @throws Error when the library was built without NCCL or NCCL cannot connect the ranks.
+std::shared_ptr<Communicator> nccl_communicator(std::shared_ptr<Communicator> host);
 
 /// The MPI communicator when the process was started by an MPI launcher, else the single
 /// process. @throws Error when an MPI launcher started a library built without MPI (each rank

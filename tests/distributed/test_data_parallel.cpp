@@ -385,6 +385,37 @@ TEST(Communicator, CollectivesAgreeWithTheirDefinitions) {
   EXPECT_EQ(bytes[0], ranks - 1);
 }
 
+// NCCL between GPUs: only where this library has NCCL and every rank a CUDA device.
+TEST(Nccl, AllReducesCudaMemoryAsMpiDoesOnTheHost) {
+  bool usable = nccl_built();
+  std::string reason = "built without NCCL";
+  for (const BackendInfo& info : available_backends()) {
+    if (info.kind == BackendKind::cuda && !info.usable) {
+      usable = false;
+      reason = info.reason;
+    }
+  }
+  // Every rank must agree to run it (the NCCL set-up is a collective).
+  std::int64_t unusable = usable ? 0 : 1;
+  world->all_reduce_sum(std::span<std::int64_t>(&unusable, 1));
+  if (unusable > 0) GTEST_SKIP() << "NCCL check not run: " << reason;
+  const auto gpu = make_backend(BackendKind::cuda);
+  const auto nccl = nccl_communicator(world);
+  std::mt19937_64 rng(static_cast<std::uint64_t>(world->rank()) + shared_seed());
+  std::normal_distribution<float> normal;
+  std::vector<float> mine(100'003);
+  for (float& v : mine) v = normal(rng);
+  DeviceArray<float> on_gpu(gpu, std::span<const float>(mine));
+  nccl->all_reduce_sum_in_backend(*gpu, on_gpu.data(), on_gpu.size());
+  std::vector<float> want = mine;
+  world->all_reduce_sum(std::span<float>(want));
+  const std::vector<float> got = on_gpu.download();
+  double worst = 0.0;
+  for (std::size_t i = 0; i < want.size(); ++i)
+    worst = std::max(worst, static_cast<double>(std::abs(got[i] - want[i])));
+  EXPECT_LE(worst, 1e-5) << nccl->describe();
+}
+
 // A rank that dies mid-training: run alone by tests/distributed/killed_rank.sh, which checks
 // that mpirun ends the job with an error naming the rank instead of the others waiting.
 TEST(DataParallelFailure, ARankKilledMidTraining) {

@@ -116,6 +116,9 @@ int run(TrainFlags& flags) {
   }
   const auto backend = backend_for(flags.device);
   backend->set_matmul_precision(parse_matmul_precision(flags.matmul));
+  std::shared_ptr<Communicator> ranks_here = ranks;
+  if (ranks->size() > 1 && backend->kind() == BackendKind::cuda && nccl_built())
+    ranks_here = nccl_communicator(ranks);  // gradients reduced between the GPUs
   if (lead) {
     std::printf(
         "crosscoder train: %lld training + %lld validation rows, %d sources of width %d → %s "
@@ -123,10 +126,11 @@ int run(TrainFlags& flags) {
         static_cast<long long>(shuffle.row_count), static_cast<long long>(flags.validation_rows),
         config.sources, config.width, std::string(to_string(config.activation)).c_str(),
         config.latents, backend->describe().c_str(),
-        ranks->size() > 1 ? fmt::format(", data parallel over {}", ranks->describe()).c_str() : "");
+        ranks->size() > 1 ? fmt::format(", data parallel over {}", ranks_here->describe()).c_str()
+                          : "");
   }
   Crosscoder model(config, backend, flags.train.seed);
-  Trainer trainer(model, flags.train, ranks);
+  Trainer trainer(model, flags.train, ranks_here);
   TrainingOptions options;
   options.checkpoint = checkpoint;
   options.checkpoint_every = flags.checkpoint_every;
