@@ -34,6 +34,11 @@ class SingleProcessCommunicator final : public Communicator {
     if (counts) *counts = {static_cast<std::int64_t>(values.size())};
     return {values.begin(), values.end()};
   }
+  std::vector<std::int64_t> all_gather(std::span<const std::int64_t> values,
+                                       std::vector<std::int64_t>* counts) override {
+    if (counts) *counts = {static_cast<std::int64_t>(values.size())};
+    return {values.begin(), values.end()};
+  }
   void broadcast(std::span<std::uint8_t>, int root) override {
     if (root != 0) throw Error(fmt::format("broadcast: root {} of 1 rank", root));
   }

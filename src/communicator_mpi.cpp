@@ -103,22 +103,11 @@ class MpiCommunicator final : public Communicator {
   }
   std::vector<float> all_gather(std::span<const float> values,
                                 std::vector<std::int64_t>* counts) override {
-    const std::vector<std::int64_t> lengths = all_gather(static_cast<std::int64_t>(values.size()));
-    std::vector<int> sizes(lengths.size()), offsets(lengths.size());
-    std::int64_t total = 0;
-    for (std::size_t r = 0; r < lengths.size(); ++r) {
-      offsets[r] = static_cast<int>(total);
-      sizes[r] = static_cast<int>(lengths[r]);
-      total += lengths[r];
-    }
-    if (total > static_cast<std::int64_t>(kMaximumCount))
-      throw Error(fmt::format("all-gather of {} floats: more than one MPI call can move", total));
-    std::vector<float> gathered(static_cast<std::size_t>(total));
-    check(MPI_Allgatherv(values.data(), static_cast<int>(values.size()), MPI_FLOAT, gathered.data(),
-                         sizes.data(), offsets.data(), MPI_FLOAT, MPI_COMM_WORLD),
-          "all-gather (variable lengths)");
-    if (counts) *counts = lengths;
-    return gathered;
+    return gather_all(values, MPI_FLOAT, counts);
+  }
+  std::vector<std::int64_t> all_gather(std::span<const std::int64_t> values,
+                                       std::vector<std::int64_t>* counts) override {
+    return gather_all(values, MPI_INT64_T, counts);
   }
   void broadcast(std::span<std::uint8_t> bytes, int root) override {
     for (std::size_t first = 0; first < bytes.size(); first += kMaximumCount) {
@@ -136,6 +125,28 @@ class MpiCommunicator final : public Communicator {
   }
 
  private:
+  // Every rank's values, of any length per rank, concatenated in rank order.
+  template <typename T>
+  std::vector<T> gather_all(std::span<const T> values, MPI_Datatype type,
+                            std::vector<std::int64_t>* counts) {
+    const std::vector<std::int64_t> lengths = all_gather(static_cast<std::int64_t>(values.size()));
+    std::vector<int> sizes(lengths.size()), offsets(lengths.size());
+    std::int64_t total = 0;
+    for (std::size_t r = 0; r < lengths.size(); ++r) {
+      offsets[r] = static_cast<int>(total);
+      sizes[r] = static_cast<int>(lengths[r]);
+      total += lengths[r];
+    }
+    if (total > static_cast<std::int64_t>(kMaximumCount))
+      throw Error(fmt::format("all-gather of {} values: more than one MPI call can move", total));
+    std::vector<T> gathered(static_cast<std::size_t>(total));
+    check(MPI_Allgatherv(values.data(), static_cast<int>(values.size()), type, gathered.data(),
+                         sizes.data(), offsets.data(), type, MPI_COMM_WORLD),
+          "all-gather (variable lengths)");
+    if (counts) *counts = lengths;
+    return gathered;
+  }
+
   int rank_ = 0;
   int size_ = 1;
   bool owns_mpi_ = false;

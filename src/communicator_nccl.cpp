@@ -78,6 +78,10 @@ class NcclCommunicator final : public Communicator {
                                 std::vector<std::int64_t>* counts) override {
     return host_->all_gather(values, counts);
   }
+  std::vector<std::int64_t> all_gather(std::span<const std::int64_t> values,
+                                       std::vector<std::int64_t>* counts) override {
+    return host_->all_gather(values, counts);
+  }
   void broadcast(std::span<std::uint8_t> bytes, int root) override {
     host_->broadcast(bytes, root);
   }

@@ -4,8 +4,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
+#include <numeric>
 
 #include "crosscoder/backend_ops.hpp"
+#include "crosscoder/communicator.hpp"
 #include "crosscoder/error.hpp"
 #include "random.hpp"
 #include "validation.hpp"
@@ -33,6 +36,72 @@ Crosscoder::Crosscoder(const CrosscoderConfig& config, std::shared_ptr<Backend> 
   normaliser_scale_ = DeviceArray<float>(backend_, D);
   normaliser_mean_ = DeviceArray<float>(backend_, D);
   upload_normaliser();
+}
+
+Crosscoder Crosscoder::latent_slice(const Crosscoder& full, std::int64_t first,
+                                    std::int64_t count) {
+  const CrosscoderConfig& c = full.config();
+  if (first < 0 || count < 1 || first + count > c.latents) {
+    throw Error(fmt::format("latent slice [{}, {}) is not inside the crosscoder's {} latents",
+                            first, first + count, c.latents));
+  }
+  if (c.shared_latents() < c.latents || !c.matryoshka_groups.empty()) {
+    throw Error(
+        "latent sharding: model-exclusive latents and Matryoshka groups are not sharded yet "
+        "(train them data parallel)");
+  }
+  CrosscoderConfig shard_config = c;
+  shard_config.latents = static_cast<int>(count);
+  try {
+    shard_config.validate();
+  } catch (const Error& error) {
+    throw Error(fmt::format("latent slice of {} latents: {}", count, error.what()));
+  }
+  Crosscoder shard(shard_config, full.backend());
+  const auto D = static_cast<std::size_t>(c.input_width());
+  const auto rows_of = [&](const DeviceArray<float>& array, std::size_t width) {
+    const std::vector<float> all = array.download();
+    return std::vector<float>(all.begin() + static_cast<std::ptrdiff_t>(first * width),
+                              all.begin() + static_cast<std::ptrdiff_t>((first + count) * width));
+  };
+  const CrosscoderParameters& p = full.parameters();
+  CrosscoderParameters& q = shard.parameters_;
+  q.encoder_weight.upload(rows_of(p.encoder_weight, D));
+  q.encoder_bias.upload(rows_of(p.encoder_bias, 1));
+  q.decoder_weight.upload(rows_of(p.decoder_weight, D));
+  q.decoder_bias.upload(p.decoder_bias.download());
+  if (!p.threshold.empty()) q.threshold.upload(rows_of(p.threshold, 1));
+  if (full.normaliser().fitted) shard.set_normaliser(full.normaliser());
+  shard.set_batch_threshold(full.batch_threshold());
+  return shard;
+}
+
+Crosscoder Crosscoder::join_latent_slices(const Crosscoder& shard, Communicator& ranks) {
+  const CrosscoderConfig& c = shard.config();
+  const std::vector<std::int64_t> latents = ranks.all_gather(std::int64_t{c.latents});
+  CrosscoderConfig whole_config = c;
+  const std::int64_t total = std::accumulate(latents.begin(), latents.end(), std::int64_t{0});
+  if (total > std::numeric_limits<int>::max())
+    throw Error(fmt::format("joined latent shards: {} latents in all", total));
+  whole_config.latents = static_cast<int>(total);
+  whole_config.validate();
+  Crosscoder whole(whole_config, shard.backend());
+  const CrosscoderParameters& p = shard.parameters();
+  CrosscoderParameters& q = whole.parameters_;
+  for (const auto& [from, to] :
+       {std::pair{&p.encoder_weight, &q.encoder_weight},
+        std::pair{&p.encoder_bias, &q.encoder_bias},
+        std::pair{&p.decoder_weight, &q.decoder_weight}, std::pair{&p.threshold, &q.threshold}}) {
+    if (to->empty()) continue;
+    const std::vector<float> joined = ranks.all_gather(from->download());
+    if (joined.size() != to->size())
+      throw Error(fmt::format("joined latent shards: {} values for {}", joined.size(), to->size()));
+    to->upload(joined);
+  }
+  q.decoder_bias.upload(p.decoder_bias.download());
+  if (shard.normaliser().fitted) whole.set_normaliser(shard.normaliser());
+  whole.set_batch_threshold(shard.batch_threshold());
+  return whole;
 }
 
 Crosscoder::Crosscoder(const CrosscoderConfig& config, std::shared_ptr<Backend> backend,

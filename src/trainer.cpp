@@ -234,23 +234,40 @@ int first_rank_differing(const std::vector<std::int64_t>& values) {
 }  // namespace
 
 Trainer::Trainer(Crosscoder& model, const TrainConfig& config,
-                 std::shared_ptr<Communicator> communicator)
+                 std::shared_ptr<Communicator> communicator, Parallelism parallelism)
     : model_(model),
       config_(config),
       backend_(model.backend()),
-      communicator_(communicator ? std::move(communicator) : single_process_communicator()) {
+      communicator_(communicator ? std::move(communicator) : single_process_communicator()),
+      parallelism_(parallelism) {
   config_.validate();
-  if (distributed()) {
+  global_latents_ = model_.config().latents;
+  if (communicator_->size() > 1) {
     // Ranks that disagree would deadlock or silently train different models: refuse at once.
-    const std::string text = model_.config().to_json() + config_.to_json();
+    // (Latent shards differ in their number of latents only.)
+    CrosscoderConfig same = model_.config();
+    if (latent_sharded()) same.latents = 0;
+    const std::string text = same.to_json() + config_.to_json();
     const int differing = first_rank_differing(
         communicator_->all_gather(static_cast<std::int64_t>(fnv1a(text.data(), text.size()))));
     if (differing > 0) {
       throw Error(fmt::format(
-          "data-parallel training: rank {}'s crosscoder or train configuration differs from "
+          "multi-rank training: rank {}'s crosscoder or train configuration differs from "
           "rank 0's (every rank must be started with the same flags)",
           differing));
     }
+  }
+  if (latent_sharded()) {
+    const CrosscoderConfig& c = model_.config();
+    if (c.shared_latents() < c.latents || !c.matryoshka_groups.empty()) {
+      throw Error(
+          "latent sharding: model-exclusive latents and Matryoshka groups are not sharded yet "
+          "(train them data parallel)");
+    }
+    const std::vector<std::int64_t> shards = communicator_->all_gather(std::int64_t{c.latents});
+    global_latents_ = std::accumulate(shards.begin(), shards.end(), std::int64_t{0});
+    first_latent_ =
+        std::accumulate(shards.begin(), shards.begin() + communicator_->rank(), std::int64_t{0});
   }
   const CrosscoderConfig& c = model_.config();
   if (config_.k_initial > 0 && config_.k_initial >= c.latents) {
@@ -313,7 +330,7 @@ Trainer::Trainer(Crosscoder& model, const TrainConfig& config,
   }
   row_statistics_ = DeviceArray<double>(
       backend_, static_cast<std::size_t>(c.latents) * static_cast<std::size_t>(c.sources) * 4);
-  if (distributed()) check_ranks_agree();
+  if (communicator_->size() > 1) check_ranks_agree();
 }
 
 std::uint64_t Trainer::parameter_hash() const {
@@ -321,6 +338,7 @@ std::uint64_t Trainer::parameter_hash() const {
   std::uint64_t hash = 0xcbf29ce484222325ull;
   for (const DeviceArray<float>* array :
        {&p.encoder_weight, &p.encoder_bias, &p.decoder_weight, &p.decoder_bias, &p.threshold}) {
+    if (latent_sharded() && array != &p.decoder_bias) continue;  // each rank's own latents
     const std::vector<float> values = array->download();
     hash = fnv1a(values.data(), values.size() * sizeof(float), hash);
   }
@@ -336,7 +354,7 @@ void Trainer::check_ranks_agree() const {
       first_rank_differing(communicator_->all_gather(static_cast<std::int64_t>(parameter_hash())));
   if (differing > 0) {
     throw Error(fmt::format(
-        "data-parallel training at step {}: rank {}'s parameters differ from rank 0's (a rank "
+        "multi-rank training at step {}: rank {}'s parameters differ from rank 0's (a rank "
         "started from another model or seed, or the ranks' arithmetic diverged)",
         step_, differing));
   }
@@ -390,9 +408,12 @@ StepReport Trainer::forward_backward(std::span<const float> x, std::int64_t rows
   detail::check_batch(x, rows, c.sources, c.width, "training batch");
   if (rows < 1) throw Error("training batch: needs at least one row");
   global_rows_ = rows;
+  first_row_ = 0;
   if (distributed()) {
     const std::vector<std::int64_t> rank_rows = communicator_->all_gather(rows);
     global_rows_ = std::accumulate(rank_rows.begin(), rank_rows.end(), std::int64_t{0});
+    first_row_ = std::accumulate(rank_rows.begin(), rank_rows.begin() + communicator_->rank(),
+                                 std::int64_t{0});
   }
   if (!model_.normaliser().fitted) {
     const std::int64_t fit_rows = config_.normaliser_rows > 0
@@ -443,7 +464,7 @@ StepReport Trainer::forward_backward(std::span<const float> x, std::int64_t rows
   report.l0 = static_cast<double>(codes.nnz) / static_cast<double>(B);
   std::vector<float> latent_sums(static_cast<std::size_t>(F));
   be.latent_totals(codes, F, latent_sums.data(), fired_this_step_.data());
-  communicator_->all_reduce_sum(std::span<std::int64_t>(fired_this_step_));
+  if (distributed()) communicator_->all_reduce_sum(std::span<std::int64_t>(fired_this_step_));
   std::vector<double> bias_gradient(static_cast<std::size_t>(D));
   if (prefix_ends_.empty()) {
     reconstruction_terms(batch, codes, batch.recon.data(), batch.grad_recon.data(), 1.0, true,
@@ -483,6 +504,14 @@ StepReport Trainer::forward_backward(std::span<const float> x, std::int64_t rows
     report.l0 = shares[2] / static_cast<double>(global_rows_);
     all_reduce_gradients();
   }
+  if (latent_sharded()) {
+    // Each rank's latents' share of the sparsity term and of L0; the reconstruction and AuxK
+    // terms came from the summed reconstructions, the same on every rank.
+    std::array<double, 2> shares{report.sparsity, static_cast<double>(codes.nnz)};
+    communicator_->all_reduce_sum(std::span<double>(shares));
+    report.sparsity = shares[0];
+    report.l0 = shares[1] / static_cast<double>(global_rows_);
+  }
   report.loss = report.reconstruction + report.sparsity + report.auxk;
   std::int64_t dead_now = 0;
   const std::int64_t horizon = config_.dead_horizon();
@@ -490,7 +519,8 @@ StepReport Trainer::forward_backward(std::span<const float> x, std::int64_t rows
     const std::int64_t since = fired_this_step_[f] > 0 ? 0 : tokens_since_fired_[f] + global_rows_;
     dead_now += since >= horizon ? 1 : 0;
   }
-  report.dead_fraction = static_cast<double>(dead_now) / static_cast<double>(F);
+  if (latent_sharded()) communicator_->all_reduce_sum(std::span<std::int64_t>(&dead_now, 1));
+  report.dead_fraction = static_cast<double>(dead_now) / static_cast<double>(global_latents_);
   return report;
 }
 
@@ -523,6 +553,13 @@ SelectionRequest Trainer::auxk_request(DeviceArray<std::uint8_t>& dead_mask) con
     dead[f] = tokens_since_fired_[f] >= horizon ? 1 : 0;
     any_dead = any_dead || dead[f] != 0;
   }
+  if (latent_sharded()) {
+    // AuxK's selection and reconstruction are collectives: every shard takes part when any
+    // has a dead latent, those without one with an empty mask.
+    std::int64_t ranks_with_dead = any_dead ? 1 : 0;
+    communicator_->all_reduce_sum(std::span<std::int64_t>(&ranks_with_dead, 1));
+    any_dead = ranks_with_dead > 0;
+  }
   if (!any_dead) return aux;
   dead_mask = DeviceArray<std::uint8_t>(backend_, std::span<const std::uint8_t>(dead));
   aux.selection = Selection::per_row_top_k;
@@ -544,8 +581,8 @@ Trainer::TileSelections Trainer::encode_and_select(const float* raw, Batch& batc
   // global batch's rows (all that the batch's selection can take from it), and the batch's
   // best B·k are chosen among those.
   const std::int64_t batch_count = global_rows_ * request.k;
-  const bool tiled_batch_top_k =
-      (tile < B || distributed()) && request.selection == Selection::per_batch_top_k;
+  const bool tiled_batch_top_k = (tile < B || distributed() || latent_sharded()) &&
+                                 request.selection == Selection::per_batch_top_k;
   std::vector<SparseCodes> main_parts, aux_parts, near_parts;
   for (std::int64_t first = 0; first < B; first += tile) {
     const std::int64_t rows_here = std::min(tile, B - first);
@@ -565,10 +602,15 @@ Trainer::TileSelections Trainer::encode_and_select(const float* raw, Batch& batc
   };
   TileSelections selected{join(main_parts), join(aux_parts), join(near_parts)};
   if (tiled_batch_top_k) {
-    selected.main = distributed()
+    selected.main = distributed() || latent_sharded()
                         ? global_top_entries(selected.main, batch_count, request.weight)
                         : be.select_top_entries(selected.main, batch_count, request.weight,
                                                 &last_min_selected_score_);
+  }
+  if (latent_sharded()) {  // each row's top k over every rank's latents
+    if (request.selection == Selection::per_row_top_k)
+      selected.main = sharded_row_top_k(selected.main, request.k);
+    if (aux.allowed) selected.aux = sharded_row_top_k(selected.aux, aux.k);
   }
   return selected;
 }
@@ -595,7 +637,7 @@ void Trainer::reconstruction_terms(Batch& batch, const SparseCodes& codes, float
   request.grad = grad;
   request.squared_error = sse.data();
   request.target_energy = report_fit ? energy.data() : nullptr;
-  backend_->ops().reconstruct(codes, request);
+  reconstruct(codes, request);
   std::vector<double> column_sums;
   if (report_fit) {
     column_sums.resize(static_cast<std::size_t>(D));
@@ -631,15 +673,16 @@ void Trainer::reconstruction_terms(Batch& batch, const SparseCodes& codes, float
 
 namespace {
 
-// The entries of `codes` whose latent is below `end`, as codes over the same rows on `backend`.
-SparseCodes latents_below(const HostSparseCodes& codes, std::int32_t end,
-                          const std::shared_ptr<Backend>& backend) {
+// The entries of `codes` that `keep` (one flag per entry) marks, as codes over the same rows on
+// `backend`.
+SparseCodes kept_entries(const HostSparseCodes& codes, const std::vector<char>& keep,
+                         const std::shared_ptr<Backend>& backend) {
   std::vector<std::int64_t> row_ptr{0};
   std::vector<std::int32_t> latent;
   std::vector<float> value;
   for (std::int64_t b = 0; b < codes.rows; ++b) {
     for (std::int64_t e = codes.row_ptr[b]; e < codes.row_ptr[b + 1]; ++e) {
-      if (codes.latent[e] >= end) continue;
+      if (!keep[static_cast<std::size_t>(e)]) continue;
       latent.push_back(codes.latent[e]);
       value.push_back(codes.value[e]);
     }
@@ -652,6 +695,14 @@ SparseCodes latents_below(const HostSparseCodes& codes, std::int32_t end,
   out.latent = DeviceArray<std::int32_t>(backend, std::span<const std::int32_t>(latent));
   out.value = DeviceArray<float>(backend, std::span<const float>(value));
   return out;
+}
+
+// The entries of `codes` whose latent is below `end`, as codes over the same rows on `backend`.
+SparseCodes latents_below(const HostSparseCodes& codes, std::int32_t end,
+                          const std::shared_ptr<Backend>& backend) {
+  std::vector<char> keep(codes.latent.size());
+  for (std::size_t e = 0; e < keep.size(); ++e) keep[e] = codes.latent[e] < end ? 1 : 0;
+  return kept_entries(codes, keep, backend);
 }
 
 }  // namespace
@@ -783,7 +834,7 @@ void Trainer::auxk_terms(const Batch& batch, const SparseCodes& aux_codes, StepR
   std::vector<double> residual_sums(static_cast<std::size_t>(D) + 1);
   be.column_sums(residual.data(), B, D, residual_sums.data());
   residual_sums[static_cast<std::size_t>(D)] = be.sum_of_squares(residual.data(), B * D);
-  communicator_->all_reduce_sum(std::span<double>(residual_sums));
+  if (distributed()) communicator_->all_reduce_sum(std::span<double>(residual_sums));
   const auto G = static_cast<double>(global_rows_);
   double centred = residual_sums.back();
   residual_sums.pop_back();
@@ -794,16 +845,16 @@ void Trainer::auxk_terms(const Batch& batch, const SparseCodes& aux_codes, StepR
   DeviceArray<float>& grad_aux = scratch("grad_aux", B * D);
   std::vector<double> aux_sse(static_cast<std::size_t>(M));
   const double scale = config_.auxk_coefficient * 2.0 / (G * denominator);
-  ReconstructionRequest reconstruct;
-  reconstruct.decoder = p.decoder_weight.data();
-  reconstruct.target = residual.data();
-  reconstruct.sources = M;
-  reconstruct.width = c.width;
-  reconstruct.gradient_scale = static_cast<float>(scale);
-  reconstruct.recon = scratch("aux_recon", B * D).data();
-  reconstruct.grad = grad_aux.data();
-  reconstruct.squared_error = aux_sse.data();
-  be.reconstruct(aux_codes, reconstruct);
+  ReconstructionRequest aux_request;
+  aux_request.decoder = p.decoder_weight.data();
+  aux_request.target = residual.data();
+  aux_request.sources = M;
+  aux_request.width = c.width;
+  aux_request.gradient_scale = static_cast<float>(scale);
+  aux_request.recon = scratch("aux_recon", B * D).data();
+  aux_request.grad = grad_aux.data();
+  aux_request.squared_error = aux_sse.data();
+  reconstruct(aux_codes, aux_request);
   double aux_total = 0.0;
   for (double sse : aux_sse) aux_total += sse;
   report.auxk = config_.auxk_coefficient * (aux_total / G) / denominator;
@@ -850,10 +901,14 @@ void Trainer::apply_update(StepReport& report) {
   if (from_row_statistics) squared_norm = constrained_weight_squares();
   for (const ParameterSlot& slot : parameter_slots) {
     if (from_row_statistics && is_weight_matrix(slot.parameter)) continue;
+    // Latent shards: the decoder bias, which every rank holds alike, is counted once.
+    if (latent_sharded() && slot.parameter == &p.decoder_bias && communicator_->rank() != 0)
+      continue;
     squared_norm += be.constrained_sum_of_squares(slot.gradient->data(), slot.parameter->data(),
                                                   static_cast<std::int64_t>(slot.gradient->size()),
                                                   constraint_of(slot.parameter));
   }
+  if (latent_sharded()) communicator_->all_reduce_sum(std::span<double>(&squared_norm, 1));
   report.gradient_norm = std::sqrt(squared_norm);
   if (!std::isfinite(report.gradient_norm)) {
     throw Error(
@@ -938,11 +993,26 @@ StepReport Trainer::step(std::span<const float> x, std::int64_t rows) {
 
 namespace crosscoder {
 
+namespace {
+
+// Every candidate's place in the one-process order: global row, then global latent.
+std::vector<std::int64_t> global_keys(const HostSparseCodes& host, std::int64_t first_row,
+                                      std::int64_t first_latent, std::int64_t latents) {
+  std::vector<std::int64_t> keys(host.latent.size());
+  for (std::int64_t b = 0; b < host.rows; ++b) {
+    for (std::int64_t e = host.row_ptr[b]; e < host.row_ptr[b + 1]; ++e)
+      keys[static_cast<std::size_t>(e)] = (first_row + b) * latents + first_latent + host.latent[e];
+  }
+  return keys;
+}
+
+}  // namespace
+
 SparseCodes Trainer::global_top_entries(const SparseCodes& candidates, std::int64_t count,
                                         const float* weight) {
-  // Every rank gathers every rank's candidate scores and finds the same global top `count`
-  // (score, then rank, then entry: the one-process tie order, rows being sliced in rank order);
-  // it keeps its own share, which select_top_entries picks with the same tie rule.
+  // Every rank gathers every rank's candidate scores and keys and finds the same global top
+  // `count` (score, then global row and latent: the one-process tie order); it keeps its own
+  // share, which select_top_entries picks with the same tie rule (its entries are in key order).
   const std::int64_t F = model_.config().latents;
   const HostSparseCodes host = HostSparseCodes::from(candidates);
   std::vector<float> weights;
@@ -957,13 +1027,15 @@ SparseCodes Trainer::global_top_entries(const SparseCodes& candidates, std::int6
   }
   std::vector<std::int64_t> counts;
   const std::vector<float> all = communicator_->all_gather(scores, &counts);
+  const std::vector<std::int64_t> keys =
+      communicator_->all_gather(global_keys(host, first_row_, first_latent_, global_latents_));
   std::vector<std::int64_t> order(all.size());
   std::iota(order.begin(), order.end(), std::int64_t{0});
   const auto kept = static_cast<std::ptrdiff_t>(
       std::min<std::int64_t>(count, static_cast<std::int64_t>(all.size())));
   std::nth_element(order.begin(), order.begin() + kept, order.end(),
                    [&](std::int64_t a, std::int64_t b) {
-                     return all[a] > all[b] || (all[a] == all[b] && a < b);
+                     return all[a] > all[b] || (all[a] == all[b] && keys[a] < keys[b]);
                    });
   const std::int64_t first =
       std::accumulate(counts.begin(), counts.begin() + communicator_->rank(), std::int64_t{0});
@@ -977,6 +1049,66 @@ SparseCodes Trainer::global_top_entries(const SparseCodes& candidates, std::int6
   communicator_->all_reduce_min(std::span<float>(&global_smallest, 1));
   last_min_selected_score_ = std::isfinite(global_smallest) ? global_smallest : -1.0f;
   return selected;
+}
+
+SparseCodes Trainer::sharded_row_top_k(const SparseCodes& candidates, std::int64_t k) {
+  // Every rank gathers every rank's candidates with their keys (row, then global latent) and
+  // takes each row's k best (score, then lower latent), keeping its own.
+  const HostSparseCodes host = HostSparseCodes::from(candidates);
+  std::vector<float> scores(host.value.size());
+  for (std::size_t e = 0; e < scores.size(); ++e)
+    scores[e] = host.value[e] > 0.0f ? host.value[e] : 0.0f;
+  std::vector<std::int64_t> counts;
+  const std::vector<float> all = communicator_->all_gather(scores, &counts);
+  const std::vector<std::int64_t> keys =
+      communicator_->all_gather(global_keys(host, 0, first_latent_, global_latents_));
+  const std::int64_t L = global_latents_;
+  std::vector<std::int64_t> order(all.size());
+  std::iota(order.begin(), order.end(), std::int64_t{0});
+  std::sort(order.begin(), order.end(), [&](std::int64_t a, std::int64_t b) {
+    const std::int64_t row_a = keys[a] / L, row_b = keys[b] / L;
+    if (row_a != row_b) return row_a < row_b;
+    if (all[a] != all[b]) return all[a] > all[b];
+    return keys[a] < keys[b];
+  });
+  const std::int64_t first =
+      std::accumulate(counts.begin(), counts.begin() + communicator_->rank(), std::int64_t{0});
+  const std::int64_t end = first + counts[static_cast<std::size_t>(communicator_->rank())];
+  std::vector<char> keep(host.value.size(), 0);
+  std::int64_t row = -1, taken = 0;
+  for (const std::int64_t i : order) {
+    if (keys[i] / L != row) {
+      row = keys[i] / L;
+      taken = 0;
+    }
+    if (taken++ >= k) continue;
+    if (i >= first && i < end) keep[static_cast<std::size_t>(i - first)] = 1;
+  }
+  return kept_entries(host, keep, backend_);
+}
+
+void Trainer::reconstruct(const SparseCodes& codes, const ReconstructionRequest& request) {
+  BackendOps& be = backend_->ops();
+  if (!latent_sharded()) {
+    be.reconstruct(codes, request);
+    return;
+  }
+  // This rank's latents' part of the reconstruction, the bias added by rank 0 alone, summed
+  // over the ranks; then the error and its gradient from the whole, the same on every rank.
+  const std::int64_t rows = codes.rows;
+  const std::int64_t D = static_cast<std::int64_t>(request.sources) * request.width;
+  be.decode(codes, request.decoder, communicator_->rank() == 0 ? request.bias : nullptr, D,
+            request.recon);
+  communicator_->all_reduce_sum_in_backend(*backend_, request.recon,
+                                           static_cast<std::size_t>(rows * D));
+  be.squared_error(request.recon, request.target, rows, request.sources, request.width,
+                   request.gradient_scale, request.grad, request.squared_error);
+  if (request.target_energy) {  // Σ_b ‖target_bm‖²: the squared error against zero
+    DeviceArray<float>& zero = scratch("zero_rows", rows * D);
+    zero.zero();
+    be.squared_error(request.target, zero.data(), rows, request.sources, request.width, 1.0f,
+                     nullptr, request.target_energy);
+  }
 }
 
 void Trainer::all_reduce_gradients() {

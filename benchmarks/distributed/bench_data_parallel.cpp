@@ -5,12 +5,14 @@
 //   [mpirun -np N] bench_data_parallel [--width d] [--latents F] [--k k] [--batch B]
 //                                      [--steps S] [--warmup W] [--activation A]
 //                                      [--all-reduce-only yes]  (the gradients' all-reduce alone)
+//                                      [--parallelism data|latents]
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -53,6 +55,12 @@ class TimedCommunicator final : public Communicator {
   std::vector<float> all_gather(std::span<const float> v,
                                 std::vector<std::int64_t>* counts) override {
     std::vector<float> out;
+    timed([&] { out = inner_->all_gather(v, counts); });
+    return out;
+  }
+  std::vector<std::int64_t> all_gather(std::span<const std::int64_t> v,
+                                       std::vector<std::int64_t>* counts) override {
+    std::vector<std::int64_t> out;
     timed([&] { out = inner_->all_gather(v, counts); });
     return out;
   }
@@ -118,9 +126,13 @@ int main(int argc, char** argv) {
     train.warmup_steps = 1;
     train.threshold_start_step = 0;
 
-    const RowSlice slice = row_slice(train.batch_size, timed->rank(), timed->size());
+    const bool sharded = text_flag(argc, argv, "--parallelism", "data") == "latents";
+    // Data parallel: this rank's rows; latent sharded: every row.
+    const RowSlice slice = sharded ? RowSlice{0, train.batch_size}
+                                   : row_slice(train.batch_size, timed->rank(), timed->size());
     const std::size_t D = static_cast<std::size_t>(config.input_width());
     std::mt19937_64 rng(1234 + static_cast<std::uint64_t>(slice.first));
+    // (Under latent sharding every rank draws the same rows: the same seed.)
     std::normal_distribution<float> normal;
     std::vector<float> rows(static_cast<std::size_t>(slice.count) * D);
     for (float& x : rows) x = normal(rng);
@@ -153,7 +165,16 @@ int main(int argc, char** argv) {
       }
       return 0;
     }
-    Trainer trainer(model, train, timed);
+    const RowSlice latents = row_slice(config.latents, timed->rank(), timed->size());
+    std::optional<Crosscoder> shard;
+    if (sharded) shard.emplace(Crosscoder::latent_slice(model, latents.first, latents.count));
+    Crosscoder& trained = sharded ? *shard : model;
+    Trainer trainer(trained, train, timed, sharded ? Parallelism::latents : Parallelism::data);
+    // Parameters, gradients and Adam's two moments: 16 bytes a parameter on this rank.
+    const CrosscoderParameters& p = trained.parameters();
+    const double state_bytes =
+        16.0 * static_cast<double>(p.encoder_weight.size() + p.decoder_weight.size() +
+                                   p.encoder_bias.size() + p.decoder_bias.size());
     std::vector<double> step_seconds, communication_seconds;
     std::size_t gradient_bytes = 0;
     for (long long t = 0; t < train.steps; ++t) {
@@ -179,11 +200,13 @@ int main(int argc, char** argv) {
       const double step = -as_float[0], communication = -as_float[1];
       const char* threads = std::getenv("OMP_NUM_THREADS");
       std::printf(
-          "ranks %d threads %s: step %.1f ms (median of %lld), communication %.1f ms (%.1f%%), "
-          "gradients all-reduced %.1f MB per step, rows/s %.0f\n",
-          timed->size(), threads ? threads : "default", 1e3 * step, steps, 1e3 * communication,
+          "ranks %d threads %s (%s): step %.1f ms (median of %lld), communication %.1f ms "
+          "(%.1f%%), floats all-reduced %.1f MB per step, rows/s %.0f, model state per rank "
+          "%.0f MB\n",
+          timed->size(), threads ? threads : "default",
+          sharded ? "latent sharded" : "data parallel", 1e3 * step, steps, 1e3 * communication,
           100.0 * communication / step, static_cast<double>(gradient_bytes) / 1e6,
-          static_cast<double>(train.batch_size) / step);
+          static_cast<double>(train.batch_size) / step, state_bytes / 1e6);
     }
     return 0;
   } catch (const std::exception& error) {

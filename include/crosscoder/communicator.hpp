@@ -52,6 +52,8 @@ class Communicator {
   /// not null, receives each rank's length.
   virtual std::vector<float> all_gather(std::span<const float> values,
                                         std::vector<std::int64_t>* counts = nullptr) = 0;
+  virtual std::vector<std::int64_t> all_gather(std::span<const std::int64_t> values,
+                                               std::vector<std::int64_t>* counts = nullptr) = 0;
   /// Rank `root`'s bytes into every rank's `bytes` (equal sizes on every rank).
   virtual void broadcast(std::span<std::uint8_t> bytes, int root) = 0;
   /// Returns when every rank has called it.

@@ -17,6 +17,8 @@
 
 namespace crosscoder {
 
+class Communicator;  // communicator.hpp
+
 struct SelectionRequest;  // backend_ops.hpp
 
 /// The trainable tensors, in backend memory. D = M·d. Both weight matrices keep one
@@ -49,6 +51,18 @@ class Crosscoder {
   /// exclusive latent does not use), encoder initialised to the decoder's transpose, zero
   /// biases, identity normaliser. @throws Error when `config` is invalid.
   Crosscoder(const CrosscoderConfig& config, std::shared_ptr<Backend> backend, std::uint64_t seed);
+
+  /// Latents [first, first + count) of `full` as a crosscoder of their own (its config's latents
+  /// = count): a rank's shard for latent-sharded training. The decoder bias, the normaliser and
+  /// the learnt threshold are copied whole. @throws Error when the range is not inside `full`,
+  /// k does not fit the shard, or `full` has model-exclusive latents or Matryoshka groups (whose
+  /// partitions do not shard yet).
+  static Crosscoder latent_slice(const Crosscoder& full, std::int64_t first, std::int64_t count);
+  /// The inverse of latent_slice over a communicator's ranks: every rank's shard (in rank
+  /// order) joined into the whole crosscoder, returned on every rank (a collective), e.g. for
+  /// rank 0 to save it. The decoder bias, normaliser and threshold are this rank's.
+  /// @throws Error when the ranks' shards do not fit together.
+  static Crosscoder join_latent_slices(const Crosscoder& shard, Communicator& ranks);
 
   /// Loads a checkpoint written by save() (or a training checkpoint).
   /// @throws Error naming the file and tensor when it is missing, malformed or inconsistent.

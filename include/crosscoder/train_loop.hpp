@@ -38,7 +38,9 @@ struct TrainingOptions {
 /// its own rows of each global batch (a RankSliceBatches over the same global source, with the
 /// slice row_slice(batch_size, rank, ranks)). Rank 0 alone draws progress and writes the
 /// checkpoint, after checking that every rank's parameters agree; every rank reads it to
-/// resume; a stop request on any rank stops all of them at the same step.
+/// resume; a stop request on any rank stops all of them at the same step. Latent shards
+/// (Parallelism::latents) each read every row; their training checkpoints are not written yet,
+/// so options.checkpoint must be empty for them.
 /// @throws Cancelled when options.should_stop asks, after writing the checkpoint.
 StepReport train(Trainer& trainer, BatchSource& data, const TrainingOptions& options);
 

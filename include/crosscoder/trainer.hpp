@@ -16,6 +16,7 @@
 
 namespace crosscoder {
 
+struct ReconstructionRequest;  // backend_ops.hpp
 struct SelectionRequest;       // backend_ops.hpp
 struct SparseBackwardRequest;  // backend_ops.hpp
 
@@ -112,6 +113,15 @@ struct Gradients {
   DeviceArray<float> encoder_weight, encoder_bias, decoder_weight, decoder_bias, threshold;
 };
 
+/// How the ranks of a Trainer's communicator divide the work.
+enum class Parallelism {
+  /// Every rank holds the whole model and trains on its own rows of each batch.
+  data,
+  /// Every rank holds its own latents (Crosscoder::latent_slice; in rank order, together all
+  /// of them) and every row of each batch.
+  latents,
+};
+
 /// Trains one Crosscoder in place. Deterministic on the CPU for a given seed and thread count.
 ///
 /// Data parallel over a Communicator's ranks: every rank holds the whole model and calls
@@ -123,13 +133,20 @@ struct Gradients {
 /// dead-latent counters, its residual variance, the learnt threshold and the normaliser's fit
 /// see the whole batch. The result equals the one-process step on the whole batch up to the
 /// order of float sums.
+///
+/// Latent sharded (Parallelism::latents): every rank holds a contiguous slice of the latents
+/// and sees every row. Selections stay exact (each rank's candidates gathered, the one-process
+/// tie order kept), the ranks' partial reconstructions are summed, and each rank's gradients
+/// and Adam steps touch only its own latents; the decoder bias, held by all, gets the same
+/// update everywhere. Model-exclusive latents and Matryoshka groups do not shard yet.
 class Trainer {
  public:
   /// @param communicator the ranks that train together; null: this process alone.
   /// @throws Error when `config` is invalid, or when the ranks' model or train configurations
   ///         or initial parameters differ (naming the first rank that differs from rank 0).
   Trainer(Crosscoder& model, const TrainConfig& config,
-          std::shared_ptr<Communicator> communicator = nullptr);
+          std::shared_ptr<Communicator> communicator = nullptr,
+          Parallelism parallelism = Parallelism::data);
 
   /// One optimisation step on raw rows x[rows, M, d] (host memory): the whole batch, or under
   /// a multi-rank communicator this rank's slice of it. Fits the normaliser from this (global)
@@ -146,8 +163,11 @@ class Trainer {
   std::int64_t steps_done() const noexcept { return step_; }
   /// The ranks this trainer trains with (a single process unless one was given).
   Communicator& communicator() const noexcept { return *communicator_; }
-  /// A hash (FNV-1a) of the model's parameters, normaliser and learnt threshold: equal on
-  /// every rank of a data-parallel run.
+  /// How those ranks divide the work.
+  Parallelism parallelism() const noexcept { return parallelism_; }
+  /// A hash (FNV-1a) of what every rank holds alike: all parameters, the normaliser and the
+  /// learnt threshold under data parallel; under latent sharding the decoder bias, normaliser
+  /// and threshold.
   std::uint64_t parameter_hash() const;
   /// Throws Error naming the first rank whose parameter_hash() differs from rank 0's (a
   /// collective: every rank must call it).
@@ -228,8 +248,22 @@ class Trainer {
                                  const float* weight);
   /// Sums every gradient over the ranks (data parallel).
   void all_reduce_gradients();
-  /// Whether more than one rank trains.
-  bool distributed() const noexcept { return communicator_->size() > 1; }
+  /// Whether more than one rank trains, each on its rows of the batch.
+  bool distributed() const noexcept {
+    return communicator_->size() > 1 && parallelism_ == Parallelism::data;
+  }
+  /// Whether more than one rank trains, each on its latents.
+  bool latent_sharded() const noexcept {
+    return communicator_->size() > 1 && parallelism_ == Parallelism::latents;
+  }
+  /// BackendOps::reconstruct, with the ranks' partial reconstructions summed under latent
+  /// sharding (then the bias is added once, and the error and its gradient are computed from the
+  /// whole reconstruction on every rank).
+  void reconstruct(const SparseCodes& codes, const ReconstructionRequest& request);
+  /// Under latent sharding: of every rank's per-row top-k candidates (`candidates`, at most
+  /// `k` a row, scores their values), each row's k best in the one-process order (score, then
+  /// lower global latent): this rank's share of them.
+  SparseCodes sharded_row_top_k(const SparseCodes& candidates, std::int64_t k);
   /// The rows of one tile of a `rows`-row batch (TrainConfig::tile_rows).
   std::int64_t rows_per_tile(std::int64_t rows) const noexcept;
   /// A named working buffer of `size` floats, kept between steps: a fresh B×F allocation each
@@ -244,7 +278,11 @@ class Trainer {
   TrainConfig config_;
   std::shared_ptr<Backend> backend_;
   std::shared_ptr<Communicator> communicator_;
-  std::int64_t global_rows_ = 0;  // rows of the current step's global batch
+  Parallelism parallelism_ = Parallelism::data;
+  std::int64_t global_rows_ = 0;     // rows of the current step's global batch
+  std::int64_t first_row_ = 0;       // global index of this rank's first row
+  std::int64_t first_latent_ = 0;    // global index of this rank's first latent
+  std::int64_t global_latents_ = 0;  // latents over all ranks
   Gradients gradients_;
   std::vector<Moments> moments_;  // one per parameter, in CrosscoderParameters order
   std::map<std::string, DeviceArray<float>> scratch_;
