@@ -6,22 +6,13 @@
 #include <vector>
 
 #include "crosscoder/error.hpp"
+#include "validation.hpp"
 
 namespace crosscoder {
-namespace {
-
-void check_slice(std::int64_t rows, std::int64_t first, std::int64_t count) {
-  if (first < 0 || count < 1 || first + count > rows) {
-    throw Error(
-        fmt::format("rows [{}, {}) are not inside a batch of {} rows", first, first + count, rows));
-  }
-}
-
-}  // namespace
 
 void BatchSource::fill_rows(std::int64_t step, std::int64_t rows, std::int64_t first,
                             std::int64_t count, float* out, std::int8_t* labels) {
-  check_slice(rows, first, count);
+  detail::check_row_slice(rows, first, count);
   const auto row_size = static_cast<std::size_t>(sources()) * static_cast<std::size_t>(width());
   std::vector<float> whole(static_cast<std::size_t>(rows) * row_size);
   std::vector<std::int8_t> whole_labels(labels ? static_cast<std::size_t>(rows) : 0);
@@ -34,7 +25,7 @@ RankSliceBatches::RankSliceBatches(std::unique_ptr<BatchSource> global, std::int
                                    RowSlice slice)
     : global_(std::move(global)), global_rows_(global_rows), slice_(slice) {
   if (!global_) throw Error("RankSliceBatches: no source");
-  check_slice(global_rows_, slice_.first, slice_.count);
+  detail::check_row_slice(global_rows_, slice_.first, slice_.count);
 }
 
 void RankSliceBatches::fill(std::int64_t step, std::int64_t rows, float* out, std::int8_t* labels) {

@@ -7,6 +7,7 @@
 
 #include "crosscoder/error.hpp"
 #include "random.hpp"
+#include "validation.hpp"
 
 namespace crosscoder {
 
@@ -134,10 +135,7 @@ void ShuffledBatches::fill_rows(std::int64_t step, std::int64_t rows, std::int64
   if (step < 0 || rows <= 0) {
     throw Error(fmt::format("batch {} of {} rows: step must be ≥ 0 and rows > 0", step, rows));
   }
-  if (first < 0 || count < 1 || first + count > rows) {
-    throw Error(
-        fmt::format("rows [{}, {}) are not inside a batch of {} rows", first, first + count, rows));
-  }
+  detail::check_row_slice(rows, first, count);
   const std::int64_t row_size = static_cast<std::int64_t>(sources()) * width();
   for (std::int64_t i = 0; i < count;) {
     const std::int64_t position = step * rows + first + i;

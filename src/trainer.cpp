@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
-#include <cstring>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <numeric>
@@ -989,10 +988,6 @@ StepReport Trainer::step(std::span<const float> x, std::int64_t rows) {
   return report;
 }
 
-}  // namespace crosscoder
-
-namespace crosscoder {
-
 namespace {
 
 // Every candidate's place in the one-process order: global row, then global latent.
@@ -1004,6 +999,13 @@ std::vector<std::int64_t> global_keys(const HostSparseCodes& host, std::int64_t 
       keys[static_cast<std::size_t>(e)] = (first_row + b) * latents + first_latent + host.latent[e];
   }
   return keys;
+}
+
+// Where this rank's values lie in a gather of every rank's: [first, end).
+std::pair<std::int64_t, std::int64_t> own_range(const std::vector<std::int64_t>& counts, int rank) {
+  const std::int64_t first =
+      std::accumulate(counts.begin(), counts.begin() + rank, std::int64_t{0});
+  return {first, first + counts[static_cast<std::size_t>(rank)]};
 }
 
 }  // namespace
@@ -1037,9 +1039,7 @@ SparseCodes Trainer::global_top_entries(const SparseCodes& candidates, std::int6
                    [&](std::int64_t a, std::int64_t b) {
                      return all[a] > all[b] || (all[a] == all[b] && keys[a] < keys[b]);
                    });
-  const std::int64_t first =
-      std::accumulate(counts.begin(), counts.begin() + communicator_->rank(), std::int64_t{0});
-  const std::int64_t end = first + counts[static_cast<std::size_t>(communicator_->rank())];
+  const auto [first, end] = own_range(counts, communicator_->rank());
   const auto own = std::count_if(order.begin(), order.begin() + kept,
                                  [&](std::int64_t i) { return i >= first && i < end; });
   float smallest = -1.0f;
@@ -1071,9 +1071,7 @@ SparseCodes Trainer::sharded_row_top_k(const SparseCodes& candidates, std::int64
     if (all[a] != all[b]) return all[a] > all[b];
     return keys[a] < keys[b];
   });
-  const std::int64_t first =
-      std::accumulate(counts.begin(), counts.begin() + communicator_->rank(), std::int64_t{0});
-  const std::int64_t end = first + counts[static_cast<std::size_t>(communicator_->rank())];
+  const auto [first, end] = own_range(counts, communicator_->rank());
   std::vector<char> keep(host.value.size(), 0);
   std::int64_t row = -1, taken = 0;
   for (const std::int64_t i : order) {

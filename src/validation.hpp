@@ -29,4 +29,12 @@ inline void check_batch(std::span<const float> x, std::int64_t rows, int sources
   }
 }
 
+/// Throws Error unless rows [first, first + count) are a non-empty part of a `rows`-row batch.
+inline void check_row_slice(std::int64_t rows, std::int64_t first, std::int64_t count) {
+  if (first < 0 || count < 1 || first + count > rows) {
+    throw Error(
+        fmt::format("rows [{}, {}) are not inside a batch of {} rows", first, first + count, rows));
+  }
+}
+
 }  // namespace crosscoder::detail
