@@ -39,6 +39,14 @@ class SingleProcessCommunicator final : public Communicator {
     if (counts) *counts = {static_cast<std::int64_t>(values.size())};
     return {values.begin(), values.end()};
   }
+  std::vector<float> gather(std::span<const float> values, int root,
+                            std::vector<std::int64_t>* counts) override {
+    if (root != 0) throw Error(fmt::format("gather: root {} of 1 rank", root));
+    return all_gather(values, counts);
+  }
+  std::shared_ptr<Communicator> split(int, int) override {
+    return std::make_shared<SingleProcessCommunicator>();
+  }
   void broadcast(std::span<std::uint8_t>, int root) override {
     if (root != 0) throw Error(fmt::format("broadcast: root {} of 1 rank", root));
   }

@@ -82,10 +82,18 @@ class NcclCommunicator final : public Communicator {
                                        std::vector<std::int64_t>* counts) override {
     return host_->all_gather(values, counts);
   }
+  std::vector<float> gather(std::span<const float> values, int root,
+                            std::vector<std::int64_t>* counts) override {
+    return host_->gather(values, root, counts);
+  }
   void broadcast(std::span<std::uint8_t> bytes, int root) override {
     host_->broadcast(bytes, root);
   }
   void barrier() override { host_->barrier(); }
+  // A NCCL communicator of its own over the split host communicator's ranks.
+  std::shared_ptr<Communicator> split(int color, int key) override {
+    return std::make_shared<NcclCommunicator>(host_->split(color, key));
+  }
   [[noreturn]] void abort(const std::string& message) override {
     if (comm_) ncclCommAbort(comm_);
     comm_ = nullptr;

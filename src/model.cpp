@@ -76,16 +76,24 @@ Crosscoder Crosscoder::latent_slice(const Crosscoder& full, std::int64_t first,
   return shard;
 }
 
-Crosscoder Crosscoder::join_latent_slices(const Crosscoder& shard, Communicator& ranks) {
-  const CrosscoderConfig& c = shard.config();
-  const std::vector<std::int64_t> latents = ranks.all_gather(std::int64_t{c.latents});
-  CrosscoderConfig whole_config = c;
+namespace {
+
+// The shards' config joined: the sum of their latents, validated.
+CrosscoderConfig joined_config(const CrosscoderConfig& shard, Communicator& ranks) {
+  const std::vector<std::int64_t> latents = ranks.all_gather(std::int64_t{shard.latents});
+  CrosscoderConfig whole = shard;
   const std::int64_t total = std::accumulate(latents.begin(), latents.end(), std::int64_t{0});
   if (total > std::numeric_limits<int>::max())
     throw Error(fmt::format("joined latent shards: {} latents in all", total));
-  whole_config.latents = static_cast<int>(total);
-  whole_config.validate();
-  Crosscoder whole(whole_config, shard.backend());
+  whole.latents = static_cast<int>(total);
+  whole.validate();
+  return whole;
+}
+
+}  // namespace
+
+Crosscoder Crosscoder::join_latent_slices(const Crosscoder& shard, Communicator& ranks) {
+  Crosscoder whole(joined_config(shard.config(), ranks), shard.backend());
   const CrosscoderParameters& p = shard.parameters();
   CrosscoderParameters& q = whole.parameters_;
   for (const auto& [from, to] :
@@ -101,6 +109,32 @@ Crosscoder Crosscoder::join_latent_slices(const Crosscoder& shard, Communicator&
   q.decoder_bias.upload(p.decoder_bias.download());
   if (shard.normaliser().fitted) whole.set_normaliser(shard.normaliser());
   whole.set_batch_threshold(shard.batch_threshold());
+  return whole;
+}
+
+std::optional<Crosscoder> Crosscoder::gather_latent_slices(const Crosscoder& shard,
+                                                           Communicator& ranks, int root) {
+  const CrosscoderConfig config = joined_config(shard.config(), ranks);
+  const CrosscoderParameters& p = shard.parameters();
+  std::vector<std::vector<float>> joined;
+  for (const DeviceArray<float>* from :
+       {&p.encoder_weight, &p.encoder_bias, &p.decoder_weight, &p.threshold})
+    joined.push_back(from->empty() ? std::vector<float>() : ranks.gather(from->download(), root));
+  if (ranks.rank() != root) return std::nullopt;
+  std::optional<Crosscoder> whole(Crosscoder(config, shard.backend()));
+  CrosscoderParameters& q = whole->parameters_;
+  std::size_t i = 0;
+  for (DeviceArray<float>* to :
+       {&q.encoder_weight, &q.encoder_bias, &q.decoder_weight, &q.threshold}) {
+    const std::vector<float>& values = joined[i++];
+    if (to->empty()) continue;
+    if (values.size() != to->size())
+      throw Error(fmt::format("joined latent shards: {} values for {}", values.size(), to->size()));
+    to->upload(values);
+  }
+  q.decoder_bias.upload(p.decoder_bias.download());
+  if (shard.normaliser().fitted) whole->set_normaliser(shard.normaliser());
+  whole->set_batch_threshold(shard.batch_threshold());
   return whole;
 }
 

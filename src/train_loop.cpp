@@ -39,19 +39,12 @@ StepReport train(Trainer& trainer, BatchSource& data, const TrainingOptions& opt
     log_message(LogLevel::info, fmt::format("resumed from {} at step {}",
                                             options.checkpoint.string(), trainer.steps_done()));
   }
-  if (trainer.parallelism() == Parallelism::latents && trainer.communicator().size() > 1 &&
-      !options.checkpoint.empty()) {
-    throw Error(
-        "latent-sharded training does not write training checkpoints yet: train without one, "
-        "and join the shards (Crosscoder::join_latent_slices) to save the model");
-  }
   const TrainConfig& config = trainer.config();
   Communicator& ranks = trainer.communicator();
   const bool lead = ranks.rank() == 0;
-  // This rank's rows of each global batch (all of them in one process, or for latent shards).
-  const std::int64_t rows = trainer.parallelism() == Parallelism::latents
-                                ? config.batch_size
-                                : row_slice(config.batch_size, ranks.rank(), ranks.size()).count;
+  // This rank's rows of each global batch: its replica's (all of them in one process).
+  const std::int64_t rows =
+      trainer.parallelism().rows_of(config.batch_size, ranks.rank(), ranks.size()).count;
   std::vector<float> batch(static_cast<std::size_t>(rows * c.input_width()));
   ProgressBar progress(config.steps, "train", "step",
                        options.show_progress && lead ? stderr : nullptr, std::chrono::seconds(10),
@@ -60,7 +53,7 @@ StepReport train(Trainer& trainer, BatchSource& data, const TrainingOptions& opt
   const auto save = [&] {
     if (options.checkpoint.empty()) return;
     if (ranks.size() > 1) trainer.check_ranks_agree();
-    if (lead) trainer.save_checkpoint(options.checkpoint, data.identity());
+    trainer.save_checkpoint(options.checkpoint, data.identity());  // rank 0 writes
     ranks.barrier();  // the file is whole before any rank goes on (or reads it)
   };
   const auto stop_requested = [&] {

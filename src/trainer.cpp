@@ -162,6 +162,29 @@ std::vector<float> study_dfc_partition_l1(const CrosscoderConfig& config, float 
   return weights;
 }
 
+// ---- Parallelism ----------------------------------------------------------------------------
+
+void Parallelism::validate(int ranks) const {
+  if (latent_shards < 1 || ranks % latent_shards != 0) {
+    throw Error(fmt::format(
+        "{} latent shards do not divide {} ranks (ranks = data replicas × latent shards)",
+        latent_shards, ranks));
+  }
+}
+
+RowSlice Parallelism::rows_of(std::int64_t rows, int rank, int ranks) const {
+  validate(ranks);
+  return row_slice(rows, data_replica(rank), data_replicas(ranks));
+}
+
+RowSlice Parallelism::latents_of(std::int64_t latents, int rank) const {
+  if (latent_shards < 1) validate(1);
+  if (latents < latent_shards) {
+    throw Error(fmt::format("{} latents cannot be divided into {} shards", latents, latent_shards));
+  }
+  return row_slice(latents, latent_shard(rank), latent_shards);
+}
+
 // ---- Trainer --------------------------------------------------------------------------------
 
 namespace {
@@ -241,7 +264,33 @@ Trainer::Trainer(Crosscoder& model, const TrainConfig& config,
       parallelism_(parallelism) {
   config_.validate();
   global_latents_ = model_.config().latents;
-  if (communicator_->size() > 1) {
+  const int ranks = communicator_->size();
+  if (ranks > 1) {
+    // The grid first: every rank must split the same way.
+    const int differing =
+        first_rank_differing(communicator_->all_gather(std::int64_t{parallelism_.latent_shards}));
+    if (differing > 0) {
+      throw Error(fmt::format(
+          "multi-rank training: rank {} divides the latents into {} shards, rank 0 into "
+          "another number (every rank must be started with the same flags)",
+          differing, parallelism_.latent_shards));
+    }
+  }
+  parallelism_.validate(ranks);
+  const int rank = communicator_->rank();
+  if (parallelism_.latent_shards == 1) {
+    replica_ranks_ = communicator_;
+    shard_ranks_ = single_process_communicator();
+  } else if (parallelism_.latent_shards == ranks) {
+    replica_ranks_ = single_process_communicator();
+    shard_ranks_ = communicator_;
+  } else {
+    replica_ranks_ =
+        communicator_->split(parallelism_.latent_shard(rank), parallelism_.data_replica(rank));
+    shard_ranks_ =
+        communicator_->split(parallelism_.data_replica(rank), parallelism_.latent_shard(rank));
+  }
+  if (ranks > 1) {
     // Ranks that disagree would deadlock or silently train different models: refuse at once.
     // (Latent shards differ in their number of latents only.)
     CrosscoderConfig same = model_.config();
@@ -263,10 +312,10 @@ Trainer::Trainer(Crosscoder& model, const TrainConfig& config,
           "latent sharding: model-exclusive latents and Matryoshka groups are not sharded yet "
           "(train them data parallel)");
     }
-    const std::vector<std::int64_t> shards = communicator_->all_gather(std::int64_t{c.latents});
+    const std::vector<std::int64_t> shards = shard_ranks_->all_gather(std::int64_t{c.latents});
     global_latents_ = std::accumulate(shards.begin(), shards.end(), std::int64_t{0});
     first_latent_ =
-        std::accumulate(shards.begin(), shards.begin() + communicator_->rank(), std::int64_t{0});
+        std::accumulate(shards.begin(), shards.begin() + shard_ranks_->rank(), std::int64_t{0});
   }
   const CrosscoderConfig& c = model_.config();
   if (config_.k_initial > 0 && config_.k_initial >= c.latents) {
@@ -332,30 +381,49 @@ Trainer::Trainer(Crosscoder& model, const TrainConfig& config,
   if (communicator_->size() > 1) check_ranks_agree();
 }
 
-std::uint64_t Trainer::parameter_hash() const {
-  const CrosscoderParameters& p = model_.parameters();
+namespace {
+
+// FNV-1a of the model's parameters (`shared_only`: the decoder bias alone), normaliser and
+// learnt threshold.
+std::uint64_t model_hash(const Crosscoder& model, bool shared_only) {
+  const CrosscoderParameters& p = model.parameters();
   std::uint64_t hash = 0xcbf29ce484222325ull;
   for (const DeviceArray<float>* array :
        {&p.encoder_weight, &p.encoder_bias, &p.decoder_weight, &p.decoder_bias, &p.threshold}) {
-    if (latent_sharded() && array != &p.decoder_bias) continue;  // each rank's own latents
+    if (shared_only && array != &p.decoder_bias) continue;
     const std::vector<float> values = array->download();
     hash = fnv1a(values.data(), values.size() * sizeof(float), hash);
   }
-  const Normaliser& normaliser = model_.normaliser();
+  const Normaliser& normaliser = model.normaliser();
   hash = fnv1a(normaliser.scale.data(), normaliser.scale.size() * sizeof(float), hash);
   hash = fnv1a(normaliser.mean.data(), normaliser.mean.size() * sizeof(float), hash);
-  const float threshold = model_.batch_threshold();
+  const float threshold = model.batch_threshold();
   return fnv1a(&threshold, sizeof threshold, hash);
 }
 
+}  // namespace
+
+std::uint64_t Trainer::parameter_hash() const { return model_hash(model_, latent_sharded()); }
+
+std::uint64_t Trainer::own_parameter_hash() const { return model_hash(model_, false); }
+
 void Trainer::check_ranks_agree() const {
-  const int differing =
-      first_rank_differing(communicator_->all_gather(static_cast<std::int64_t>(parameter_hash())));
-  if (differing > 0) {
+  const auto gather = [&](std::uint64_t hash) {
+    return communicator_->all_gather(static_cast<std::int64_t>(hash));
+  };
+  const std::vector<std::int64_t> shared = gather(parameter_hash());
+  const std::vector<std::int64_t> own = latent_sharded() ? gather(own_parameter_hash()) : shared;
+  const auto fail = [&](std::size_t rank, int reference, const char* what) {
     throw Error(fmt::format(
-        "multi-rank training at step {}: rank {}'s parameters differ from rank 0's (a rank "
-        "started from another model or seed, or the ranks' arithmetic diverged)",
-        step_, differing));
+        "multi-rank training at step {}: rank {}'s {} differ from rank {}'s (a rank started "
+        "from another model or seed, or the ranks' arithmetic diverged)",
+        step_, rank, what, reference));
+  };
+  for (std::size_t r = 1; r < shared.size(); ++r)
+    if (shared[r] != shared[0]) fail(r, 0, "parameters");
+  for (std::size_t r = 0; r < own.size(); ++r) {
+    const int reference = parallelism_.latent_shard(static_cast<int>(r));  // the first replica
+    if (own[r] != own[static_cast<std::size_t>(reference)]) fail(r, reference, "latents");
   }
 }
 
@@ -409,9 +477,9 @@ StepReport Trainer::forward_backward(std::span<const float> x, std::int64_t rows
   global_rows_ = rows;
   first_row_ = 0;
   if (distributed()) {
-    const std::vector<std::int64_t> rank_rows = communicator_->all_gather(rows);
+    const std::vector<std::int64_t> rank_rows = replica_ranks_->all_gather(rows);
     global_rows_ = std::accumulate(rank_rows.begin(), rank_rows.end(), std::int64_t{0});
-    first_row_ = std::accumulate(rank_rows.begin(), rank_rows.begin() + communicator_->rank(),
+    first_row_ = std::accumulate(rank_rows.begin(), rank_rows.begin() + replica_ranks_->rank(),
                                  std::int64_t{0});
   }
   if (!model_.normaliser().fitted) {
@@ -421,8 +489,8 @@ StepReport Trainer::forward_backward(std::span<const float> x, std::int64_t rows
     // Fitted once, on the global batch's first rows as one process would: gathered whole.
     const std::vector<float> gathered =
         distributed()
-            ? communicator_->all_gather(x.first(static_cast<std::size_t>(rows) *
-                                                static_cast<std::size_t>(c.input_width())))
+            ? replica_ranks_->all_gather(x.first(static_cast<std::size_t>(rows) *
+                                                 static_cast<std::size_t>(c.input_width())))
             : std::vector<float>();
     const std::span<const float> all = distributed() ? std::span<const float>(gathered) : x;
     model_.fit_normaliser(all.first(static_cast<std::size_t>(fit_rows * c.input_width())),
@@ -460,10 +528,9 @@ StepReport Trainer::forward_backward(std::span<const float> x, std::int64_t rows
   }
   TileSelections selected = encode_and_select(raw.data(), batch, tile, request, aux, near);
   const SparseCodes& codes = selected.main;
-  report.l0 = static_cast<double>(codes.nnz) / static_cast<double>(B);
   std::vector<float> latent_sums(static_cast<std::size_t>(F));
   be.latent_totals(codes, F, latent_sums.data(), fired_this_step_.data());
-  if (distributed()) communicator_->all_reduce_sum(std::span<std::int64_t>(fired_this_step_));
+  if (distributed()) replica_ranks_->all_reduce_sum(std::span<std::int64_t>(fired_this_step_));
   std::vector<double> bias_gradient(static_cast<std::size_t>(D));
   if (prefix_ends_.empty()) {
     reconstruction_terms(batch, codes, batch.recon.data(), batch.grad_recon.data(), 1.0, true,
@@ -493,24 +560,27 @@ StepReport Trainer::forward_backward(std::span<const float> x, std::int64_t rows
       break;
   }
 
+  // Both sums below: over the replicas' rows, then over the shards' latents.
+  auto selected_entries = static_cast<double>(codes.nnz);
   if (distributed()) {
     // The terms computed from this rank's rows are its share of the global batch's; the
     // reconstruction term was summed over the ranks where it was computed.
-    std::array<double, 3> shares{report.sparsity, report.auxk, static_cast<double>(codes.nnz)};
-    communicator_->all_reduce_sum(std::span<double>(shares));
+    std::array<double, 3> shares{report.sparsity, report.auxk, selected_entries};
+    replica_ranks_->all_reduce_sum(std::span<double>(shares));
     report.sparsity = shares[0];
     report.auxk = shares[1];
-    report.l0 = shares[2] / static_cast<double>(global_rows_);
+    selected_entries = shares[2];
     all_reduce_gradients();
   }
   if (latent_sharded()) {
     // Each rank's latents' share of the sparsity term and of L0; the reconstruction and AuxK
     // terms came from the summed reconstructions, the same on every rank.
-    std::array<double, 2> shares{report.sparsity, static_cast<double>(codes.nnz)};
-    communicator_->all_reduce_sum(std::span<double>(shares));
+    std::array<double, 2> shares{report.sparsity, selected_entries};
+    shard_ranks_->all_reduce_sum(std::span<double>(shares));
     report.sparsity = shares[0];
-    report.l0 = shares[1] / static_cast<double>(global_rows_);
+    selected_entries = shares[1];
   }
+  report.l0 = selected_entries / static_cast<double>(global_rows_);
   report.loss = report.reconstruction + report.sparsity + report.auxk;
   std::int64_t dead_now = 0;
   const std::int64_t horizon = config_.dead_horizon();
@@ -518,7 +588,7 @@ StepReport Trainer::forward_backward(std::span<const float> x, std::int64_t rows
     const std::int64_t since = fired_this_step_[f] > 0 ? 0 : tokens_since_fired_[f] + global_rows_;
     dead_now += since >= horizon ? 1 : 0;
   }
-  if (latent_sharded()) communicator_->all_reduce_sum(std::span<std::int64_t>(&dead_now, 1));
+  if (latent_sharded()) shard_ranks_->all_reduce_sum(std::span<std::int64_t>(&dead_now, 1));
   report.dead_fraction = static_cast<double>(dead_now) / static_cast<double>(global_latents_);
   return report;
 }
@@ -556,7 +626,7 @@ SelectionRequest Trainer::auxk_request(DeviceArray<std::uint8_t>& dead_mask) con
     // AuxK's selection and reconstruction are collectives: every shard takes part when any
     // has a dead latent, those without one with an empty mask.
     std::int64_t ranks_with_dead = any_dead ? 1 : 0;
-    communicator_->all_reduce_sum(std::span<std::int64_t>(&ranks_with_dead, 1));
+    shard_ranks_->all_reduce_sum(std::span<std::int64_t>(&ranks_with_dead, 1));
     any_dead = ranks_with_dead > 0;
   }
   if (!any_dead) return aux;
@@ -648,7 +718,7 @@ void Trainer::reconstruction_terms(Batch& batch, const SparseCodes& codes, float
       sums.insert(sums.end(), energy.begin(), energy.end());
       sums.insert(sums.end(), column_sums.begin(), column_sums.end());
     }
-    communicator_->all_reduce_sum(std::span<double>(sums));
+    replica_ranks_->all_reduce_sum(std::span<double>(sums));
     std::copy_n(sums.begin(), M, sse.begin());
     if (report_fit) {
       std::copy_n(sums.begin() + M, M, energy.begin());
@@ -833,7 +903,7 @@ void Trainer::auxk_terms(const Batch& batch, const SparseCodes& aux_codes, StepR
   std::vector<double> residual_sums(static_cast<std::size_t>(D) + 1);
   be.column_sums(residual.data(), B, D, residual_sums.data());
   residual_sums[static_cast<std::size_t>(D)] = be.sum_of_squares(residual.data(), B * D);
-  if (distributed()) communicator_->all_reduce_sum(std::span<double>(residual_sums));
+  if (distributed()) replica_ranks_->all_reduce_sum(std::span<double>(residual_sums));
   const auto G = static_cast<double>(global_rows_);
   double centred = residual_sums.back();
   residual_sums.pop_back();
@@ -901,13 +971,13 @@ void Trainer::apply_update(StepReport& report) {
   for (const ParameterSlot& slot : parameter_slots) {
     if (from_row_statistics && is_weight_matrix(slot.parameter)) continue;
     // Latent shards: the decoder bias, which every rank holds alike, is counted once.
-    if (latent_sharded() && slot.parameter == &p.decoder_bias && communicator_->rank() != 0)
+    if (latent_sharded() && slot.parameter == &p.decoder_bias && shard_ranks_->rank() != 0)
       continue;
     squared_norm += be.constrained_sum_of_squares(slot.gradient->data(), slot.parameter->data(),
                                                   static_cast<std::int64_t>(slot.gradient->size()),
                                                   constraint_of(slot.parameter));
   }
-  if (latent_sharded()) communicator_->all_reduce_sum(std::span<double>(&squared_norm, 1));
+  if (latent_sharded()) shard_ranks_->all_reduce_sum(std::span<double>(&squared_norm, 1));
   report.gradient_norm = std::sqrt(squared_norm);
   if (!std::isfinite(report.gradient_norm)) {
     throw Error(
@@ -1059,9 +1129,9 @@ SparseCodes Trainer::sharded_row_top_k(const SparseCodes& candidates, std::int64
   for (std::size_t e = 0; e < scores.size(); ++e)
     scores[e] = host.value[e] > 0.0f ? host.value[e] : 0.0f;
   std::vector<std::int64_t> counts;
-  const std::vector<float> all = communicator_->all_gather(scores, &counts);
+  const std::vector<float> all = shard_ranks_->all_gather(scores, &counts);
   const std::vector<std::int64_t> keys =
-      communicator_->all_gather(global_keys(host, 0, first_latent_, global_latents_));
+      shard_ranks_->all_gather(global_keys(host, 0, first_latent_, global_latents_));
   const std::int64_t L = global_latents_;
   std::vector<std::int64_t> order(all.size());
   std::iota(order.begin(), order.end(), std::int64_t{0});
@@ -1071,7 +1141,7 @@ SparseCodes Trainer::sharded_row_top_k(const SparseCodes& candidates, std::int64
     if (all[a] != all[b]) return all[a] > all[b];
     return keys[a] < keys[b];
   });
-  const auto [first, end] = own_range(counts, communicator_->rank());
+  const auto [first, end] = own_range(counts, shard_ranks_->rank());
   std::vector<char> keep(host.value.size(), 0);
   std::int64_t row = -1, taken = 0;
   for (const std::int64_t i : order) {
@@ -1095,10 +1165,10 @@ void Trainer::reconstruct(const SparseCodes& codes, const ReconstructionRequest&
   // over the ranks; then the error and its gradient from the whole, the same on every rank.
   const std::int64_t rows = codes.rows;
   const std::int64_t D = static_cast<std::int64_t>(request.sources) * request.width;
-  be.decode(codes, request.decoder, communicator_->rank() == 0 ? request.bias : nullptr, D,
+  be.decode(codes, request.decoder, shard_ranks_->rank() == 0 ? request.bias : nullptr, D,
             request.recon);
-  communicator_->all_reduce_sum_in_backend(*backend_, request.recon,
-                                           static_cast<std::size_t>(rows * D));
+  shard_ranks_->all_reduce_sum_in_backend(*backend_, request.recon,
+                                          static_cast<std::size_t>(rows * D));
   be.squared_error(request.recon, request.target, rows, request.sources, request.width,
                    request.gradient_scale, request.grad, request.squared_error);
   if (request.target_energy) {  // Σ_b ‖target_bm‖²: the squared error against zero
@@ -1114,7 +1184,7 @@ void Trainer::all_reduce_gradients() {
        {&gradients_.encoder_weight, &gradients_.encoder_bias, &gradients_.decoder_weight,
         &gradients_.decoder_bias, &gradients_.threshold}) {
     if (gradient->size() > 0)
-      communicator_->all_reduce_sum_in_backend(*backend_, gradient->data(), gradient->size());
+      replica_ranks_->all_reduce_sum_in_backend(*backend_, gradient->data(), gradient->size());
   }
 }
 

@@ -24,10 +24,20 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using crosscoder::Communicator;
 
-// Times every collective of the communicator it wraps.
+// What the collectives of a communicator and of those split from it took.
+struct CommunicationTotals {
+  double seconds = 0.0;
+  std::size_t bytes = 0;  // floats all-reduced
+};
+
+// Times every collective of the communicator it wraps (and of those split from it, into the
+// same totals).
 class TimedCommunicator final : public Communicator {
  public:
-  explicit TimedCommunicator(std::shared_ptr<Communicator> inner) : inner_(std::move(inner)) {}
+  explicit TimedCommunicator(
+      std::shared_ptr<Communicator> inner,
+      std::shared_ptr<CommunicationTotals> totals = std::make_shared<CommunicationTotals>())
+      : inner_(std::move(inner)), totals_(std::move(totals)) {}
   int rank() const noexcept override { return inner_->rank(); }
   int size() const noexcept override { return inner_->size(); }
   std::string describe() const override { return inner_->describe(); }
@@ -35,7 +45,7 @@ class TimedCommunicator final : public Communicator {
     timed([&] { inner_->all_reduce_sum(v); });
   }
   void all_reduce_sum(std::span<float> v) override {
-    bytes_ += v.size() * sizeof(float);
+    totals_->bytes += v.size() * sizeof(float);
     timed([&] { inner_->all_reduce_sum(v); });
   }
   void all_reduce_sum(std::span<std::int64_t> v) override {
@@ -64,8 +74,17 @@ class TimedCommunicator final : public Communicator {
     timed([&] { out = inner_->all_gather(v, counts); });
     return out;
   }
+  std::vector<float> gather(std::span<const float> v, int root,
+                            std::vector<std::int64_t>* counts) override {
+    std::vector<float> out;
+    timed([&] { out = inner_->gather(v, root, counts); });
+    return out;
+  }
   void broadcast(std::span<std::uint8_t> b, int root) override {
     timed([&] { inner_->broadcast(b, root); });
+  }
+  std::shared_ptr<Communicator> split(int color, int key) override {
+    return std::make_shared<TimedCommunicator>(inner_->split(color, key), totals_);
   }
   void barrier() override {
     timed([&] { inner_->barrier(); });
@@ -75,23 +94,19 @@ class TimedCommunicator final : public Communicator {
     std::abort();  // not reached: the inner abort ends the job
   }
 
-  double seconds() const noexcept { return seconds_; }
-  std::size_t gradient_bytes() const noexcept { return bytes_; }
-  void reset() noexcept {
-    seconds_ = 0.0;
-    bytes_ = 0;
-  }
+  double seconds() const noexcept { return totals_->seconds; }
+  std::size_t gradient_bytes() const noexcept { return totals_->bytes; }
+  void reset() noexcept { *totals_ = CommunicationTotals{}; }
 
  private:
   template <typename F>
   void timed(F f) {
     const auto start = Clock::now();
     f();
-    seconds_ += std::chrono::duration<double>(Clock::now() - start).count();
+    totals_->seconds += std::chrono::duration<double>(Clock::now() - start).count();
   }
   std::shared_ptr<Communicator> inner_;
-  double seconds_ = 0.0;
-  std::size_t bytes_ = 0;
+  std::shared_ptr<CommunicationTotals> totals_;
 };
 
 long long flag(int argc, char** argv, const char* name, long long fallback) {
@@ -169,7 +184,8 @@ int main(int argc, char** argv) {
     std::optional<Crosscoder> shard;
     if (sharded) shard.emplace(Crosscoder::latent_slice(model, latents.first, latents.count));
     Crosscoder& trained = sharded ? *shard : model;
-    Trainer trainer(trained, train, timed, sharded ? Parallelism::latents : Parallelism::data);
+    Trainer trainer(trained, train, timed,
+                    sharded ? Parallelism::latents(timed->size()) : Parallelism::data());
     // Parameters, gradients and Adam's two moments: 16 bytes a parameter on this rank.
     const CrosscoderParameters& p = trained.parameters();
     const double state_bytes =

@@ -54,10 +54,20 @@ class Communicator {
                                         std::vector<std::int64_t>* counts = nullptr) = 0;
   virtual std::vector<std::int64_t> all_gather(std::span<const std::int64_t> values,
                                                std::vector<std::int64_t>* counts = nullptr) = 0;
+  /// Every rank's `values` (of any length per rank), concatenated in rank order on rank `root`
+  /// and empty on the others: what all_gather gives, without a copy of the whole on every rank
+  /// (e.g. latent shards joined for rank 0 to write). `counts`, if not null, receives each
+  /// rank's length on every rank.
+  virtual std::vector<float> gather(std::span<const float> values, int root,
+                                    std::vector<std::int64_t>* counts = nullptr) = 0;
   /// Rank `root`'s bytes into every rank's `bytes` (equal sizes on every rank).
   virtual void broadcast(std::span<std::uint8_t> bytes, int root) = 0;
   /// Returns when every rank has called it.
   virtual void barrier() = 0;
+  /// The ranks that pass the same `color` as a communicator of their own, ranked by `key` (ties
+  /// by rank here): e.g. the rows of a grid of ranks. A collective: every rank calls it.
+  /// Collectives on the result involve only its ranks; abort() still ends the whole job.
+  virtual std::shared_ptr<Communicator> split(int color, int key) = 0;
   /// Ends every rank of the job (after this rank's message has been written to stderr).
   [[noreturn]] virtual void abort(const std::string& message) = 0;
 };

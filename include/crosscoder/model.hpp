@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -63,6 +64,10 @@ class Crosscoder {
   /// rank 0 to save it. The decoder bias, normaliser and threshold are this rank's.
   /// @throws Error when the ranks' shards do not fit together.
   static Crosscoder join_latent_slices(const Crosscoder& shard, Communicator& ranks);
+  /// join_latent_slices gathered to rank `root` alone: the whole crosscoder there and nothing on
+  /// the other ranks, which never hold more than their shard. A collective.
+  static std::optional<Crosscoder> gather_latent_slices(const Crosscoder& shard,
+                                                        Communicator& ranks, int root);
 
   /// Loads a checkpoint written by save() (or a training checkpoint).
   /// @throws Error naming the file and tensor when it is missing, malformed or inconsistent.

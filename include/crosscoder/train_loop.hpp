@@ -34,13 +34,13 @@ struct TrainingOptions {
 /// rows from `data`. On a non-finite loss it throws Error naming the step; the last checkpoint
 /// written stays intact. Returns the last step's report.
 ///
-/// Data parallel (a trainer over several ranks): every rank calls train() with `data` giving
-/// its own rows of each global batch (a RankSliceBatches over the same global source, with the
-/// slice row_slice(batch_size, rank, ranks)). Rank 0 alone draws progress and writes the
-/// checkpoint, after checking that every rank's parameters agree; every rank reads it to
-/// resume; a stop request on any rank stops all of them at the same step. Latent shards
-/// (Parallelism::latents) each read every row; their training checkpoints are not written yet,
-/// so options.checkpoint must be empty for them.
+/// Over several ranks every rank calls train() with `data` giving its replica's rows of each
+/// global batch (a RankSliceBatches over the same global source, with the slice
+/// Parallelism::rows_of(batch_size, rank, ranks); latent shards of one replica read the same
+/// rows). Rank 0 alone draws progress and writes the checkpoint (the whole model, gathered
+/// from the shards), after checking that the ranks' parameters agree; every rank reads it to
+/// resume, at this or any other number of ranks and shards; a stop request on any rank stops
+/// all of them at the same step.
 /// @throws Cancelled when options.should_stop asks, after writing the checkpoint.
 StepReport train(Trainer& trainer, BatchSource& data, const TrainingOptions& options);
 

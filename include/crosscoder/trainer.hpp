@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -113,13 +114,31 @@ struct Gradients {
   DeviceArray<float> encoder_weight, encoder_bias, decoder_weight, decoder_bias, threshold;
 };
 
-/// How the ranks of a Trainer's communicator divide the work.
-enum class Parallelism {
+/// How the ranks of a Trainer's communicator divide the work: a grid of data replicas × latent
+/// shards. Rank r is shard r % latent_shards of replica r / latent_shards: a replica's shards
+/// are consecutive ranks (e.g. the GPUs of one node, where the partial reconstructions are
+/// summed) and see the same rows of each global batch, each holding its own slice of the
+/// latents; the replicas train on their own rows, and each shard's gradients are summed over
+/// the replicas.
+struct Parallelism {
+  /// Ranks that divide the latents between them; must divide the number of ranks. 1: data
+  /// parallel only, every rank holding the whole model.
+  int latent_shards = 1;
+
   /// Every rank holds the whole model and trains on its own rows of each batch.
-  data,
-  /// Every rank holds its own latents (Crosscoder::latent_slice; in rank order, together all
-  /// of them) and every row of each batch.
-  latents,
+  static Parallelism data() noexcept { return {1}; }
+  /// Every one of `ranks` ranks holds its own latents and sees every row.
+  static Parallelism latents(int ranks) noexcept { return {ranks}; }
+  int data_replicas(int ranks) const noexcept { return ranks / latent_shards; }
+  int data_replica(int rank) const noexcept { return rank / latent_shards; }
+  int latent_shard(int rank) const noexcept { return rank % latent_shards; }
+  /// Rank `rank`'s rows of a `rows`-row global batch (row_slice over the replicas).
+  RowSlice rows_of(std::int64_t rows, int rank, int ranks) const;
+  /// Rank `rank`'s latents of a crosscoder with `latents` (row_slice over the shards): the
+  /// range of Crosscoder::latent_slice that the rank trains.
+  RowSlice latents_of(std::int64_t latents, int rank) const;
+  /// Throws Error unless latent_shards ≥ 1 divides `ranks`.
+  void validate(int ranks) const;
 };
 
 /// Trains one Crosscoder in place. Deterministic on the CPU for a given seed and thread count.
@@ -134,19 +153,24 @@ enum class Parallelism {
 /// see the whole batch. The result equals the one-process step on the whole batch up to the
 /// order of float sums.
 ///
-/// Latent sharded (Parallelism::latents): every rank holds a contiguous slice of the latents
-/// and sees every row. Selections stay exact (each rank's candidates gathered, the one-process
-/// tie order kept), the ranks' partial reconstructions are summed, and each rank's gradients
-/// and Adam steps touch only its own latents; the decoder bias, held by all, gets the same
-/// update everywhere. Model-exclusive latents and Matryoshka groups do not shard yet.
+/// Latent sharded (Parallelism::latent_shards > 1): every rank holds a contiguous slice of the
+/// latents (Parallelism::latents_of) and sees its replica's rows. Selections stay exact (each
+/// rank's candidates gathered, the one-process tie order kept), the shards' partial
+/// reconstructions are summed, and each rank's gradients and Adam steps touch only its own
+/// latents; the decoder bias, held by all, gets the same update everywhere. Both combine: the
+/// replicas of a grid are data parallel as above. Model-exclusive latents and Matryoshka groups
+/// do not shard yet.
 class Trainer {
  public:
   /// @param communicator the ranks that train together; null: this process alone.
-  /// @throws Error when `config` is invalid, or when the ranks' model or train configurations
-  ///         or initial parameters differ (naming the first rank that differs from rank 0).
+  /// @param parallelism how they divide the work; under latent sharding `model` is this rank's
+  ///        shard (Crosscoder::latent_slice of Parallelism::latents_of).
+  /// @throws Error when `config` is invalid, when latent_shards does not divide the ranks, or
+  ///         when the ranks' model or train configurations or initial parameters differ (naming
+  ///         the first rank that differs).
   Trainer(Crosscoder& model, const TrainConfig& config,
           std::shared_ptr<Communicator> communicator = nullptr,
-          Parallelism parallelism = Parallelism::data);
+          Parallelism parallelism = Parallelism::data());
 
   /// One optimisation step on raw rows x[rows, M, d] (host memory): the whole batch, or under
   /// a multi-rank communicator this rank's slice of it. Fits the normaliser from this (global)
@@ -163,14 +187,21 @@ class Trainer {
   std::int64_t steps_done() const noexcept { return step_; }
   /// The ranks this trainer trains with (a single process unless one was given).
   Communicator& communicator() const noexcept { return *communicator_; }
+  /// The ranks that hold this rank's latents, one per data replica (all of them under data
+  /// parallel alone; this one under latent sharding alone), in replica order.
+  Communicator& replica_ranks() const noexcept { return *replica_ranks_; }
+  /// The ranks that see this rank's rows, one per latent shard, in shard order.
+  Communicator& shard_ranks() const noexcept { return *shard_ranks_; }
   /// How those ranks divide the work.
   Parallelism parallelism() const noexcept { return parallelism_; }
   /// A hash (FNV-1a) of what every rank holds alike: all parameters, the normaliser and the
   /// learnt threshold under data parallel; under latent sharding the decoder bias, normaliser
   /// and threshold.
   std::uint64_t parameter_hash() const;
-  /// Throws Error naming the first rank whose parameter_hash() differs from rank 0's (a
-  /// collective: every rank must call it).
+  /// Throws Error naming the first rank whose parameters differ from those it must equal: under
+  /// data parallel every rank's from rank 0's; under latent sharding the shared parameters
+  /// (parameter_hash()) from rank 0's and every shard's latents from its first replica's. A
+  /// collective: every rank must call it.
   void check_ranks_agree() const;
   const TrainConfig& config() const noexcept { return config_; }
   Crosscoder& model() noexcept { return model_; }
@@ -185,11 +216,20 @@ class Trainer {
 
   /// Writes a training checkpoint: the model (as Crosscoder::save) plus Adam moments, step,
   /// dead-latent counters, the train config and `data_state` (the data stream's position).
-  /// Atomic.
+  /// Atomic. Over several ranks rank 0 writes the whole model, and the file is the same as one
+  /// process would write: under latent sharding a collective (every rank calls it; the first
+  /// replica's shards gather their latents to rank 0); under data parallel alone the other
+  /// ranks' calls write nothing.
   void save_checkpoint(const std::filesystem::path& path, const std::string& data_state = "") const;
   /// Restores everything save_checkpoint wrote into this trainer and its model, and returns
-  /// the data state. @throws Error if the checkpoint does not match the model's config.
+  /// the data state. A checkpoint written at any number of ranks and shards resumes at any
+  /// other: a latent shard reads its own latents (every rank reads the file).
+  /// @throws Error if the checkpoint does not match the model's config.
   std::string load_checkpoint(const std::filesystem::path& path);
+  /// Writes the trained model as Crosscoder::save does (with `extra_metadata`): on rank 0, the
+  /// whole model. Called like save_checkpoint (a collective under latent sharding).
+  void save_model(const std::filesystem::path& path,
+                  const std::map<std::string, std::string>& extra_metadata = {}) const;
 
  private:
   struct Moments {
@@ -246,16 +286,20 @@ class Trainer {
   /// rank, row and latent): this rank's share of them, as the selection (data parallel).
   SparseCodes global_top_entries(const SparseCodes& candidates, std::int64_t count,
                                  const float* weight);
-  /// Sums every gradient over the ranks (data parallel).
+  /// Sums every gradient over the replicas (data parallel).
   void all_reduce_gradients();
-  /// Whether more than one rank trains, each on its rows of the batch.
-  bool distributed() const noexcept {
-    return communicator_->size() > 1 && parallelism_ == Parallelism::data;
-  }
+  /// Whether more than one replica trains, each on its rows of the batch.
+  bool distributed() const noexcept { return replica_ranks_->size() > 1; }
   /// Whether more than one rank trains, each on its latents.
-  bool latent_sharded() const noexcept {
-    return communicator_->size() > 1 && parallelism_ == Parallelism::latents;
-  }
+  bool latent_sharded() const noexcept { return shard_ranks_->size() > 1; }
+  /// A hash of everything this rank's model holds (its latents and what all hold alike).
+  std::uint64_t own_parameter_hash() const;
+  /// Under latent sharding, on rank 0 of the first replica: `array`'s rows of every shard, in
+  /// shard order (the whole model's array); empty on the other ranks. Otherwise `array` itself.
+  std::vector<float> joined_latent_rows(const DeviceArray<float>& array) const;
+  /// The whole model on rank 0 of the first replica (joined from the shards under latent
+  /// sharding; a copy of the model otherwise); nothing elsewhere. A collective of the shards.
+  std::optional<Crosscoder> whole_model() const;
   /// BackendOps::reconstruct, with the ranks' partial reconstructions summed under latent
   /// sharding (then the bias is added once, and the error and its gradient are computed from the
   /// whole reconstruction on every rank).
@@ -277,8 +321,10 @@ class Trainer {
   Crosscoder& model_;
   TrainConfig config_;
   std::shared_ptr<Backend> backend_;
-  std::shared_ptr<Communicator> communicator_;
-  Parallelism parallelism_ = Parallelism::data;
+  std::shared_ptr<Communicator> communicator_;   // every rank
+  std::shared_ptr<Communicator> replica_ranks_;  // the ranks holding this rank's latents
+  std::shared_ptr<Communicator> shard_ranks_;    // the ranks seeing this rank's rows
+  Parallelism parallelism_;
   std::int64_t global_rows_ = 0;     // rows of the current step's global batch
   std::int64_t first_row_ = 0;       // global index of this rank's first row
   std::int64_t first_latent_ = 0;    // global index of this rank's first latent

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# `mpirun -np N crosscoder train` end to end: the data-parallel model equals the one-process
-# model on the same data and flags; one progress report; a resumed run at another rank count;
+# `mpirun -np N crosscoder train` end to end: the data-parallel, latent-sharded and grid models
+# equal the one-process model on the same data and flags; one progress report; resumed runs at
+# another rank count and another number of shards;
 # bad input (a batch smaller than the ranks, ranks started with different flags) ends the job
 # with an error naming the cause, never a hang.
 #   cli_train.sh "MPIRUN" NUMPROC_FLAG CROSSCODER_CLI COMPARE_MODELS WRITE_SYNTHETIC_NPY WORKDIR
@@ -29,6 +30,20 @@ grep -q "data parallel over MPI" "$work/ranks.log" || { cat "$work/ranks.log"; f
   { cat "$work/ranks.log"; fail "expected one final report (rank 0's)"; }
 "$compare" "$work/alone.safetensors" "$work/ranks.safetensors" 2e-4
 
+# Latent shards (--shard-latents): 2 ranks sharing every row, and a grid of 2 data replicas x 2
+# shards; both write the whole model, equal to the one-process model.
+timeout 300 "${mpirun[@]}" "$np" 2 "$cli" train "${flags[@]}" --steps 30 --shard-latents 2 \
+  --out "$work/shards.safetensors" > "$work/shards.log" 2>&1 ||
+  { cat "$work/shards.log"; fail "the 2-shard run failed"; }
+grep -q "1 data replica x 2 latent shards over MPI" "$work/shards.log" ||
+  { cat "$work/shards.log"; fail "no shard banner"; }
+"$compare" "$work/alone.safetensors" "$work/shards.safetensors" 2e-4
+timeout 300 "${mpirun[@]}" "$np" 4 "$cli" train "${flags[@]}" --steps 30 --shard-latents 2 \
+  --out "$work/grid.safetensors" --checkpoint "$work/grid.train.safetensors" \
+  > "$work/grid.log" 2>&1 || { cat "$work/grid.log"; fail "the 2 x 2 grid run failed"; }
+grep -q "2 data replicas x 2 latent shards" "$work/grid.log" || { cat "$work/grid.log"; fail "no grid banner"; }
+"$compare" "$work/alone.safetensors" "$work/grid.safetensors" 2e-4
+
 # A 30-step run at 2 ranks, resumed at 3 ranks to step 40.
 timeout 300 "${mpirun[@]}" "$np" 2 "$cli" train "${flags[@]}" --steps 30 \
   --out "$work/split.safetensors" --checkpoint "$work/split.train.safetensors" > /dev/null 2>&1
@@ -39,6 +54,13 @@ grep -q "resumed from .* at step 30" "$work/resume.log" || { cat "$work/resume.l
 # Against the one-process run resumed the same way (its checkpoint: alone.safetensors's).
 "$cli" train "${flags[@]}" --steps 40 --resume --out "$work/alone.safetensors" > /dev/null 2>&1
 "$compare" "$work/alone.safetensors" "$work/split.safetensors" 2e-4
+# The grid's checkpoint (the whole model) resumed by 3 latent shards to step 40.
+timeout 300 "${mpirun[@]}" "$np" 3 "$cli" train "${flags[@]}" --steps 40 --resume --shard-latents 3 \
+  --out "$work/grid.safetensors" --checkpoint "$work/grid.train.safetensors" \
+  > "$work/grid_resume.log" 2>&1 || { cat "$work/grid_resume.log"; fail "the 3-shard resume failed"; }
+grep -q "resumed from .* at step 30" "$work/grid_resume.log" ||
+  { cat "$work/grid_resume.log"; fail "no resume of the grid's checkpoint"; }
+"$compare" "$work/alone.safetensors" "$work/grid.safetensors" 2e-4
 
 # Bad input: errors that name the cause, within the timeout.
 set +e
@@ -49,6 +71,14 @@ set -e
 ((status != 0 && status != 124)) || { cat "$work/bad.log"; fail "a batch of 2 rows on 3 ranks: status $status"; }
 grep -q "cannot be split over 3 ranks" "$work/bad.log" || { cat "$work/bad.log"; fail "no reason given"; }
 set +e
+timeout 120 "${mpirun[@]}" "$np" 2 "$cli" train "${flags[@]}" --steps 5 --shard-latents 3 \
+  --out "$work/bad.safetensors" > "$work/bad_shards.log" 2>&1
+status=$?
+set -e
+((status != 0 && status != 124)) || { cat "$work/bad_shards.log"; fail "3 shards on 2 ranks: status $status"; }
+grep -q "shard-latents 3: 3 latent shards do not divide 2 ranks" "$work/bad_shards.log" ||
+  { cat "$work/bad_shards.log"; fail "3 shards on 2 ranks: no reason given"; }
+set +e
 timeout 120 "${mpirun[@]}" "$np" 1 "$cli" train "${flags[@]}" --steps 5 --lr 1e-3 \
   --out "$work/mixed.safetensors" : "$np" 1 "$cli" train "${flags[@]}" --steps 5 --lr 2e-3 \
   --out "$work/mixed.safetensors" > "$work/mixed.log" 2>&1
@@ -57,4 +87,4 @@ set -e
 ((status != 0 && status != 124)) || { cat "$work/mixed.log"; fail "ranks with other flags: status $status"; }
 grep -q "rank 1's crosscoder or train configuration differs" "$work/mixed.log" ||
   { cat "$work/mixed.log"; fail "the differing rank is not named"; }
-echo "cli_train.sh: 2-rank model equals the one-process model; resumed at 3 ranks; bad input named"
+echo "cli_train.sh: 2-rank, 2-shard and 2 x 2 grid models equal the one-process model; resumed at 3 ranks and 3 shards; bad input named"

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -40,6 +41,7 @@ struct TrainFlags {
   std::string dead_after = "auto";
   std::vector<float> study_dfc_l1;  // the study's sparsity_coef, exclusive_sparsity_coef
   bool free_decoder_norms = false;
+  int shard_latents = 1;  // ranks dividing the latents (Parallelism::latent_shards)
 };
 
 // `--dead-after`: "auto" (TrainConfig::kAutomatic) or a non-negative number of rows.
@@ -70,15 +72,22 @@ int run(TrainFlags& flags) {
   shuffle.buffer_bytes = static_cast<std::int64_t>(flags.shuffle_buffer_mb * 1024 * 1024);
   shuffle.row_count = dataset->rows() - flags.validation_rows;
   std::unique_ptr<BatchSource> batches = std::make_unique<ShuffledBatches>(dataset, shuffle);
-  // Under mpirun (or srun), one data-parallel rank of several: it reads its own rows of each
-  // global batch, and only rank 0 speaks and writes.
+  // Under mpirun (or srun), one rank of several: a latent shard of a data replica, which reads
+  // its replica's rows of each global batch; only rank 0 speaks and writes.
   const std::shared_ptr<Communicator> ranks = default_communicator();
   const bool lead = ranks->rank() == 0;
   if (!lead) set_log_sink([](LogLevel, std::string_view) {});  // rank 0 says it once
-  if (ranks->size() > 1) {
+  const Parallelism parallelism{flags.shard_latents};
+  try {
+    parallelism.validate(ranks->size());
+  } catch (const Error& error) {
+    throw Error(fmt::format("--shard-latents {}: {}", flags.shard_latents, error.what()));
+  }
+  const int replicas = parallelism.data_replicas(ranks->size());
+  if (replicas > 1) {
     batches = std::make_unique<RankSliceBatches>(
         std::move(batches), flags.train.batch_size,
-        row_slice(flags.train.batch_size, ranks->rank(), ranks->size()));
+        parallelism.rows_of(flags.train.batch_size, ranks->rank(), ranks->size()));
   }
   if (flags.prefetch > 0)
     batches = std::make_unique<PrefetchingBatchSource>(std::move(batches), flags.prefetch);
@@ -126,18 +135,35 @@ int run(TrainFlags& flags) {
         static_cast<long long>(shuffle.row_count), static_cast<long long>(flags.validation_rows),
         config.sources, config.width, std::string(to_string(config.activation)).c_str(),
         config.latents, backend->describe().c_str(),
-        ranks->size() > 1 ? fmt::format(", data parallel over {}", ranks_here->describe()).c_str()
-                          : "");
+        ranks->size() == 1 ? ""
+        : parallelism.latent_shards == 1
+            ? fmt::format(", data parallel over {}", ranks_here->describe()).c_str()
+            : fmt::format(", {} data replica{} x {} latent shards over {}", replicas,
+                          replicas == 1 ? "" : "s", parallelism.latent_shards,
+                          ranks_here->describe())
+                  .c_str());
   }
-  Crosscoder model(config, backend, flags.train.seed);
-  Trainer trainer(model, flags.train, ranks_here);
+  // A latent shard keeps its slice of the one initialisation every rank draws alike.
+  Crosscoder model =
+      parallelism.latent_shards == 1 ? Crosscoder(config, backend, flags.train.seed) : [&] {
+        const RowSlice mine = parallelism.latents_of(config.latents, ranks->rank());
+        return Crosscoder::latent_slice(Crosscoder(config, backend, flags.train.seed), mine.first,
+                                        mine.count);
+      }();
+  Trainer trainer(model, flags.train, ranks_here, parallelism);
   TrainingOptions options;
   options.checkpoint = checkpoint;
   options.checkpoint_every = flags.checkpoint_every;
   options.resume = flags.resume;
   const StepReport last = train(trainer, data, options);
-  if (!lead) return 0;  // rank 0 holds the same model and writes it
-  model.save(flags.out, {{"train_config", flags.train.to_json()}, {"data", data.identity()}});
+  // Rank 0 writes the whole model (joined from the latent shards).
+  trainer.save_model(flags.out,
+                     {{"train_config", flags.train.to_json()}, {"data", data.identity()}});
+  if (!lead) return 0;
+  // The report and validation take the whole model: rank 0's, or the shards' joined in the file.
+  std::optional<Crosscoder> joined;
+  if (parallelism.latent_shards > 1) joined.emplace(Crosscoder::load(flags.out, backend));
+  const Crosscoder& whole = joined ? *joined : model;
   std::string fve;
   for (std::size_t m = 0; m < last.fve.size(); ++m) fve += fmt::format(" {:.4f}", last.fve[m]);
   std::printf(
@@ -149,7 +175,7 @@ int run(TrainFlags& flags) {
     PassControl pass;
     pass.label = "validation";
     const DataMetrics held_out =
-        measure_data(model, *dataset, shuffle.row_count, flags.validation_rows, pass);
+        measure_data(whole, *dataset, shuffle.row_count, flags.validation_rows, pass);
     std::string held_out_fve;
     for (double value : held_out.fve) held_out_fve += fmt::format(" {:.4f}", value);
     std::printf("validation (%lld held-out rows): FVE per source%s, L0 %.1f, dead latents %lld\n",
@@ -278,6 +304,12 @@ Runner add_train_command(CLI::App& app) {
                    "Steps between training checkpoints")
       ->capture_default_str();
   command->add_flag("--resume", train.resume, "Continue from the training checkpoint");
+  command
+      ->add_option("--shard-latents", train.shard_latents,
+                   "Under mpirun: ranks that divide the latents between them (they must divide "
+                   "the ranks; ranks = data replicas x latent shards). 1: data parallel only")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   return [flags] { return run(*flags); };
 }
 
