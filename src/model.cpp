@@ -45,13 +45,20 @@ Crosscoder Crosscoder::latent_slice(const Crosscoder& full, std::int64_t first,
     throw Error(fmt::format("latent slice [{}, {}) is not inside the crosscoder's {} latents",
                             first, first + count, c.latents));
   }
-  if (c.shared_latents() < c.latents || !c.matryoshka_groups.empty()) {
+  if (!c.matryoshka_groups.empty()) {
     throw Error(
-        "latent sharding: model-exclusive latents and Matryoshka groups are not sharded yet "
-        "(train them data parallel)");
+        "latent sharding: Matryoshka groups are not sharded yet (train them data parallel)");
   }
   CrosscoderConfig shard_config = c;
   shard_config.latents = static_cast<int>(count);
+  // Latents are ordered shared, then each model's exclusive block: a contiguous slice is the
+  // same, with its own block sizes.
+  for (std::size_t m = 0; m < c.exclusive.size(); ++m) {
+    const int owner = static_cast<int>(m);
+    shard_config.exclusive[m] = 0;
+    for (std::int64_t f = first; f < first + count; ++f)
+      shard_config.exclusive[m] += c.exclusive_owner(static_cast<int>(f)) == owner ? 1 : 0;
+  }
   try {
     shard_config.validate();
   } catch (const Error& error) {
@@ -76,24 +83,50 @@ Crosscoder Crosscoder::latent_slice(const Crosscoder& full, std::int64_t first,
   return shard;
 }
 
-namespace {
-
-// The shards' config joined: the sum of their latents, validated.
-CrosscoderConfig joined_config(const CrosscoderConfig& shard, Communicator& ranks) {
+CrosscoderConfig Crosscoder::joined_slice_config(const CrosscoderConfig& shard,
+                                                 Communicator& ranks) {
   const std::vector<std::int64_t> latents = ranks.all_gather(std::int64_t{shard.latents});
+  const std::vector<std::int64_t> exclusive =
+      ranks.all_gather(std::vector<std::int64_t>(shard.exclusive.begin(), shard.exclusive.end()));
   CrosscoderConfig whole = shard;
   const std::int64_t total = std::accumulate(latents.begin(), latents.end(), std::int64_t{0});
   if (total > std::numeric_limits<int>::max())
     throw Error(fmt::format("joined latent shards: {} latents in all", total));
   whole.latents = static_cast<int>(total);
+  const std::size_t blocks = shard.exclusive.size();
+  if (exclusive.size() != blocks * latents.size())
+    throw Error("joined latent shards: the shards' exclusive blocks differ in number");
+  // Joined in rank order, the shards' latents must keep the order shared, then each model's
+  // exclusive block: a latent of a lower class may not follow one of a higher class.
+  int highest = -1;  // -1: shared; m: model m's exclusive block
+  for (std::size_t r = 0; r < latents.size(); ++r) {
+    std::int64_t exclusive_here = 0;
+    for (std::size_t m = 0; m < blocks; ++m) exclusive_here += exclusive[r * blocks + m];
+    const auto require_at_least = [&](int rank_class) {
+      if (rank_class < highest) {
+        throw Error(fmt::format(
+            "joined latent shards: rank {}'s latents ({}) come after latents of a later "
+            "partition; shards must be contiguous slices in rank order",
+            r, rank_class < 0 ? std::string("shared") : fmt::format("model {}", rank_class)));
+      }
+      highest = rank_class;
+    };
+    if (latents[r] - exclusive_here > 0) require_at_least(-1);
+    for (std::size_t m = 0; m < blocks; ++m) {
+      if (exclusive[r * blocks + m] > 0) require_at_least(static_cast<int>(m));
+    }
+  }
+  for (std::size_t m = 0; m < blocks; ++m) {
+    std::int64_t sum = 0;
+    for (std::size_t r = 0; r < latents.size(); ++r) sum += exclusive[r * blocks + m];
+    whole.exclusive[m] = static_cast<int>(sum);
+  }
   whole.validate();
   return whole;
 }
 
-}  // namespace
-
 Crosscoder Crosscoder::join_latent_slices(const Crosscoder& shard, Communicator& ranks) {
-  Crosscoder whole(joined_config(shard.config(), ranks), shard.backend());
+  Crosscoder whole(joined_slice_config(shard.config(), ranks), shard.backend());
   const CrosscoderParameters& p = shard.parameters();
   CrosscoderParameters& q = whole.parameters_;
   for (const auto& [from, to] :
@@ -114,7 +147,7 @@ Crosscoder Crosscoder::join_latent_slices(const Crosscoder& shard, Communicator&
 
 std::optional<Crosscoder> Crosscoder::gather_latent_slices(const Crosscoder& shard,
                                                            Communicator& ranks, int root) {
-  const CrosscoderConfig config = joined_config(shard.config(), ranks);
+  const CrosscoderConfig config = joined_slice_config(shard.config(), ranks);
   const CrosscoderParameters& p = shard.parameters();
   std::vector<std::vector<float>> joined;
   for (const DeviceArray<float>* from :

@@ -290,12 +290,11 @@ Trainer::Trainer(Crosscoder& model, const TrainConfig& config,
     shard_ranks_ =
         communicator_->split(parallelism_.data_replica(rank), parallelism_.latent_shard(rank));
   }
-  if (ranks > 1) {
-    // Ranks that disagree would deadlock or silently train different models: refuse at once.
-    // (Latent shards differ in their number of latents only.)
-    CrosscoderConfig same = model_.config();
-    if (latent_sharded()) same.latents = 0;
-    const std::string text = same.to_json() + config_.to_json();
+  // Ranks that disagree would deadlock or silently train different models: refuse at once.
+  // Latent shards differ in their latents and exclusive blocks only: first everything else is
+  // compared, then the whole crosscoder the shards make.
+  const auto refuse_differing_ranks = [&](CrosscoderConfig compared) {
+    const std::string text = compared.to_json() + config_.to_json();
     const int differing = first_rank_differing(
         communicator_->all_gather(static_cast<std::int64_t>(fnv1a(text.data(), text.size()))));
     if (differing > 0) {
@@ -304,16 +303,26 @@ Trainer::Trainer(Crosscoder& model, const TrainConfig& config,
           "rank 0's (every rank must be started with the same flags)",
           differing));
     }
+  };
+  whole_config_ = model_.config();
+  if (ranks > 1) {
+    CrosscoderConfig same = model_.config();
+    if (latent_sharded()) {
+      same.latents = 0;
+      same.exclusive.assign(same.exclusive.size(), 0);
+    }
+    refuse_differing_ranks(same);
   }
   if (latent_sharded()) {
     const CrosscoderConfig& c = model_.config();
-    if (c.shared_latents() < c.latents || !c.matryoshka_groups.empty()) {
+    if (!c.matryoshka_groups.empty()) {
       throw Error(
-          "latent sharding: model-exclusive latents and Matryoshka groups are not sharded yet "
-          "(train them data parallel)");
+          "latent sharding: Matryoshka groups are not sharded yet (train them data parallel)");
     }
+    whole_config_ = Crosscoder::joined_slice_config(c, *shard_ranks_);
+    refuse_differing_ranks(whole_config_);  // every replica's shards make the same crosscoder
     const std::vector<std::int64_t> shards = shard_ranks_->all_gather(std::int64_t{c.latents});
-    global_latents_ = std::accumulate(shards.begin(), shards.end(), std::int64_t{0});
+    global_latents_ = whole_config_.latents;
     first_latent_ =
         std::accumulate(shards.begin(), shards.begin() + shard_ranks_->rank(), std::int64_t{0});
   }

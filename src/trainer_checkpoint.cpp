@@ -100,11 +100,9 @@ std::string Trainer::load_checkpoint(const std::filesystem::path& path) {
     return found->second;
   };
   // A shard's checkpoint is the whole model's.
-  CrosscoderConfig whole_config = model_.config();
-  whole_config.latents = static_cast<int>(global_latents_);
-  if (entry("config") != whole_config.to_json()) {
+  if (entry("config") != whole_config_.to_json()) {
     throw Error(fmt::format("{}: the checkpoint's crosscoder config {} differs from this run's {}",
-                            path.string(), entry("config"), whole_config.to_json()));
+                            path.string(), entry("config"), whole_config_.to_json()));
   }
   if (entry("train_config") != config_.to_json()) {
     log_message(LogLevel::warning,

@@ -158,8 +158,8 @@ struct Parallelism {
 /// rank's candidates gathered, the one-process tie order kept), the shards' partial
 /// reconstructions are summed, and each rank's gradients and Adam steps touch only its own
 /// latents; the decoder bias, held by all, gets the same update everywhere. Both combine: the
-/// replicas of a grid are data parallel as above. Model-exclusive latents and Matryoshka groups
-/// do not shard yet.
+/// replicas of a grid are data parallel as above. Dedicated partitions shard (a shard's
+/// exclusive blocks are those of its latents); Matryoshka groups do not yet.
 class Trainer {
  public:
   /// @param communicator the ranks that train together; null: this process alone.
@@ -329,6 +329,7 @@ class Trainer {
   std::int64_t first_row_ = 0;       // global index of this rank's first row
   std::int64_t first_latent_ = 0;    // global index of this rank's first latent
   std::int64_t global_latents_ = 0;  // latents over all ranks
+  CrosscoderConfig whole_config_;    // the crosscoder the shards make (the model's own unsharded)
   Gradients gradients_;
   std::vector<Moments> moments_;  // one per parameter, in CrosscoderParameters order
   std::map<std::string, DeviceArray<float>> scratch_;

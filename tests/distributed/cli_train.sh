@@ -43,6 +43,13 @@ timeout 300 "${mpirun[@]}" "$np" 4 "$cli" train "${flags[@]}" --steps 30 --shard
   > "$work/grid.log" 2>&1 || { cat "$work/grid.log"; fail "the 2 x 2 grid run failed"; }
 grep -q "2 data replicas x 2 latent shards" "$work/grid.log" || { cat "$work/grid.log"; fail "no grid banner"; }
 "$compare" "$work/alone.safetensors" "$work/grid.safetensors" 2e-4
+# Dedicated partitions (8 latents exclusive to each model) sharded over 2 ranks.
+"$cli" train "${flags[@]}" --steps 20 --exclusive 8 --out "$work/dedicated_alone.safetensors" \
+  > /dev/null 2>&1 || fail "the one-process dedicated run failed"
+timeout 300 "${mpirun[@]}" "$np" 2 "$cli" train "${flags[@]}" --steps 20 --exclusive 8 \
+  --shard-latents 2 --out "$work/dedicated_shards.safetensors" > "$work/dedicated.log" 2>&1 ||
+  { cat "$work/dedicated.log"; fail "the sharded dedicated run failed"; }
+"$compare" "$work/dedicated_alone.safetensors" "$work/dedicated_shards.safetensors" 2e-4
 
 # A 30-step run at 2 ranks, resumed at 3 ranks to step 40.
 timeout 300 "${mpirun[@]}" "$np" 2 "$cli" train "${flags[@]}" --steps 30 \

@@ -64,6 +64,9 @@ struct Variant {
   bool matryoshka = false;
   bool study = false;  // per-channel normaliser, partition L1, free decoder norms
   std::int64_t tile_rows = 0;
+  // Dedicated partitions of 40 and 30 latents (instead of 6 and 6): latent shards then split
+  // the shared latents and both exclusive blocks.
+  bool wide_partitions = false;
 };
 
 struct RunSetup {
@@ -78,7 +81,9 @@ RunSetup setup_of(const Variant& variant) {
   s.config.latents = 128;
   s.config.activation = variant.activation;
   s.config.k = 4;
-  if (variant.dedicated) s.config.exclusive = {6, 6};
+  if (variant.dedicated)
+    s.config.exclusive =
+        variant.wide_partitions ? std::vector<int>{40, 30} : std::vector<int>{6, 6};
   if (variant.matryoshka) s.config.matryoshka_groups = {16, 32, 80};
   if (variant.study) s.config.normalisation = Normalisation::per_channel;
   s.train.steps = 24;
@@ -363,7 +368,9 @@ const auto kShardedVariants = ::testing::Values(
     Variant{"batchtopk", Activation::batchtopk}, Variant{"jumprelu", Activation::jumprelu},
     Variant{"relu_study", Activation::relu, false, false, true},
     Variant{"topk_study", Activation::topk, false, false, true},
-    Variant{"batchtopk_tiles", Activation::batchtopk, false, false, false, 7});
+    Variant{"batchtopk_tiles", Activation::batchtopk, false, false, false, 7},
+    Variant{"batchtopk_dedicated", Activation::batchtopk, true, false, false, 0, true},
+    Variant{"topk_dedicated_study", Activation::topk, true, false, true, 0, true});
 
 INSTANTIATE_TEST_SUITE_P(Variants, LatentSharded, kShardedVariants, variant_name);
 
@@ -422,14 +429,28 @@ TEST(LatentShardedAuxK, ShardsWhoseLatentsDieAtDifferentStepsAgree) {
 }
 
 TEST(LatentShardedInput, PartitionsThatDoNotShardYetAreRefused) {
-  for (const Variant& variant : {Variant{"dedicated", Activation::batchtopk, true},
-                                 Variant{"matryoshka", Activation::batchtopk, false, true}}) {
-    const RunSetup s = setup_of(variant);
+  {
+    const RunSetup s = setup_of(Variant{"matryoshka", Activation::batchtopk, false, true});
     Crosscoder full(s.config, make_backend(BackendKind::cpu), 3);
     testing::expect_error([&] { Crosscoder::latent_slice(full, 0, 64); }, "not sharded yet");
     testing::expect_error(
         [&] { Trainer trainer(full, s.train, world, Parallelism::latents(world->size())); },
         "not sharded yet");
+  }
+  {
+    // A dedicated crosscoder's slices held in reverse rank order would join into another
+    // partition: refused, naming the rank.
+    const RunSetup s =
+        setup_of(Variant{"dedicated", Activation::batchtopk, true, false, false, 0, true});
+    const Crosscoder full(s.config, make_backend(BackendKind::cpu), 3);
+    const RowSlice reversed =
+        row_slice(s.config.latents, world->size() - 1 - world->rank(), world->size());
+    Crosscoder shard = Crosscoder::latent_slice(full, reversed.first, reversed.count);
+    testing::expect_error([&] { Crosscoder::join_latent_slices(shard, *world); },
+                          "come after latents of a later partition");
+    testing::expect_error(
+        [&] { Trainer trainer(shard, s.train, world, Parallelism::latents(world->size())); },
+        "come after latents of a later partition");
   }
   const RunSetup s = setup_of(Variant{"topk", Activation::topk});
   Crosscoder full(s.config, make_backend(BackendKind::cpu), 3);
