@@ -126,8 +126,7 @@ void CrosscoderConfig::validate() const {
     }
     long total = 0;
     for (const int size : matryoshka_groups) {
-      if (size < 1)
-        throw Error(fmt::format("config: matryoshka group size {} is not positive", size));
+      if (size < 0) throw Error(fmt::format("config: matryoshka group size {} is negative", size));
       total += size;
     }
     if (total != latents) {

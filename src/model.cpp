@@ -38,16 +38,13 @@ Crosscoder::Crosscoder(const CrosscoderConfig& config, std::shared_ptr<Backend> 
   upload_normaliser();
 }
 
-Crosscoder Crosscoder::latent_slice(const Crosscoder& full, std::int64_t first,
-                                    std::int64_t count) {
-  const CrosscoderConfig& c = full.config();
+namespace {
+
+// The config of latents [first, first + count) of a crosscoder configured as `c`.
+CrosscoderConfig slice_config(const CrosscoderConfig& c, std::int64_t first, std::int64_t count) {
   if (first < 0 || count < 1 || first + count > c.latents) {
     throw Error(fmt::format("latent slice [{}, {}) is not inside the crosscoder's {} latents",
                             first, first + count, c.latents));
-  }
-  if (!c.matryoshka_groups.empty()) {
-    throw Error(
-        "latent sharding: Matryoshka groups are not sharded yet (train them data parallel)");
   }
   CrosscoderConfig shard_config = c;
   shard_config.latents = static_cast<int>(count);
@@ -59,12 +56,60 @@ Crosscoder Crosscoder::latent_slice(const Crosscoder& full, std::int64_t first,
     for (std::int64_t f = first; f < first + count; ++f)
       shard_config.exclusive[m] += c.exclusive_owner(static_cast<int>(f)) == owner ? 1 : 0;
   }
+  // Matryoshka groups likewise: each group's latents inside the slice (perhaps none).
+  std::int64_t group_first = 0;
+  for (int& size : shard_config.matryoshka_groups) {
+    const std::int64_t group_end = group_first + size;
+    size = static_cast<int>(std::max<std::int64_t>(
+        0, std::min(group_end, first + count) - std::max(group_first, first)));
+    group_first = group_end;
+  }
   try {
     shard_config.validate();
   } catch (const Error& error) {
     throw Error(fmt::format("latent slice of {} latents: {}", count, error.what()));
   }
-  Crosscoder shard(shard_config, full.backend());
+  return shard_config;
+}
+
+// Rows [first, first + count) of the initial decoder of a crosscoder configured as `whole`,
+// drawn from `seed`: unit-norm rows of normals (zero for the sources an exclusive latent does
+// not use), drawn from one stream in latent order, so a slice draws and discards the rows
+// before it.
+std::vector<float> initial_decoder_rows(const CrosscoderConfig& whole, std::uint64_t seed,
+                                        std::int64_t first, std::int64_t count) {
+  const std::int64_t D = whole.input_width();
+  const int d = whole.width;
+  detail::Random random(seed);
+  std::vector<float> decoder(static_cast<std::size_t>(count * D), 0.0f);
+  std::vector<float> row(static_cast<std::size_t>(D));
+  for (std::int64_t f = 0; f < first + count; ++f) {
+    double squared_norm = 0.0;
+    std::fill(row.begin(), row.end(), 0.0f);
+    for (int m = 0; m < whole.sources; ++m) {
+      if (!whole.latent_uses_source(static_cast<int>(f), m)) continue;
+      for (int i = 0; i < d; ++i) {
+        const double value = random.normal();
+        row[static_cast<std::size_t>(m * d + i)] = static_cast<float>(value);
+        squared_norm += value * value;
+      }
+    }
+    if (f < first) continue;
+    const double inverse_norm = 1.0 / std::sqrt(squared_norm);
+    for (std::int64_t j = 0; j < D; ++j) {
+      decoder[static_cast<std::size_t>((f - first) * D + j)] =
+          static_cast<float>(row[static_cast<std::size_t>(j)] * inverse_norm);
+    }
+  }
+  return decoder;
+}
+
+}  // namespace
+
+Crosscoder Crosscoder::latent_slice(const Crosscoder& full, std::int64_t first,
+                                    std::int64_t count) {
+  const CrosscoderConfig& c = full.config();
+  Crosscoder shard(slice_config(c, first, count), full.backend());
   const auto D = static_cast<std::size_t>(c.input_width());
   const auto rows_of = [&](const DeviceArray<float>& array, std::size_t width) {
     const std::vector<float> all = array.download();
@@ -96,6 +141,31 @@ CrosscoderConfig Crosscoder::joined_slice_config(const CrosscoderConfig& shard,
   const std::size_t blocks = shard.exclusive.size();
   if (exclusive.size() != blocks * latents.size())
     throw Error("joined latent shards: the shards' exclusive blocks differ in number");
+  const std::vector<std::int64_t> groups = ranks.all_gather(
+      std::vector<std::int64_t>(shard.matryoshka_groups.begin(), shard.matryoshka_groups.end()));
+  const std::size_t group_count = shard.matryoshka_groups.size();
+  if (groups.size() != group_count * latents.size())
+    throw Error("joined latent shards: the shards' Matryoshka groups differ in number");
+  // Nested groups are in latent order too: a rank's latents of group g may not follow an
+  // earlier rank's of a later group.
+  std::size_t highest_group = 0;
+  for (std::size_t r = 0; r < latents.size(); ++r) {
+    for (std::size_t g = 0; g < group_count; ++g) {
+      if (groups[r * group_count + g] == 0) continue;
+      if (g < highest_group) {
+        throw Error(fmt::format(
+            "joined latent shards: rank {}'s latents of Matryoshka group {} come after latents of "
+            "a later group; shards must be contiguous slices in rank order",
+            r, g));
+      }
+      highest_group = g;
+    }
+  }
+  for (std::size_t g = 0; g < group_count; ++g) {
+    std::int64_t sum = 0;
+    for (std::size_t r = 0; r < latents.size(); ++r) sum += groups[r * group_count + g];
+    whole.matryoshka_groups[g] = static_cast<int>(sum);
+  }
   // Joined in rank order, the shards' latents must keep the order shared, then each model's
   // exclusive block: a latent of a lower class may not follow one of a higher class.
   int highest = -1;  // -1: shared; m: model m's exclusive block
@@ -174,26 +244,21 @@ std::optional<Crosscoder> Crosscoder::gather_latent_slices(const Crosscoder& sha
 Crosscoder::Crosscoder(const CrosscoderConfig& config, std::shared_ptr<Backend> backend,
                        std::uint64_t seed)
     : Crosscoder(config, std::move(backend)) {
+  initialise(initial_decoder_rows(config_, seed, 0, config_.latents));
+}
+
+Crosscoder Crosscoder::initial_latent_slice(const CrosscoderConfig& config,
+                                            std::shared_ptr<Backend> backend, std::uint64_t seed,
+                                            std::int64_t first, std::int64_t count) {
+  config.validate();
+  if (first == 0 && count == config.latents) return Crosscoder(config, std::move(backend), seed);
+  Crosscoder shard(slice_config(config, first, count), std::move(backend));
+  shard.initialise(initial_decoder_rows(config, seed, first, count));
+  return shard;
+}
+
+void Crosscoder::initialise(const std::vector<float>& decoder) {
   const auto F = static_cast<std::int64_t>(config_.latents);
-  const std::int64_t D = config_.input_width();
-  const int d = config_.width;
-  detail::Random random(seed);
-  std::vector<float> decoder(static_cast<std::size_t>(F * D), 0.0f);
-  for (std::int64_t f = 0; f < F; ++f) {
-    double squared_norm = 0.0;
-    for (int m = 0; m < config_.sources; ++m) {
-      if (!config_.latent_uses_source(static_cast<int>(f), m)) continue;
-      for (int i = 0; i < d; ++i) {
-        const double value = random.normal();
-        decoder[f * D + m * d + i] = static_cast<float>(value);
-        squared_norm += value * value;
-      }
-    }
-    const double inverse_norm = 1.0 / std::sqrt(squared_norm);
-    for (std::int64_t j = 0; j < D; ++j) {
-      decoder[f * D + j] = static_cast<float>(decoder[f * D + j] * inverse_norm);
-    }
-  }
   parameters_.decoder_weight.upload(decoder);
   // Tied initialisation (encoder = decoderᵀ) starts every latent as a matched filter.
   parameters_.encoder_weight.upload(decoder);

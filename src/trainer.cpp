@@ -310,15 +310,12 @@ Trainer::Trainer(Crosscoder& model, const TrainConfig& config,
     if (latent_sharded()) {
       same.latents = 0;
       same.exclusive.assign(same.exclusive.size(), 0);
+      same.matryoshka_groups.assign(same.matryoshka_groups.size(), 0);
     }
     refuse_differing_ranks(same);
   }
   if (latent_sharded()) {
     const CrosscoderConfig& c = model_.config();
-    if (!c.matryoshka_groups.empty()) {
-      throw Error(
-          "latent sharding: Matryoshka groups are not sharded yet (train them data parallel)");
-    }
     whole_config_ = Crosscoder::joined_slice_config(c, *shard_ranks_);
     refuse_differing_ranks(whole_config_);  // every replica's shards make the same crosscoder
     const std::vector<std::int64_t> shards = shard_ranks_->all_gather(std::int64_t{c.latents});

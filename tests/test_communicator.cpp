@@ -11,7 +11,9 @@
 #include "crosscoder/communicator.hpp"
 #include "crosscoder/dataset.hpp"
 #include "crosscoder/io/npy.hpp"
+#include "crosscoder/model.hpp"
 #include "crosscoder/shuffled_batches.hpp"
+#include "crosscoder/trainer.hpp"
 #include "expect_error.hpp"
 
 namespace crosscoder {
@@ -59,6 +61,70 @@ TEST(SingleProcessCommunicator, CollectivesAreIdentities) {
   EXPECT_EQ(block, before);
   testing::expect_error([&] { one->reduce_scatter_sum(values, std::span<float>(block).first(3)); },
                         "17 values for a block of 3");
+  EXPECT_EQ(one->gather(values, 0, &counts), before);
+  EXPECT_EQ(counts, std::vector<std::int64_t>{17});
+  testing::expect_error([&] { one->gather(values, 1); }, "root 1 of 1 rank");
+  const auto part = one->split(3, 7);
+  EXPECT_EQ(part->rank(), 0);
+  EXPECT_EQ(part->size(), 1);
+}
+
+TEST(Parallelism, AGridOfReplicasAndShards) {
+  const Parallelism grid{3};  // 6 ranks: 2 replicas of 3 shards
+  EXPECT_NO_THROW(grid.validate(6));
+  testing::expect_error([&] { grid.validate(4); }, "3 latent shards do not divide 4 ranks");
+  testing::expect_error([&] { Parallelism{0}.validate(4); }, "0 latent shards");
+  EXPECT_EQ(grid.data_replicas(6), 2);
+  for (int rank = 0; rank < 6; ++rank) {
+    EXPECT_EQ(grid.data_replica(rank), rank / 3);
+    EXPECT_EQ(grid.latent_shard(rank), rank % 3);
+    // A replica's shards read the same rows; the replicas split the batch.
+    const RowSlice rows = grid.rows_of(101, rank, 6);
+    EXPECT_EQ(rows.first, rank < 3 ? 0 : 50);
+    EXPECT_EQ(rows.count, rank < 3 ? 50 : 51);
+    const RowSlice latents = grid.latents_of(100, rank);
+    EXPECT_EQ(latents.first, 100 * (rank % 3) / 3);
+  }
+  testing::expect_error([&] { grid.latents_of(2, 0); }, "2 latents cannot be divided into 3");
+  EXPECT_EQ(Parallelism::latents(4).latent_shards, 4);
+  EXPECT_EQ(Parallelism::data().latent_shards, 1);
+}
+
+// A shard initialised alone equals the same latents of the whole crosscoder initialised with
+// the same seed, bit for bit, and its dedicated blocks are those of its latents.
+TEST(LatentSlice, AnInitialShardEqualsTheWholeModelsLatents) {
+  std::mt19937_64 rng(std::random_device{}());
+  CrosscoderConfig config;
+  config.sources = 2;
+  config.width = 5;
+  config.latents = 60;
+  config.activation = Activation::jumprelu;  // a threshold to slice too
+  config.exclusive = {10, 15};               // shared [0, 35), model 0 [35, 45), model 1 [45, 60)
+  const auto backend = make_backend(BackendKind::cpu);
+  const std::uint64_t seed = rng();
+  const Crosscoder whole(config, backend, seed);
+  for (const auto& [first, count] : {std::pair{0, 60}, std::pair{0, 20}, std::pair{30, 10},
+                                     std::pair{40, 20}, std::pair{59, 1}}) {
+    SCOPED_TRACE("latents [" + std::to_string(first) + ", " + std::to_string(first + count) + ")");
+    const Crosscoder sliced = Crosscoder::latent_slice(whole, first, count);
+    const Crosscoder alone = Crosscoder::initial_latent_slice(config, backend, seed, first, count);
+    EXPECT_EQ(alone.config().to_json(), sliced.config().to_json());
+    const CrosscoderParameters& p = sliced.parameters();
+    const CrosscoderParameters& q = alone.parameters();
+    EXPECT_EQ(q.encoder_weight.download(), p.encoder_weight.download());
+    EXPECT_EQ(q.decoder_weight.download(), p.decoder_weight.download());
+    EXPECT_EQ(q.encoder_bias.download(), p.encoder_bias.download());
+    EXPECT_EQ(q.decoder_bias.download(), p.decoder_bias.download());
+    EXPECT_EQ(q.threshold.download(), p.threshold.download());
+    // Every latent keeps its partition: exclusive blocks of the slice, counted by hand.
+    std::vector<int> exclusive(2, 0);
+    for (int f = first; f < first + count; ++f) {
+      if (f >= 35) ++exclusive[f < 45 ? 0 : 1];
+    }
+    EXPECT_EQ(alone.config().exclusive, exclusive);
+  }
+  testing::expect_error([&] { Crosscoder::initial_latent_slice(config, backend, seed, 50, 20); },
+                        "not inside");
 }
 
 TEST(DefaultCommunicator, IsOneProcessOutsideALauncher) {

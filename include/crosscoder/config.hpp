@@ -60,7 +60,7 @@ struct CrosscoderConfig {
   /// Matryoshka (nested) dictionary, TopK and BatchTopK only: the sizes of consecutive groups of
   /// latents, summing to `latents`; prefix i (groups 0 … i) must reconstruct on its own
   /// (docs/training.md). Empty: an ordinary dictionary. Inference is unchanged.
-  std::vector<int> matryoshka_groups;
+  std::vector<int> matryoshka_groups;  // (a group may be empty: a latent shard's share of one)
   float jumprelu_initial_threshold = 0.001f;  ///< θ at initialisation (normalised units)
   float jumprelu_bandwidth = 0.001f;          ///< ε of the rectangle kernel in the STE
 

@@ -55,18 +55,25 @@ class Crosscoder {
 
   /// Latents [first, first + count) of `full` as a crosscoder of their own (its config's latents
   /// = count): a rank's shard for latent-sharded training. The decoder bias, the normaliser and
-  /// the learnt threshold are copied whole; the shard's exclusive blocks are those of its
-  /// latents. @throws Error when the range is not inside `full`, k does not fit the shard, or
-  /// `full` has Matryoshka groups (which do not shard yet).
+  /// the learnt threshold are copied whole; the shard's exclusive blocks and Matryoshka groups
+  /// are those of its latents (a group may be empty in a shard). @throws Error when the range
+  /// is not inside `full` or k does not fit the shard.
   static Crosscoder latent_slice(const Crosscoder& full, std::int64_t first, std::int64_t count);
+  /// What latent_slice(Crosscoder(config, backend, seed), first, count) gives, without ever
+  /// making the whole crosscoder (the rows before the slice are drawn and discarded): a rank's
+  /// initial shard of a dictionary too large for one device (all the latents: the whole
+  /// crosscoder, of any configuration). @throws Error as latent_slice.
+  static Crosscoder initial_latent_slice(const CrosscoderConfig& config,
+                                         std::shared_ptr<Backend> backend, std::uint64_t seed,
+                                         std::int64_t first, std::int64_t count);
   /// The inverse of latent_slice over a communicator's ranks: every rank's shard (in rank
   /// order) joined into the whole crosscoder, returned on every rank (a collective), e.g. for
   /// rank 0 to save it. The decoder bias, normaliser and threshold are this rank's.
   /// @throws Error when the ranks' shards do not fit together.
   static Crosscoder join_latent_slices(const Crosscoder& shard, Communicator& ranks);
   /// The config of the whole crosscoder whose latent slices the ranks hold, in rank order: the
-  /// sum of their latents and of their exclusive blocks (a collective). @throws Error when the
-  /// slices do not join in the order shared, then each model's exclusive latents.
+  /// sum of their latents, exclusive blocks and Matryoshka groups (a collective). @throws Error
+  /// when the slices do not join in partition and group order.
   static CrosscoderConfig joined_slice_config(const CrosscoderConfig& shard, Communicator& ranks);
   /// join_latent_slices gathered to rank `root` alone: the whole crosscoder there and nothing on
   /// the other ranks, which never hold more than their shard. A collective.
@@ -154,6 +161,8 @@ class Crosscoder {
 
  private:
   Crosscoder(const CrosscoderConfig& config, std::shared_ptr<Backend> backend);
+  /// The initial parameters from the decoder rows: encoder tied to them, zero biases.
+  void initialise(const std::vector<float>& decoder);
   void upload_normaliser();
 
   CrosscoderConfig config_;

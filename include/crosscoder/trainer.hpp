@@ -159,7 +159,8 @@ struct Parallelism {
 /// reconstructions are summed, and each rank's gradients and Adam steps touch only its own
 /// latents; the decoder bias, held by all, gets the same update everywhere. Both combine: the
 /// replicas of a grid are data parallel as above. Dedicated partitions shard (a shard's
-/// exclusive blocks are those of its latents); Matryoshka groups do not yet.
+/// exclusive blocks are those of its latents), and so do Matryoshka groups (each prefix's
+/// reconstruction is summed over the shards).
 class Trainer {
  public:
   /// @param communicator the ranks that train together; null: this process alone.

@@ -50,6 +50,13 @@ timeout 300 "${mpirun[@]}" "$np" 2 "$cli" train "${flags[@]}" --steps 20 --exclu
   --shard-latents 2 --out "$work/dedicated_shards.safetensors" > "$work/dedicated.log" 2>&1 ||
   { cat "$work/dedicated.log"; fail "the sharded dedicated run failed"; }
 "$compare" "$work/dedicated_alone.safetensors" "$work/dedicated_shards.safetensors" 2e-4
+# A Matryoshka dictionary (groups of 16 and 48 latents) sharded over 2 ranks.
+"$cli" train "${flags[@]}" --steps 20 --matryoshka 16,48 --out "$work/nested_alone.safetensors" \
+  > /dev/null 2>&1 || fail "the one-process Matryoshka run failed"
+timeout 300 "${mpirun[@]}" "$np" 2 "$cli" train "${flags[@]}" --steps 20 --matryoshka 16,48 \
+  --shard-latents 2 --out "$work/nested_shards.safetensors" > "$work/nested.log" 2>&1 ||
+  { cat "$work/nested.log"; fail "the sharded Matryoshka run failed"; }
+"$compare" "$work/nested_alone.safetensors" "$work/nested_shards.safetensors" 2e-4
 
 # A 30-step run at 2 ranks, resumed at 3 ranks to step 40.
 timeout 300 "${mpirun[@]}" "$np" 2 "$cli" train "${flags[@]}" --steps 30 \

@@ -370,7 +370,8 @@ const auto kShardedVariants = ::testing::Values(
     Variant{"topk_study", Activation::topk, false, false, true},
     Variant{"batchtopk_tiles", Activation::batchtopk, false, false, false, 7},
     Variant{"batchtopk_dedicated", Activation::batchtopk, true, false, false, 0, true},
-    Variant{"topk_dedicated_study", Activation::topk, true, false, true, 0, true});
+    Variant{"topk_dedicated_study", Activation::topk, true, false, true, 0, true},
+    Variant{"batchtopk_matryoshka", Activation::batchtopk, false, true});
 
 INSTANTIATE_TEST_SUITE_P(Variants, LatentSharded, kShardedVariants, variant_name);
 
@@ -428,15 +429,7 @@ TEST(LatentShardedAuxK, ShardsWhoseLatentsDieAtDifferentStepsAgree) {
   }
 }
 
-TEST(LatentShardedInput, PartitionsThatDoNotShardYetAreRefused) {
-  {
-    const RunSetup s = setup_of(Variant{"matryoshka", Activation::batchtopk, false, true});
-    Crosscoder full(s.config, make_backend(BackendKind::cpu), 3);
-    testing::expect_error([&] { Crosscoder::latent_slice(full, 0, 64); }, "not sharded yet");
-    testing::expect_error(
-        [&] { Trainer trainer(full, s.train, world, Parallelism::latents(world->size())); },
-        "not sharded yet");
-  }
+TEST(LatentShardedInput, SlicesOutOfOrderAndTooSmallAreRefused) {
   {
     // A dedicated crosscoder's slices held in reverse rank order would join into another
     // partition: refused, naming the rank.

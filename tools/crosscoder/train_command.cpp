@@ -143,13 +143,10 @@ int run(TrainFlags& flags) {
                           ranks_here->describe())
                   .c_str());
   }
-  // A latent shard keeps its slice of the one initialisation every rank draws alike.
+  // A latent shard draws its slice of the one initialisation, never holding the whole.
+  const RowSlice mine = parallelism.latents_of(config.latents, ranks->rank());
   Crosscoder model =
-      parallelism.latent_shards == 1 ? Crosscoder(config, backend, flags.train.seed) : [&] {
-        const RowSlice mine = parallelism.latents_of(config.latents, ranks->rank());
-        return Crosscoder::latent_slice(Crosscoder(config, backend, flags.train.seed), mine.first,
-                                        mine.count);
-      }();
+      Crosscoder::initial_latent_slice(config, backend, flags.train.seed, mine.first, mine.count);
   Trainer trainer(model, flags.train, ranks_here, parallelism);
   TrainingOptions options;
   options.checkpoint = checkpoint;
