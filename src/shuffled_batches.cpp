@@ -86,14 +86,13 @@ std::pair<std::int64_t, std::int64_t> ShuffledBatches::locate(const EpochPlan& p
 }
 
 ShuffledBatches::Buffer& ShuffledBatches::buffer(std::int64_t epoch, std::int64_t index,
-                                                 bool with_values) {
+                                                 const Slice* slice) {
   const bool have_rows = buffer_.epoch == epoch && buffer_.index == index;
-  if (have_rows && (!with_values || !buffer_.values.empty())) return buffer_;
+  if (have_rows && (!slice || buffer_.slice == *slice)) return buffer_;
   const EpochPlan& p = plan(epoch);
   if (!have_rows) {
     buffer_.rows.clear();
-    buffer_.values.clear();
-    buffer_.labels.clear();
+    buffer_.slice = Slice{};
     const std::int64_t first_block = index * blocks_per_buffer_;
     for (std::int64_t b = first_block; b < std::min(first_block + blocks_per_buffer_, blocks_);
          ++b) {
@@ -108,20 +107,43 @@ ShuffledBatches::Buffer& ShuffledBatches::buffer(std::int64_t epoch, std::int64_
     buffer_.epoch = epoch;
     buffer_.index = index;
   }
-  if (with_values) {
-    // Read block by block: each block is a contiguous, sequential run of rows on disk.
-    const std::int64_t row_size = static_cast<std::int64_t>(sources()) * width();
+  if (slice) {
+    // The rows this slice will deliver from the buffer: positions whose place in their batch
+    // falls in [first, first + count) (all of them for whole batches).
     const auto n = static_cast<std::int64_t>(buffer_.rows.size());
-    buffer_.values.resize(static_cast<std::size_t>(n * row_size));
-    if (dataset_->has_labels()) buffer_.labels.resize(static_cast<std::size_t>(n));
+    const std::int64_t offset =
+        epoch * range_rows_ + p.buffer_offsets[static_cast<std::size_t>(index)];
+    std::vector<char> wanted(static_cast<std::size_t>(n), 0);
+    for (std::int64_t i = 0; i < n; ++i) {
+      const std::int64_t place = (offset + i) % slice->rows - slice->first;
+      if (place >= 0 && place < slice->count)
+        wanted[static_cast<std::size_t>(buffer_.permutation[static_cast<std::size_t>(i)])] = 1;
+    }
+    buffer_.held.assign(static_cast<std::size_t>(n), -1);
+    std::int64_t held = 0;
+    for (std::int64_t i = 0; i < n; ++i)
+      if (wanted[static_cast<std::size_t>(i)]) buffer_.held[static_cast<std::size_t>(i)] = held++;
+    // Read in runs of consecutive dataset rows: whole blocks, sequentially, for whole batches.
+    const std::int64_t row_size = static_cast<std::int64_t>(sources()) * width();
+    buffer_.values.assign(static_cast<std::size_t>(held * row_size), 0.0f);
+    buffer_.labels.assign(dataset_->has_labels() ? static_cast<std::size_t>(held) : 0, -1);
     for (std::int64_t start = 0; start < n;) {
+      if (!wanted[static_cast<std::size_t>(start)]) {
+        ++start;
+        continue;
+      }
       std::int64_t run = 1;
-      while (start + run < n && buffer_.rows[start + run] == buffer_.rows[start] + run) ++run;
-      dataset_->read(buffer_.rows[start], run, buffer_.values.data() + start * row_size);
+      while (start + run < n && wanted[static_cast<std::size_t>(start + run)] &&
+             buffer_.rows[start + run] == buffer_.rows[start] + run)
+        ++run;
+      const std::int64_t at = buffer_.held[static_cast<std::size_t>(start)];
+      dataset_->read(buffer_.rows[start], run, buffer_.values.data() + at * row_size);
       if (dataset_->has_labels())
-        dataset_->read_labels(buffer_.rows[start], run, buffer_.labels.data() + start);
+        dataset_->read_labels(buffer_.rows[start], run, buffer_.labels.data() + at);
+      rows_read_ += run;
       start += run;
     }
+    buffer_.slice = *slice;
   }
   return buffer_;
 }
@@ -142,13 +164,15 @@ void ShuffledBatches::fill_rows(std::int64_t step, std::int64_t rows, std::int64
     const std::int64_t epoch = position / range_rows_;
     const EpochPlan& p = plan(epoch);
     const auto [index, within] = locate(p, position % range_rows_);
-    Buffer& b = buffer(epoch, index, true);
+    const Slice slice{rows, first, count};
+    Buffer& b = buffer(epoch, index, &slice);
     // Serve as many rows as this buffer still has.
     const std::int64_t available = p.buffer_offsets[static_cast<std::size_t>(index + 1)] -
                                    p.buffer_offsets[static_cast<std::size_t>(index)] - within;
     const std::int64_t n = std::min(count - i, available);
     for (std::int64_t r = 0; r < n; ++r) {
-      const std::int64_t source_row = b.permutation[static_cast<std::size_t>(within + r)];
+      const std::int64_t read_index = b.permutation[static_cast<std::size_t>(within + r)];
+      const std::int64_t source_row = b.held[static_cast<std::size_t>(read_index)];
       std::copy_n(b.values.data() + source_row * row_size, row_size, out + (i + r) * row_size);
       if (labels) labels[i + r] = b.labels.empty() ? std::int8_t{-1} : b.labels[source_row];
     }

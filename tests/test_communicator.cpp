@@ -214,5 +214,30 @@ TEST_F(RankSlices, EveryRanksRowsAreItsSliceOfTheGlobalBatch) {
       "rows [8, 11) are not inside a batch of 10 rows");
 }
 
+// Ranks read disjoint rows: of every buffer, each reads the rows its slice delivers, and
+// together they read what one process reads, once.
+TEST_F(RankSlices, EachRankReadsOnlyTheRowsItDelivers) {
+  const std::int64_t B = 60;  // 5 batches: one epoch of 300 rows, every buffer used up
+  const std::size_t row = kSources * kWidth;
+  auto whole = batches();
+  std::vector<float> out(B * row);
+  for (std::int64_t step = 0; step < 5; ++step) whole->fill(step, B, out.data(), nullptr);
+  EXPECT_EQ(whole->rows_read(), kRows);
+  for (int ranks : {2, 3, 4}) {
+    std::int64_t total = 0;
+    for (int r = 0; r < ranks; ++r) {
+      auto shuffled = batches();
+      const ShuffledBatches& reader = *shuffled;
+      const RowSlice slice = row_slice(B, r, ranks);
+      RankSliceBatches mine(std::move(shuffled), B, slice);
+      for (std::int64_t step = 0; step < 5; ++step)
+        mine.fill(step, slice.count, out.data(), nullptr);
+      EXPECT_EQ(reader.rows_read(), 5 * slice.count) << "rank " << r << " of " << ranks;
+      total += reader.rows_read();
+    }
+    EXPECT_EQ(total, kRows) << ranks << " ranks";
+  }
+}
+
 }  // namespace
 }  // namespace crosscoder

@@ -43,9 +43,12 @@ class ShuffledBatches : public BatchSource {
   std::int64_t buffer_rows() const noexcept { return blocks_per_buffer_ * options_.block_rows; }
   /// @throws Error naming the file and row of a non-finite value.
   void fill(std::int64_t step, std::int64_t rows, float* out, std::int8_t* labels) override;
-  /// Reads only the buffers that hold the slice's rows.
+  /// Reads only the slice's rows: of each buffer, the rows that this slice of the batches will
+  /// deliver (a rank of several reads its own 1/N of every buffer, and holds only those).
   void fill_rows(std::int64_t step, std::int64_t rows, std::int64_t first, std::int64_t count,
                  float* out, std::int8_t* labels) override;
+  /// Rows read from the dataset so far (a buffer read again after another was counts again).
+  std::int64_t rows_read() const noexcept { return rows_read_; }
   std::string identity() const override;
 
  private:
@@ -54,18 +57,26 @@ class ShuffledBatches : public BatchSource {
     std::vector<std::int64_t> block_order;     // blocks in visiting order
     std::vector<std::int64_t> buffer_offsets;  // first epoch position of each buffer, + end
   };
+  // The part of every batch that a fill delivers: rows [first, first + count) of `rows`.
+  struct Slice {
+    std::int64_t rows = 0, first = 0, count = 0;
+    bool operator==(const Slice&) const = default;
+  };
   struct Buffer {
     std::int64_t epoch = -1, index = -1;
     std::vector<std::int64_t> rows;         // dataset row of each buffered row, in read order
     std::vector<std::int64_t> permutation;  // delivery order → read order
-    std::vector<float> values;              // [rows, M, d]
-    std::vector<std::int8_t> labels;        // [rows] when the dataset has labels
+    Slice slice;                            // the slice whose rows `values` holds
+    std::vector<std::int64_t> held;         // read order → row of `values`, or −1 if not held
+    std::vector<float> values;              // [held rows, M, d]
+    std::vector<std::int8_t> labels;        // [held rows] when the dataset has labels
   };
 
   const EpochPlan& plan(std::int64_t epoch);
   // Where epoch position `position` lies: buffer index and position within it.
   std::pair<std::int64_t, std::int64_t> locate(const EpochPlan& plan, std::int64_t position) const;
-  Buffer& buffer(std::int64_t epoch, std::int64_t index, bool with_values);
+  // Buffer `index` of `epoch`; with a slice, holding the values of the rows the slice delivers.
+  Buffer& buffer(std::int64_t epoch, std::int64_t index, const Slice* slice);
   std::int64_t block_size(std::int64_t block) const;
 
   std::shared_ptr<const ActivationDataset> dataset_;
@@ -75,6 +86,7 @@ class ShuffledBatches : public BatchSource {
   std::int64_t blocks_per_buffer_ = 1;
   EpochPlan plan_;
   Buffer buffer_;
+  std::int64_t rows_read_ = 0;
 };
 
 }  // namespace crosscoder
