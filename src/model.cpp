@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <numeric>
 
@@ -128,104 +129,74 @@ Crosscoder Crosscoder::latent_slice(const Crosscoder& full, std::int64_t first,
   return shard;
 }
 
+namespace {
+
+// Every rank's sizes of the same `blocks` consecutive partitions of its latents, summed in rank
+// order. Joined in rank order the ranks' latents must keep the partitions' order: a rank's
+// latents of partition b may not follow an earlier rank's of a later partition. `name(b)` names
+// partition b in the error.
+std::vector<int> join_partitions(const std::vector<std::int64_t>& sizes, std::size_t blocks,
+                                 const std::function<std::string(std::size_t)>& name) {
+  const std::size_t ranks = blocks == 0 ? 0 : sizes.size() / blocks;
+  std::vector<int> total(blocks, 0);
+  std::size_t highest = 0;
+  for (std::size_t r = 0; r < ranks; ++r) {
+    for (std::size_t b = 0; b < blocks; ++b) {
+      const std::int64_t size = sizes[r * blocks + b];
+      if (size == 0) continue;
+      if (b < highest) {
+        throw Error(fmt::format(
+            "joined latent shards: rank {}'s latents ({}) come after latents of a later "
+            "partition; shards must be contiguous slices in rank order",
+            r, name(b)));
+      }
+      highest = b;
+      total[b] += static_cast<int>(size);
+    }
+  }
+  return total;
+}
+
+}  // namespace
+
 CrosscoderConfig Crosscoder::joined_slice_config(const CrosscoderConfig& shard,
                                                  Communicator& ranks) {
   const std::vector<std::int64_t> latents = ranks.all_gather(std::int64_t{shard.latents});
-  const std::vector<std::int64_t> exclusive =
-      ranks.all_gather(std::vector<std::int64_t>(shard.exclusive.begin(), shard.exclusive.end()));
   CrosscoderConfig whole = shard;
   const std::int64_t total = std::accumulate(latents.begin(), latents.end(), std::int64_t{0});
   if (total > std::numeric_limits<int>::max())
     throw Error(fmt::format("joined latent shards: {} latents in all", total));
   whole.latents = static_cast<int>(total);
-  const std::size_t blocks = shard.exclusive.size();
-  if (exclusive.size() != blocks * latents.size())
+  // The partitions: the shared latents, then each model's exclusive block.
+  std::vector<std::int64_t> partitions{shard.shared_latents()};
+  partitions.insert(partitions.end(), shard.exclusive.begin(), shard.exclusive.end());
+  const std::vector<std::int64_t> all_partitions = ranks.all_gather(partitions);
+  if (all_partitions.size() != partitions.size() * latents.size())
     throw Error("joined latent shards: the shards' exclusive blocks differ in number");
+  const std::vector<int> joined =
+      join_partitions(all_partitions, partitions.size(), [](std::size_t b) {
+        return b == 0 ? std::string("shared") : fmt::format("model {}", b - 1);
+      });
+  std::copy(joined.begin() + 1, joined.end(), whole.exclusive.begin());
+  // Nested (Matryoshka) groups are in latent order too.
   const std::vector<std::int64_t> groups = ranks.all_gather(
       std::vector<std::int64_t>(shard.matryoshka_groups.begin(), shard.matryoshka_groups.end()));
-  const std::size_t group_count = shard.matryoshka_groups.size();
-  if (groups.size() != group_count * latents.size())
+  if (groups.size() != shard.matryoshka_groups.size() * latents.size())
     throw Error("joined latent shards: the shards' Matryoshka groups differ in number");
-  // Nested groups are in latent order too: a rank's latents of group g may not follow an
-  // earlier rank's of a later group.
-  std::size_t highest_group = 0;
-  for (std::size_t r = 0; r < latents.size(); ++r) {
-    for (std::size_t g = 0; g < group_count; ++g) {
-      if (groups[r * group_count + g] == 0) continue;
-      if (g < highest_group) {
-        throw Error(fmt::format(
-            "joined latent shards: rank {}'s latents of Matryoshka group {} come after latents of "
-            "a later group; shards must be contiguous slices in rank order",
-            r, g));
-      }
-      highest_group = g;
-    }
-  }
-  for (std::size_t g = 0; g < group_count; ++g) {
-    std::int64_t sum = 0;
-    for (std::size_t r = 0; r < latents.size(); ++r) sum += groups[r * group_count + g];
-    whole.matryoshka_groups[g] = static_cast<int>(sum);
-  }
-  // Joined in rank order, the shards' latents must keep the order shared, then each model's
-  // exclusive block: a latent of a lower class may not follow one of a higher class.
-  int highest = -1;  // -1: shared; m: model m's exclusive block
-  for (std::size_t r = 0; r < latents.size(); ++r) {
-    std::int64_t exclusive_here = 0;
-    for (std::size_t m = 0; m < blocks; ++m) exclusive_here += exclusive[r * blocks + m];
-    const auto require_at_least = [&](int rank_class) {
-      if (rank_class < highest) {
-        throw Error(fmt::format(
-            "joined latent shards: rank {}'s latents ({}) come after latents of a later "
-            "partition; shards must be contiguous slices in rank order",
-            r, rank_class < 0 ? std::string("shared") : fmt::format("model {}", rank_class)));
-      }
-      highest = rank_class;
-    };
-    if (latents[r] - exclusive_here > 0) require_at_least(-1);
-    for (std::size_t m = 0; m < blocks; ++m) {
-      if (exclusive[r * blocks + m] > 0) require_at_least(static_cast<int>(m));
-    }
-  }
-  for (std::size_t m = 0; m < blocks; ++m) {
-    std::int64_t sum = 0;
-    for (std::size_t r = 0; r < latents.size(); ++r) sum += exclusive[r * blocks + m];
-    whole.exclusive[m] = static_cast<int>(sum);
-  }
+  whole.matryoshka_groups =
+      join_partitions(groups, shard.matryoshka_groups.size(),
+                      [](std::size_t g) { return fmt::format("Matryoshka group {}", g); });
   whole.validate();
   return whole;
 }
 
-Crosscoder Crosscoder::join_latent_slices(const Crosscoder& shard, Communicator& ranks) {
-  Crosscoder whole(joined_slice_config(shard.config(), ranks), shard.backend());
-  const CrosscoderParameters& p = shard.parameters();
+// The whole crosscoder from `shard` and its per-latent arrays joined over the shards
+// (`joined`: encoder weight, encoder bias, decoder weight, threshold); the decoder bias, the
+// normaliser and the threshold are the shard's.
+Crosscoder Crosscoder::from_joined_arrays(const Crosscoder& shard, const CrosscoderConfig& config,
+                                          const std::vector<std::vector<float>>& joined) {
+  Crosscoder whole(config, shard.backend());
   CrosscoderParameters& q = whole.parameters_;
-  for (const auto& [from, to] :
-       {std::pair{&p.encoder_weight, &q.encoder_weight},
-        std::pair{&p.encoder_bias, &q.encoder_bias},
-        std::pair{&p.decoder_weight, &q.decoder_weight}, std::pair{&p.threshold, &q.threshold}}) {
-    if (to->empty()) continue;
-    const std::vector<float> joined = ranks.all_gather(from->download());
-    if (joined.size() != to->size())
-      throw Error(fmt::format("joined latent shards: {} values for {}", joined.size(), to->size()));
-    to->upload(joined);
-  }
-  q.decoder_bias.upload(p.decoder_bias.download());
-  if (shard.normaliser().fitted) whole.set_normaliser(shard.normaliser());
-  whole.set_batch_threshold(shard.batch_threshold());
-  return whole;
-}
-
-std::optional<Crosscoder> Crosscoder::gather_latent_slices(const Crosscoder& shard,
-                                                           Communicator& ranks, int root) {
-  const CrosscoderConfig config = joined_slice_config(shard.config(), ranks);
-  const CrosscoderParameters& p = shard.parameters();
-  std::vector<std::vector<float>> joined;
-  for (const DeviceArray<float>* from :
-       {&p.encoder_weight, &p.encoder_bias, &p.decoder_weight, &p.threshold})
-    joined.push_back(from->empty() ? std::vector<float>() : ranks.gather(from->download(), root));
-  if (ranks.rank() != root) return std::nullopt;
-  std::optional<Crosscoder> whole(Crosscoder(config, shard.backend()));
-  CrosscoderParameters& q = whole->parameters_;
   std::size_t i = 0;
   for (DeviceArray<float>* to :
        {&q.encoder_weight, &q.encoder_bias, &q.decoder_weight, &q.threshold}) {
@@ -235,10 +206,43 @@ std::optional<Crosscoder> Crosscoder::gather_latent_slices(const Crosscoder& sha
       throw Error(fmt::format("joined latent shards: {} values for {}", values.size(), to->size()));
     to->upload(values);
   }
-  q.decoder_bias.upload(p.decoder_bias.download());
-  if (shard.normaliser().fitted) whole->set_normaliser(shard.normaliser());
-  whole->set_batch_threshold(shard.batch_threshold());
+  q.decoder_bias.upload(shard.parameters().decoder_bias.download());
+  if (shard.normaliser().fitted) whole.set_normaliser(shard.normaliser());
+  whole.set_batch_threshold(shard.batch_threshold());
   return whole;
+}
+
+namespace {
+
+// Per-latent arrays of a shard, in the order from_joined_arrays takes them, each joined over
+// the ranks by `join` (empty arrays stay empty).
+std::vector<std::vector<float>> joined_arrays(
+    const CrosscoderParameters& p,
+    const std::function<std::vector<float>(std::vector<float>)>& join) {
+  std::vector<std::vector<float>> joined;
+  for (const DeviceArray<float>* from :
+       {&p.encoder_weight, &p.encoder_bias, &p.decoder_weight, &p.threshold})
+    joined.push_back(from->empty() ? std::vector<float>() : join(from->download()));
+  return joined;
+}
+
+}  // namespace
+
+Crosscoder Crosscoder::join_latent_slices(const Crosscoder& shard, Communicator& ranks) {
+  const CrosscoderConfig config = joined_slice_config(shard.config(), ranks);
+  return from_joined_arrays(shard, config,
+                            joined_arrays(shard.parameters(), [&](std::vector<float> values) {
+                              return ranks.all_gather(values);
+                            }));
+}
+
+std::optional<Crosscoder> Crosscoder::gather_latent_slices(const Crosscoder& shard,
+                                                           Communicator& ranks, int root) {
+  const CrosscoderConfig config = joined_slice_config(shard.config(), ranks);
+  const std::vector<std::vector<float>> joined = joined_arrays(
+      shard.parameters(), [&](std::vector<float> values) { return ranks.gather(values, root); });
+  if (ranks.rank() != root) return std::nullopt;
+  return from_joined_arrays(shard, config, joined);
 }
 
 Crosscoder::Crosscoder(const CrosscoderConfig& config, std::shared_ptr<Backend> backend,

@@ -113,27 +113,29 @@ ShuffledBatches::Buffer& ShuffledBatches::buffer(std::int64_t epoch, std::int64_
     const auto n = static_cast<std::int64_t>(buffer_.rows.size());
     const std::int64_t offset =
         epoch * range_rows_ + p.buffer_offsets[static_cast<std::size_t>(index)];
-    std::vector<char> wanted(static_cast<std::size_t>(n), 0);
+    // Marked first, then numbered in read order: the row of `values` that holds each.
+    buffer_.held.assign(static_cast<std::size_t>(n), -1);
     for (std::int64_t i = 0; i < n; ++i) {
       const std::int64_t place = (offset + i) % slice->rows - slice->first;
-      if (place >= 0 && place < slice->count)
-        wanted[static_cast<std::size_t>(buffer_.permutation[static_cast<std::size_t>(i)])] = 1;
+      if (place < 0 || place >= slice->count) continue;
+      const auto read_index =
+          static_cast<std::size_t>(buffer_.permutation[static_cast<std::size_t>(i)]);
+      buffer_.held[read_index] = 0;
     }
-    buffer_.held.assign(static_cast<std::size_t>(n), -1);
     std::int64_t held = 0;
-    for (std::int64_t i = 0; i < n; ++i)
-      if (wanted[static_cast<std::size_t>(i)]) buffer_.held[static_cast<std::size_t>(i)] = held++;
+    for (std::int64_t& row : buffer_.held)
+      if (row >= 0) row = held++;
     // Read in runs of consecutive dataset rows: whole blocks, sequentially, for whole batches.
     const std::int64_t row_size = static_cast<std::int64_t>(sources()) * width();
     buffer_.values.assign(static_cast<std::size_t>(held * row_size), 0.0f);
     buffer_.labels.assign(dataset_->has_labels() ? static_cast<std::size_t>(held) : 0, -1);
     for (std::int64_t start = 0; start < n;) {
-      if (!wanted[static_cast<std::size_t>(start)]) {
+      if (buffer_.held[static_cast<std::size_t>(start)] < 0) {
         ++start;
         continue;
       }
       std::int64_t run = 1;
-      while (start + run < n && wanted[static_cast<std::size_t>(start + run)] &&
+      while (start + run < n && buffer_.held[static_cast<std::size_t>(start + run)] >= 0 &&
              buffer_.rows[start + run] == buffer_.rows[start] + run)
         ++run;
       const std::int64_t at = buffer_.held[static_cast<std::size_t>(start)];
@@ -159,12 +161,12 @@ void ShuffledBatches::fill_rows(std::int64_t step, std::int64_t rows, std::int64
   }
   detail::check_row_slice(rows, first, count);
   const std::int64_t row_size = static_cast<std::int64_t>(sources()) * width();
+  const Slice slice{rows, first, count};
   for (std::int64_t i = 0; i < count;) {
     const std::int64_t position = step * rows + first + i;
     const std::int64_t epoch = position / range_rows_;
     const EpochPlan& p = plan(epoch);
     const auto [index, within] = locate(p, position % range_rows_);
-    const Slice slice{rows, first, count};
     Buffer& b = buffer(epoch, index, &slice);
     // Serve as many rows as this buffer still has.
     const std::int64_t available = p.buffer_offsets[static_cast<std::size_t>(index + 1)] -

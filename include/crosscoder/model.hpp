@@ -161,6 +161,10 @@ class Crosscoder {
 
  private:
   Crosscoder(const CrosscoderConfig& config, std::shared_ptr<Backend> backend);
+  /// The whole crosscoder (`config`) from a shard and its per-latent arrays joined over the
+  /// shards; join_latent_slices and gather_latent_slices differ only in how they join.
+  static Crosscoder from_joined_arrays(const Crosscoder& shard, const CrosscoderConfig& config,
+                                       const std::vector<std::vector<float>>& joined);
   /// The initial parameters from the decoder rows: encoder tied to them, zero biases.
   void initialise(const std::vector<float>& decoder);
   void upload_normaliser();

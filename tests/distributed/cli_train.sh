@@ -19,6 +19,29 @@ data=(--data "$work/base.npy" --data "$work/finetuned.npy" --latents 64 --k 4 --
       --checkpoint-every 10 --dead-after 400)
 flags=("${data[@]}" --batch 200)
 fail() { echo "cli_train.sh: $*" >&2; exit 1; }
+# expect_refusal LOG PATTERN WHAT COMMAND...: COMMAND must end with an error (not a timeout)
+# whose output names PATTERN.
+expect_refusal() {
+  local log=$1 pattern=$2 what=$3 status
+  shift 3
+  set +e
+  timeout 120 "$@" > "$log" 2>&1
+  status=$?
+  set -e
+  ((status != 0 && status != 124)) || { cat "$log"; fail "$what: status $status"; }
+  grep -q "$pattern" "$log" || { cat "$log"; fail "$what: no reason given"; }
+}
+# expect_shards_match NAME FLAGS...: 2 latent shards train the one-process model.
+expect_shards_match() {
+  local name=$1
+  shift
+  "$cli" train "${flags[@]}" --steps 20 "$@" --out "$work/${name}_alone.safetensors" \
+    > /dev/null 2>&1 || fail "the one-process $name run failed"
+  timeout 300 "${mpirun[@]}" "$np" 2 "$cli" train "${flags[@]}" --steps 20 "$@" \
+    --shard-latents 2 --out "$work/${name}_shards.safetensors" > "$work/$name.log" 2>&1 ||
+    { cat "$work/$name.log"; fail "the sharded $name run failed"; }
+  "$compare" "$work/${name}_alone.safetensors" "$work/${name}_shards.safetensors" 2e-4
+}
 
 "$cli" train "${flags[@]}" --steps 30 --out "$work/alone.safetensors" > "$work/alone.log" 2>&1 ||
   { cat "$work/alone.log"; fail "the one-process run failed"; }
@@ -43,20 +66,10 @@ timeout 300 "${mpirun[@]}" "$np" 4 "$cli" train "${flags[@]}" --steps 30 --shard
   > "$work/grid.log" 2>&1 || { cat "$work/grid.log"; fail "the 2 x 2 grid run failed"; }
 grep -q "2 data replicas x 2 latent shards" "$work/grid.log" || { cat "$work/grid.log"; fail "no grid banner"; }
 "$compare" "$work/alone.safetensors" "$work/grid.safetensors" 2e-4
-# Dedicated partitions (8 latents exclusive to each model) sharded over 2 ranks.
-"$cli" train "${flags[@]}" --steps 20 --exclusive 8 --out "$work/dedicated_alone.safetensors" \
-  > /dev/null 2>&1 || fail "the one-process dedicated run failed"
-timeout 300 "${mpirun[@]}" "$np" 2 "$cli" train "${flags[@]}" --steps 20 --exclusive 8 \
-  --shard-latents 2 --out "$work/dedicated_shards.safetensors" > "$work/dedicated.log" 2>&1 ||
-  { cat "$work/dedicated.log"; fail "the sharded dedicated run failed"; }
-"$compare" "$work/dedicated_alone.safetensors" "$work/dedicated_shards.safetensors" 2e-4
-# A Matryoshka dictionary (groups of 16 and 48 latents) sharded over 2 ranks.
-"$cli" train "${flags[@]}" --steps 20 --matryoshka 16,48 --out "$work/nested_alone.safetensors" \
-  > /dev/null 2>&1 || fail "the one-process Matryoshka run failed"
-timeout 300 "${mpirun[@]}" "$np" 2 "$cli" train "${flags[@]}" --steps 20 --matryoshka 16,48 \
-  --shard-latents 2 --out "$work/nested_shards.safetensors" > "$work/nested.log" 2>&1 ||
-  { cat "$work/nested.log"; fail "the sharded Matryoshka run failed"; }
-"$compare" "$work/nested_alone.safetensors" "$work/nested_shards.safetensors" 2e-4
+# Dedicated partitions (8 latents exclusive to each model) and a Matryoshka dictionary (groups
+# of 16 and 48 latents), sharded over 2 ranks.
+expect_shards_match dedicated --exclusive 8
+expect_shards_match nested --matryoshka 16,48
 
 # A 30-step run at 2 ranks, resumed at 3 ranks to step 40.
 timeout 300 "${mpirun[@]}" "$np" 2 "$cli" train "${flags[@]}" --steps 30 \
@@ -77,28 +90,16 @@ grep -q "resumed from .* at step 30" "$work/grid_resume.log" ||
 "$compare" "$work/alone.safetensors" "$work/grid.safetensors" 2e-4
 
 # Bad input: errors that name the cause, within the timeout.
-set +e
-timeout 120 "${mpirun[@]}" "$np" 3 "$cli" train "${data[@]}" --batch 2 --steps 5 \
-  --out "$work/bad.safetensors" > "$work/bad.log" 2>&1
-status=$?
-set -e
-((status != 0 && status != 124)) || { cat "$work/bad.log"; fail "a batch of 2 rows on 3 ranks: status $status"; }
-grep -q "cannot be split over 3 ranks" "$work/bad.log" || { cat "$work/bad.log"; fail "no reason given"; }
-set +e
-timeout 120 "${mpirun[@]}" "$np" 2 "$cli" train "${flags[@]}" --steps 5 --shard-latents 3 \
-  --out "$work/bad.safetensors" > "$work/bad_shards.log" 2>&1
-status=$?
-set -e
-((status != 0 && status != 124)) || { cat "$work/bad_shards.log"; fail "3 shards on 2 ranks: status $status"; }
-grep -q "shard-latents 3: 3 latent shards do not divide 2 ranks" "$work/bad_shards.log" ||
-  { cat "$work/bad_shards.log"; fail "3 shards on 2 ranks: no reason given"; }
-set +e
-timeout 120 "${mpirun[@]}" "$np" 1 "$cli" train "${flags[@]}" --steps 5 --lr 1e-3 \
+expect_refusal "$work/bad.log" "cannot be split over 3 ranks" "a batch of 2 rows on 3 ranks" \
+  "${mpirun[@]}" "$np" 3 "$cli" train "${data[@]}" --batch 2 --steps 5 \
+  --out "$work/bad.safetensors"
+expect_refusal "$work/bad_shards.log" "shard-latents 3: 3 latent shards do not divide 2 ranks" \
+  "3 shards on 2 ranks" \
+  "${mpirun[@]}" "$np" 2 "$cli" train "${flags[@]}" --steps 5 --shard-latents 3 \
+  --out "$work/bad.safetensors"
+expect_refusal "$work/mixed.log" "rank 1's crosscoder or train configuration differs" \
+  "ranks with other flags" \
+  "${mpirun[@]}" "$np" 1 "$cli" train "${flags[@]}" --steps 5 --lr 1e-3 \
   --out "$work/mixed.safetensors" : "$np" 1 "$cli" train "${flags[@]}" --steps 5 --lr 2e-3 \
-  --out "$work/mixed.safetensors" > "$work/mixed.log" 2>&1
-status=$?
-set -e
-((status != 0 && status != 124)) || { cat "$work/mixed.log"; fail "ranks with other flags: status $status"; }
-grep -q "rank 1's crosscoder or train configuration differs" "$work/mixed.log" ||
-  { cat "$work/mixed.log"; fail "the differing rank is not named"; }
+  --out "$work/mixed.safetensors"
 echo "cli_train.sh: 2-rank, 2-shard and 2 x 2 grid models equal the one-process model; resumed at 3 ranks and 3 shards; bad input named"
