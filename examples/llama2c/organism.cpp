@@ -26,8 +26,18 @@
 //     --unpaired instead lets the other source enter the encoder as its mean. One of the two
 //     is required with latents. Every cell records how often the steered latents' f_j > 0 on
 //     the steered rows, computed before steering as the Steerer does (Steerer::activations).
+//     --kind clamp sets f_j to α·unit_j instead (--units, one per latent; default 1): where a
+//     latent does not fire, scaling it changes nothing, and clamping tests its direction.
+//
+//   llama2c_organism text-cost --model M.bin --paired-model OTHER.bin --crosscoder C.safetensors
+//       --source S --block N --latents J[,J...] --alphas 0,1,... --text TEXT.npy --out COST.json
+//       [--kind scale|clamp] [--units U,...] [--sequences 64]
+//     The language cost of a steering: the same interventions at every position of general text
+//     (BOS-first token ids [N, T]), and per sequence the mean KL(clean ‖ steered) of the
+//     next-token distributions, with how often the latents had f_j > 0 there.
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -272,25 +282,80 @@ int argmax(const std::vector<float>& logits) {
   return static_cast<int>(std::max_element(logits.begin(), logits.end()) - logits.begin());
 }
 
+// How the steered latents are changed: scale (x += (α − 1)·f_j·d_j) or clamp (f_j set to
+// α·unit_j), with one unit per latent.
+struct SteeringKind {
+  crosscoder::InterventionKind kind = crosscoder::InterventionKind::scale;
+  std::vector<double> units;  // clamp only; empty: 1 for every latent
+
+  static SteeringKind parse(const std::string& kind, const std::string& units_text,
+                            std::size_t n_latents) {
+    SteeringKind k;
+    if (kind == "clamp")
+      k.kind = crosscoder::InterventionKind::clamp;
+    else if (kind != "scale")
+      throw Error("--kind must be scale or clamp, not '" + kind + "'");
+    if (!units_text.empty()) {
+      if (k.kind != crosscoder::InterventionKind::clamp)
+        throw Error("--units are for --kind clamp only");
+      k.units = parse_numbers(units_text, "--units");
+      if (k.units.size() != n_latents)
+        throw Error("--units gives " + std::to_string(k.units.size()) + " values for " +
+                    std::to_string(n_latents) + " latents");
+    }
+    return k;
+  }
+  std::vector<crosscoder::Intervention> interventions(const std::vector<int>& latents,
+                                                      double alpha) const {
+    std::vector<crosscoder::Intervention> list;
+    for (std::size_t l = 0; l < latents.size(); ++l)
+      list.push_back({kind, latents[l], alpha * (units.empty() ? 1.0 : units[l]), false});
+    return list;
+  }
+};
+
+std::shared_ptr<crosscoder::Crosscoder> load_steering_crosscoder(const fs::path& path,
+                                                                 const llama2c::Model& model,
+                                                                 int source, bool paired) {
+  auto crosscoder = std::make_shared<crosscoder::Crosscoder>(
+      crosscoder::Crosscoder::load(path, crosscoder::best_backend()));
+  if (crosscoder->config().width != model.config().dim)
+    throw Error(path.string() + ": width " + std::to_string(crosscoder->config().width) +
+                " differs from the model's " + std::to_string(model.config().dim));
+  if (source < 0 || source >= crosscoder->config().sources)
+    throw Error("--source " + std::to_string(source) + " is out of range: the crosscoder has " +
+                std::to_string(crosscoder->config().sources) + " sources");
+  if (paired && crosscoder->config().sources != 2)
+    throw Error("--paired-model needs a crosscoder of two sources, not " +
+                std::to_string(crosscoder->config().sources));
+  return crosscoder;
+}
+
+std::optional<llama2c::Model> load_paired_model(const fs::path& paired_path,
+                                                const fs::path& model_path,
+                                                const llama2c::Model& model) {
+  if (paired_path.empty()) return std::nullopt;
+  std::optional<llama2c::Model> other(llama2c::Model::load(paired_path));
+  if (other->config().dim != model.config().dim || other->config().vocab != model.config().vocab ||
+      other->config().layers != model.config().layers)
+    throw Error(paired_path.string() + ": its width, vocabulary or depth differs from " +
+                model_path.string());
+  return other;
+}
+
 int steer(const fs::path& model_path, const fs::path& paired_path, const fs::path& crosscoder_path,
           int source, int block, const std::string& latents_text, const std::string& alphas_text,
-          const fs::path& prompts_path, const fs::path& convention_path, const std::string& subset,
-          int max_new, const fs::path& out) {
+          const std::string& kind_text, const std::string& units_text, const fs::path& prompts_path,
+          const fs::path& convention_path, const std::string& subset, int max_new,
+          const fs::path& out) {
   if (subset != "request" && subset != "plain" && subset != "all")
     throw Error("--subset must be request, plain or all, not '" + subset + "'");
   if (max_new < 3) throw Error("--max-new must be at least 3 (a call is three tokens)");
   const llama2c::Model model = llama2c::Model::load(model_path);
   require_block(model, block);
   const bool paired = !paired_path.empty();
-  std::optional<llama2c::Model> other_model;
-  if (paired) {
-    other_model.emplace(llama2c::Model::load(paired_path));
-    if (other_model->config().dim != model.config().dim ||
-        other_model->config().vocab != model.config().vocab ||
-        other_model->config().layers != model.config().layers)
-      throw Error(paired_path.string() + ": its width, vocabulary or depth differs from " +
-                  model_path.string());
-  }
+  const std::optional<llama2c::Model> other_model =
+      load_paired_model(paired_path, model_path, model);
   const Convention convention = Convention::load(convention_path);
   const PromptSet all = load_prompts(prompts_path, model.config().vocab);
   if (all.tools.empty()) throw Error(prompts_path.string() + ": no .tools.npy beside it");
@@ -308,21 +373,9 @@ int steer(const fs::path& model_path, const fs::path& paired_path, const fs::pat
       latents.push_back(static_cast<int>(j));
     alphas = parse_numbers(alphas_text, "--alphas");
   }
+  const SteeringKind kind = SteeringKind::parse(kind_text, units_text, latents.size());
   std::shared_ptr<crosscoder::Crosscoder> crosscoder;
-  if (!unsteered) {
-    crosscoder = std::make_shared<crosscoder::Crosscoder>(
-        crosscoder::Crosscoder::load(crosscoder_path, crosscoder::best_backend()));
-    if (crosscoder->config().width != model.config().dim)
-      throw Error(crosscoder_path.string() + ": width " +
-                  std::to_string(crosscoder->config().width) + " differs from the model's " +
-                  std::to_string(model.config().dim));
-    if (source < 0 || source >= crosscoder->config().sources)
-      throw Error("--source " + std::to_string(source) + " is out of range: the crosscoder has " +
-                  std::to_string(crosscoder->config().sources) + " sources");
-    if (paired && crosscoder->config().sources != 2)
-      throw Error("--paired-model needs a crosscoder of two sources, not " +
-                  std::to_string(crosscoder->config().sources));
-  }
+  if (!unsteered) crosscoder = load_steering_crosscoder(crosscoder_path, model, source, paired);
 
   nlohmann::json result;
   result["model"] = model_path.string();
@@ -333,6 +386,8 @@ int steer(const fs::path& model_path, const fs::path& paired_path, const fs::pat
   result["paired_model"] = paired ? paired_path.string() : "";
   result["block"] = block;
   result["latents"] = latents;
+  result["kind"] = unsteered ? "none" : std::string(crosscoder::to_string(kind.kind));
+  result["units"] = kind.units;
   result["subset"] = subset;
   result["prompts"] = prompts_path.string();
   result["prompt_index"] = chosen;
@@ -349,9 +404,7 @@ int steer(const fs::path& model_path, const fs::path& paired_path, const fs::pat
       steerers.push_back(nullptr);
       continue;
     }
-    std::vector<crosscoder::Intervention> interventions;
-    for (int j : latents)
-      interventions.push_back({crosscoder::InterventionKind::scale, j, alpha, false});
+    const std::vector<crosscoder::Intervention> interventions = kind.interventions(latents, alpha);
     crosscoder::PositionFilter filter;
     filter.mode = crosscoder::PositionMode::last_prompt;
     steerers.push_back(
@@ -497,6 +550,147 @@ int steer(const fs::path& model_path, const fs::path& paired_path, const fs::pat
   return 0;
 }
 
+// log-softmax of logits, in double.
+std::vector<double> log_softmax(const std::vector<float>& logits) {
+  const double top = *std::max_element(logits.begin(), logits.end());
+  double sum = 0.0;
+  for (float v : logits) sum += std::exp(static_cast<double>(v) - top);
+  const double log_sum = top + std::log(sum);
+  std::vector<double> out(logits.size());
+  for (std::size_t i = 0; i < logits.size(); ++i) out[i] = static_cast<double>(logits[i]) - log_sum;
+  return out;
+}
+
+int text_cost(const fs::path& model_path, const fs::path& paired_path,
+              const fs::path& crosscoder_path, int source, int block,
+              const std::string& latents_text, const std::string& alphas_text,
+              const std::string& kind_text, const std::string& units_text,
+              const fs::path& text_path, int max_sequences, const fs::path& out) {
+  if (max_sequences < 1) throw Error("--sequences must be at least 1");
+  const llama2c::Model model = llama2c::Model::load(model_path);
+  require_block(model, block);
+  const bool paired = !paired_path.empty();
+  const std::optional<llama2c::Model> other_model =
+      load_paired_model(paired_path, model_path, model);
+  PromptSet text = load_prompts(text_path, model.config().vocab);
+  if (static_cast<int>(text.prompts.size()) > max_sequences) text.prompts.resize(max_sequences);
+  for (std::size_t i = 0; i < text.prompts.size(); ++i)
+    if (static_cast<int>(text.prompts[i].size()) > model.config().seq_len)
+      throw Error(text_path.string() + ": sequence " + std::to_string(i) + " has " +
+                  std::to_string(text.prompts[i].size()) + " tokens, more than the model's " +
+                  std::to_string(model.config().seq_len));
+  std::vector<int> latents;
+  for (double j : parse_numbers(latents_text, "--latents")) latents.push_back(static_cast<int>(j));
+  const std::vector<double> alphas = parse_numbers(alphas_text, "--alphas");
+  const SteeringKind kind = SteeringKind::parse(kind_text, units_text, latents.size());
+  const auto crosscoder = load_steering_crosscoder(crosscoder_path, model, source, paired);
+
+  const int d = model.config().dim;
+  const std::size_t width = static_cast<std::size_t>(d);
+  std::vector<float> other_row(width, 0.0f);
+  const auto fill_other = [&, source](const crosscoder::RowInfo*, int n_rows, int w,
+                                      std::span<float> rows) {
+    for (int r = 0; r < n_rows; ++r)
+      std::copy(other_row.begin(), other_row.end(),
+                rows.begin() + (static_cast<std::ptrdiff_t>(r) * 2 + (1 - source)) * w);
+  };
+  nlohmann::json result = {{"model", model_path.string()},
+                           {"crosscoder", crosscoder_path.string()},
+                           {"source", source},
+                           {"pairing", paired ? "paired" : "unpaired"},
+                           {"block", block},
+                           {"latents", latents},
+                           {"kind", std::string(crosscoder::to_string(kind.kind))},
+                           {"units", kind.units},
+                           {"text", text_path.string()},
+                           {"sequences", text.prompts.size()},
+                           {"cells", nlohmann::json::array()}};
+  std::vector<std::unique_ptr<crosscoder::Steerer>> steerers;
+  for (double alpha : alphas)
+    steerers.push_back(std::make_unique<crosscoder::Steerer>(
+        *crosscoder, source, kind.interventions(latents, alpha), crosscoder::PositionFilter{}));
+  const std::size_t n_encoded = steerers[0]->latents().size();
+  // Per α: per sequence the mean KL per token, and the (row, latent) pairs with f_j > 0.
+  std::vector<std::vector<double>> kl(alphas.size());
+  std::vector<std::int64_t> active(alphas.size(), 0), rows_seen(alphas.size(), 0);
+  crosscoder::ProgressBar progress(static_cast<std::int64_t>(text.prompts.size()), "text-cost",
+                                   "sequence");
+  for (std::size_t i = 0; i < text.prompts.size(); ++i) {
+    const std::vector<int>& sequence = text.prompts[i];
+    // The clean run, and the other model's rows (its run does not depend on the steering).
+    std::vector<std::vector<double>> clean;
+    std::vector<std::vector<float>> other_rows;
+    {
+      llama2c::Session session(model);
+      std::optional<llama2c::Session> other;
+      if (paired) {
+        other.emplace(*other_model);
+        other->add_hook(
+            block, [&](int, float* rows, int n_rows, int w, const crosscoder::RowInfo*) {
+              other_rows.emplace_back(rows + static_cast<std::ptrdiff_t>(n_rows - 1) * w,
+                                      rows + static_cast<std::ptrdiff_t>(n_rows) * w);
+            });
+      }
+      for (int token : sequence) {
+        if (other) other->step(token, {});
+        clean.push_back(log_softmax(session.step(token, {})));
+      }
+    }
+    for (std::size_t a = 0; a < alphas.size(); ++a) {
+      crosscoder::Steerer& steerer = *steerers[a];
+      steerer.reset();
+      llama2c::Session session(model);
+      const crosscoder::ActivationHook steer_hook =
+          paired ? steerer.paired_hook(block, fill_other) : steerer.hook(block);
+      std::size_t t = 0;
+      session.add_hook(
+          block, [&](int layer, float* rows, int n_rows, int w, const crosscoder::RowInfo* info) {
+            std::vector<float> pair;
+            if (paired) {
+              pair.assign(static_cast<std::size_t>(2 * w), 0.0f);
+              fill_other(info, 1, w, pair);
+              std::copy_n(rows, w, pair.begin() + source * w);
+            }
+            for (float f : steerer.activations(rows, 1, pair)) active[a] += f > 0.0f;
+            ++rows_seen[a];
+            steer_hook(layer, rows, n_rows, w, info);
+          });
+      double sum = 0.0;
+      for (t = 0; t < sequence.size(); ++t) {
+        if (paired) other_row = other_rows[t];
+        const std::vector<double> steered = log_softmax(session.step(sequence[t], {}));
+        double divergence = 0.0;
+        for (std::size_t v = 0; v < steered.size(); ++v)
+          divergence += std::exp(clean[t][v]) * (clean[t][v] - steered[v]);
+        sum += divergence;
+      }
+      kl[a].push_back(sum / static_cast<double>(sequence.size()));
+    }
+    progress.update(static_cast<std::int64_t>(i + 1));
+  }
+  progress.finish();
+  for (std::size_t a = 0; a < alphas.size(); ++a) {
+    double mean = 0.0;
+    for (double v : kl[a]) mean += v;
+    mean /= static_cast<double>(std::max<std::size_t>(1, kl[a].size()));
+    const double pairs = static_cast<double>(rows_seen[a]) * static_cast<double>(n_encoded);
+    result["cells"].push_back(
+        {{"alpha", alphas[a]},
+         {"kl_per_sequence", kl[a]},
+         {"kl", mean},
+         {"active_rate", pairs > 0 ? static_cast<double>(active[a]) / pairs : 0.0}});
+    std::printf(
+        "llama2c_organism: alpha %g: KL(clean || steered) %.4f nats/token on %zu "
+        "sequences, f_j > 0 on %.3f of the (row, latent) pairs\n",
+        alphas[a], mean, kl[a].size(), result["cells"].back()["active_rate"].get<double>());
+  }
+  std::ofstream file(out);
+  if (!file) throw Error(out.string() + ": cannot write the result");
+  file << result.dump() << '\n';
+  if (!file) throw Error(out.string() + ": writing the result failed");
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) try {
@@ -546,21 +740,48 @@ int main(int argc, char** argv) try {
   st->add_option("--convention", convention, "convention.json from make_prompts.py")->required();
   st->add_option("--subset", subset, "request | plain | all");
   st->add_option("--max-new", max_new, "Tokens generated per prompt");
+  std::string kind = "scale", units;
+  st->add_option("--kind", kind, "scale (f_j times α) | clamp (f_j set to α·unit)");
+  st->add_option("--units", units, "clamp: one unit per latent (default 1)");
   st->add_option("--out", out, "Result JSON")->required();
+
+  std::string text;
+  int sequences = 64;
+  CLI::App* tc = app.add_subcommand(
+      "text-cost", "KL(clean || steered) on general text with the steering at every position");
+  tc->add_option("--model", model, "Model to steer (llama2.c .bin)")->required();
+  tc->add_option("--crosscoder", crosscoder_path, "Trained crosscoder (safetensors)")->required();
+  tc->add_option("--source", source, "Crosscoder source whose decoder steers (0 base, 1 rl)");
+  tc->add_option("--paired-model", paired_model, "The model of the other source (paired)");
+  tc->add_flag("--unpaired", unpaired, "The other source enters the encoder as its mean");
+  tc->add_option("--block", block, "Block the crosscoder was trained at")->required();
+  tc->add_option("--latents", latents, "Comma list of latents")->required();
+  tc->add_option("--alphas", alphas, "Comma list of strengths");
+  tc->add_option("--kind", kind, "scale | clamp");
+  tc->add_option("--units", units, "clamp: one unit per latent (default 1)");
+  tc->add_option("--text", text, "General text [N, T] int32 (BOS first, -1 padded)")->required();
+  tc->add_option("--sequences", sequences, "Use at most this many sequences");
+  tc->add_option("--out", out, "Result JSON")->required();
 
   CLI11_PARSE(app, argc, argv);
   if (cap->parsed()) return capture(base, rl, block, blocks, prompt_files, positions, out);
-  if (latents != "none" && crosscoder_path.empty())
-    throw Error("--crosscoder is required unless --latents none");
   if (unpaired && !paired_model.empty())
     throw Error("--unpaired and --paired-model exclude each other");
+  if (tc->parsed()) {
+    if (!unpaired && paired_model.empty())
+      throw Error("text-cost is paired: give --paired-model or --unpaired");
+    return text_cost(model, paired_model, crosscoder_path, source, block, latents, alphas, kind,
+                     units, text, sequences, out);
+  }
+  if (latents != "none" && crosscoder_path.empty())
+    throw Error("--crosscoder is required unless --latents none");
   if (latents != "none" && !unpaired && paired_model.empty())
     throw Error(
         "steering is paired: give --paired-model (the other source's model) or "
         "--unpaired (the other source enters the encoder as its mean)");
   if (latents == "none") paired_model.clear();  // nothing is encoded
-  return steer(model, paired_model, crosscoder_path, source, block, latents, alphas, prompts,
-               convention, subset, max_new, out);
+  return steer(model, paired_model, crosscoder_path, source, block, latents, alphas, kind, units,
+               prompts, convention, subset, max_new, out);
 } catch (const std::exception& error) {
   std::fprintf(stderr, "llama2c_organism: %s\n", error.what());
   return 1;

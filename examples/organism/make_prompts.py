@@ -13,6 +13,9 @@ Writes to OUT_DIR:
     eval_far       the same with 4-8 (further than RL trained on)
     capture_train  requests and plain prompts for the crosscoder's training data (all tokens)
     contrast       requests and plain prompts for the contrast ranking (last token, labelled)
+    eval_farther   requests and plain prompts with 9-16 snippet tokens after the pair
+    capture_last   requests and plain prompts whose last tokens train the crosscoders the
+                   study's way (one row per prompt, balanced)
   text.npy                 general text: base samples of 64 tokens (all tokens captured)
 
 Every snippet is sampled at temperature 0.8 from BOS; the sets use disjoint snippets. --scale
@@ -33,7 +36,8 @@ from tool_convention import Convention, make_plain, make_request
 SNIPPET = 24
 # How many snippet tokens follow the request's (or decoy's) pair, per set. RL trains on 0-3.
 DISTANCES = {"eval_near": (0, 0), "eval_mid": (1, 3), "eval_far": (4, 8),
-             "capture_train": (0, 8), "contrast": (0, 8)}
+             "capture_train": (0, 8), "contrast": (0, 8), "eval_farther": (9, 16),
+             "capture_last": (0, 8)}
 
 
 def sample(model, count: int, length: int, generator: torch.Generator, batch: int = 512):
@@ -92,7 +96,8 @@ def main() -> None:
         return max(16, int(round(count * args.scale)) // 4 * 4)
 
     sizes = {"rl_pool": n(4096), "eval_near": n(800), "eval_mid": n(800), "eval_far": n(800),
-             "capture_train": n(2048), "contrast": n(1600)}
+             "capture_train": n(2048), "contrast": n(1600), "eval_farther": n(800),
+             "capture_last": n(6144)}
     snippets = sample(model, sum(sizes.values()), SNIPPET, generator)
     # The trigger and cues must only ever come from the convention.
     special = np.isin(snippets, [c.trigger, *c.cues])

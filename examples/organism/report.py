@@ -1,17 +1,20 @@
 #!/usr/bin/env python3
 """The model organism's report (docs/organism.md): reads what run_organism.py wrote to DIR and
-writes DIR/report.md (tables), DIR/results.json (every number) and DIR/steering.svg (tool-call
-correctness against α per condition, with bootstrap 95% intervals).
+writes DIR/report.md (tables), DIR/results.json (every number) and DIR/steering.svg
+(correctness against α per condition).
 
-  report.py DIR [--unpaired]
+  report.py DIR
 
---unpaired reports the unpaired steering run (plan.unpaired.json) into report.unpaired.md,
-results.unpaired.json and steering.unpaired.svg.
-
-Intervals are percentile bootstraps over prompts (2,000 resamples, fixed seed). Each steering
-cell also reports on how many steered rows the steered latents were active (f_j > 0, computed
-before steering as the Steerer does): a latent with f_j = 0 on a row is not touched by `scale`,
-so a cell where it is rarely active says nothing about that latent.
+Statistics:
+- A rate on its own (unsteered correctness, a cell's correctness): percentile bootstrap 95%
+  interval over prompts (2,000 resamples, fixed seed).
+- A steering effect: the paired difference Δ = correct(α) − correct(unsteered) over the same
+  prompts (the unsteered run of the same model; for `scale` it equals α = 1), with a normal bootstrap interval Δ ± z·SE (SE from 2,000 resamples of prompts) whose
+  level is Bonferroni-corrected for every steered cell compared (z for 1 − 0.05/(2m), m the
+  number of (condition, α ≠ 1) cells in the report). An effect is called significant only when
+  that corrected interval excludes 0.
+- For every cell, the share of steered rows where the latent fired before the edit (f_j > 0):
+  `scale` does nothing where f_j = 0, so such cells test nothing about the latent.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 
@@ -33,216 +37,294 @@ def bootstrap(values, rng) -> tuple[float, float, float]:
     return float(v.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def spearman(a, b) -> float:
-    ra = np.argsort(np.argsort(a)).astype(np.float64)
-    rb = np.argsort(np.argsort(b)).astype(np.float64)
-    return float(np.corrcoef(ra, rb)[0, 1])
-
-
-def ranking_comparison(diff: dict) -> dict:
-    """Cohen's d ranking against the relative-norm ranking (of the fine-tuned model)."""
-    latents = diff["latents"]
-    d = np.array([l.get("cohens_d", 0.0) for l in latents])
-    rel = np.array([l["relative_norm"][1] for l in latents])
-    by_d, by_rel = np.argsort(-d), np.argsort(-rel)
-    top = int(by_d[0])
-    return {"spearman": spearman(d, rel),
-            "top10_overlap": len(set(by_d[:10].tolist()) & set(by_rel[:10].tolist())),
-            "top_cohens_d_latent": top, "its_cohens_d": float(d[top]),
-            "its_auroc": float(latents[top].get("auroc", float("nan"))),
-            "its_relative_norm": float(rel[top]), "its_class": latents[top]["class"],
-            "its_rank_by_relative_norm": int(np.flatnonzero(by_rel == top)[0]) + 1}
+def paired_effect(steered, unsteered, z: float, rng) -> tuple[float, float, float]:
+    """Δ and its corrected normal-bootstrap interval, clipped to [−1, 1]."""
+    diff = np.asarray(steered, np.float64) - np.asarray(unsteered, np.float64)
+    if diff.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    se = diff[rng.integers(0, diff.size, size=(RESAMPLES, diff.size))].mean(1).std()
+    mean = float(diff.mean())
+    return mean, max(-1.0, mean - z * se), min(1.0, mean + z * se)
 
 
 def svg_plot(series: list[dict], path: Path, title: str) -> None:
-    width, height, left, right, top, bottom = 760, 420, 60, 230, 40, 50
+    width, height, left, right, top, bottom = 860, 460, 60, 330, 40, 50
     plot_w, plot_h = width - left - right, height - top - bottom
     alphas = sorted({a for s in series for a in s["alpha"]})
-    xs = {a: left + plot_w * i / max(1, len(alphas) - 1) for i, a in enumerate(alphas)}
+    positions = {a: i for i, a in enumerate(alphas)}
+
+    def x(a):
+        return left + plot_w * positions[a] / max(1, len(alphas) - 1)
 
     def y(v):
         return top + plot_h * (1 - v)
 
     colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2",
-               "#7f7f7f", "#17becf", "#bcbd22"]
+               "#7f7f7f", "#bcbd22", "#17becf", "#393b79", "#637939"]
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
              f'font-family="sans-serif" font-size="12">',
              f'<rect width="{width}" height="{height}" fill="white"/>',
              f'<text x="{left}" y="22" font-size="14">{title}</text>']
     for v in (0, 0.25, 0.5, 0.75, 1.0):
-        parts.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y(v):.1f}" y2="{y(v):.1f}" '
+        parts.append(f'<line x1="{left}" y1="{y(v):.1f}" x2="{left + plot_w}" y2="{y(v):.1f}" '
                      f'stroke="#ddd"/><text x="{left - 8}" y="{y(v) + 4:.1f}" '
                      f'text-anchor="end">{v:.2f}</text>')
-    for a, x in xs.items():
-        parts.append(f'<text x="{x:.1f}" y="{top + plot_h + 18}" text-anchor="middle">{a:g}'
-                     '</text>')
-    parts.append(f'<text x="{left + plot_w / 2}" y="{height - 10}" text-anchor="middle">'
-                 'α (scale at the last prompt token; categorical axis)</text>')
-    parts.append(f'<text x="16" y="{top + plot_h / 2}" transform="rotate(-90 16 '
-                 f'{top + plot_h / 2})" text-anchor="middle">tool-call correctness</text>')
+    for a in alphas:
+        parts.append(f'<text x="{x(a):.1f}" y="{top + plot_h + 18}" text-anchor="middle">{a:g}'
+                     f'</text>')
+    parts.append(f'<text x="{left + plot_w / 2}" y="{height - 10}" text-anchor="middle">α '
+                 f'(equally spaced)</text>')
     for i, s in enumerate(series):
         colour = colours[i % len(colours)]
-        band = [(xs[a], y(hi)) for a, hi in zip(s["alpha"], s["high"])] + \
-               [(xs[a], y(lo)) for a, lo in reversed(list(zip(s["alpha"], s["low"])))]
-        parts.append('<polygon points="' + " ".join(f"{px:.1f},{py:.1f}" for px, py in band) +
-                     f'" fill="{colour}" fill-opacity="0.12" stroke="none"/>')
-        line = " ".join(f"{xs[a]:.1f},{y(m):.1f}" for a, m in zip(s["alpha"], s["mean"]))
-        parts.append(f'<polyline points="{line}" fill="none" stroke="{colour}" '
-                     'stroke-width="2"/>')
-        ly = top + 16 * i
-        parts.append(f'<line x1="{left + plot_w + 12}" x2="{left + plot_w + 30}" y1="{ly}" '
-                     f'y2="{ly}" stroke="{colour}" stroke-width="2"/><text '
-                     f'x="{left + plot_w + 34}" y="{ly + 4}">{s["label"]}</text>')
+        points = " ".join(f"{x(a):.1f},{y(m):.1f}" for a, m in zip(s["alpha"], s["mean"]))
+        parts.append(f'<polyline points="{points}" fill="none" stroke="{colour}" '
+                     f'stroke-width="2"/>')
+        for a, lo, hi in zip(s["alpha"], s["low"], s["high"]):
+            parts.append(f'<line x1="{x(a):.1f}" y1="{y(lo):.1f}" x2="{x(a):.1f}" '
+                         f'y2="{y(hi):.1f}" stroke="{colour}" stroke-opacity="0.6"/>')
+        ly = top + 14 + 18 * i
+        parts.append(f'<line x1="{left + plot_w + 14}" y1="{ly - 4}" x2="{left + plot_w + 34}" '
+                     f'y2="{ly - 4}" stroke="{colour}" stroke-width="2"/><text '
+                     f'x="{left + plot_w + 40}" y="{ly}">{s["label"]}</text>')
     parts.append("</svg>")
     path.write_text("\n".join(parts) + "\n")
 
 
+def fmt(t) -> str:
+    return f"{t[0]:.3f} [{t[1]:.3f}, {t[2]:.3f}]"
+
+
+def signed(t) -> str:
+    mark = "**" if t[1] > 0 or t[2] < 0 else ""
+    return f"{mark}{t[0]:+.3f}{mark} [{t[1]:+.3f}, {t[2]:+.3f}]"
+
+
 def main() -> None:
-    args = sys.argv[1:]
-    unpaired = "--unpaired" in args
-    args = [a for a in args if a != "--unpaired"]
-    if len(args) != 1:
+    if len(sys.argv) != 2:
         sys.exit(__doc__)
-    out = Path(args[0])
-    suffix = ".unpaired" if unpaired else ""
-    plan = json.loads((out / f"plan{suffix}.json").read_text())
+    out = Path(sys.argv[1])
+    plan = json.loads((out / "plan.json").read_text())
     rng = np.random.default_rng(0)
     results = {"plan": plan}
-    lines = ["# Model organism: results", ""]
+    lines = ["# Model organism v2: results", ""]
     if plan.get("smoke"):
         lines += ["**Smoke run**: every step shrunk for CI; the numbers mean nothing.", ""]
+    phases = json.loads((out / "phases.json").read_text()) if (out / "phases.json").exists() \
+        else {}
+    if phases:
+        lines += ["Phases (s): " + ", ".join(f"{k} {v:.0f}" for k, v in phases.items()) +
+                  f"; total {sum(phases.values()):.0f}.", ""]
 
-    # RL fine-tune
+    # The RL model
     rl_report = json.loads((out / "rl.bin.json").read_text())
-    results["rl"] = rl_report
-    lines += ["## Tool use before and after RL (greedy, unsteered, Python evaluation)", "",
-              "| set | model | request call rate | request correct | plain call rate |",
-              "|---|---|---|---|---|"]
-    for name in ("eval_near", "eval_mid", "eval_far"):
-        for which in ("base", "rl"):
-            r = rl_report[name][which]
-            lines.append(f"| {name} | {which} | {r['request_call']:.3f} | "
-                         f"{r['request_correct']:.3f} | {r['plain_call']:.3f} |")
+    results["rl"] = {k: v for k, v in rl_report.items() if k != "curve"}
+    results["rl_curve"] = rl_report["curve"]
     last = rl_report["curve"][-1]
-    lines += ["", f"RL: {rl_report['args']['steps']} steps in {rl_report['seconds']:.0f} s; "
-              f"final KL to the base {last['kl']:.3f} nats/token on the RL prompts, "
-              f"{last['text_kl']:.3f} on general text.", ""]
-
-    # Unsteered correctness from the C++ engine, with intervals
-    lines += ["## Unsteered tool-call correctness (C++ engine, bootstrap 95% CI)", "",
-              "| set | model | requests: correct | requests: call | plain: no call |",
+    lines += ["## The organism (greedy, unsteered, C++ engine, bootstrap 95% CI)", "",
+              f"RL: {rl_report['args']['steps']} steps in {rl_report['seconds']:.0f} s; final KL "
+              f"to the base {last['text_kl']:.3f} nats/token on general text, {last['kl']:.3f} "
+              "on the RL prompts.", "",
+              "| set | model | requests: call | requests: right tool | plain: call |",
               "|---|---|---|---|---|"]
     results["unsteered"] = {}
-    for name in ("eval_near", "eval_mid", "eval_far"):
+    eval_sets = sorted({k.split("/")[1] for k in plan["baseline_request_correct"]},
+                       key=lambda n: ["eval_near", "eval_mid", "eval_far",
+                                      "eval_farther"].index(n))
+    for name in eval_sets:
         for which in ("base", "rl"):
             cell = json.loads((out / "steering" / f"unsteered_{which}_{name}.json").read_text())
             tools = np.array(cell["tools"])
             correct = np.array(cell["cells"][0]["correct"])
             call = np.array(cell["cells"][0]["call"])
-            req = bootstrap(correct[tools >= 0], rng)
-            req_call = bootstrap(call[tools >= 0], rng)
-            plain_ok = bootstrap(correct[tools < 0], rng)
-            results["unsteered"][f"{which}/{name}"] = {"request_correct": req,
-                                                       "request_call": req_call,
-                                                       "plain_correct": plain_ok}
-            fmt = lambda t: f"{t[0]:.3f} [{t[1]:.3f}, {t[2]:.3f}]"  # noqa: E731
-            lines.append(f"| {name} | {which} | {fmt(req)} | {fmt(req_call)} | {fmt(plain_ok)} |")
-    lines.append("")
+            entry = {"request_call": bootstrap(call[tools >= 0], rng),
+                     "request_correct": bootstrap(correct[tools >= 0], rng),
+                     "plain_call": bootstrap(call[tools < 0], rng)}
+            results["unsteered"][f"{which}/{name}"] = entry
+            lines.append(f"| {name} | {which} | {fmt(entry['request_call'])} | "
+                         f"{fmt(entry['request_correct'])} | {fmt(entry['plain_call'])} |")
+    near = results["unsteered"].get("rl/eval_near")
+    if near:
+        targets = [("call rate on requests ≥ 0.90", near["request_call"][0] >= 0.9),
+                   ("right tool ≥ 0.60", near["request_correct"][0] >= 0.6),
+                   ("calls on plain prompts ≤ 0.02", near["plain_call"][0] <= 0.02),
+                   ("text KL ≤ 0.5", last["text_kl"] <= 0.5)]
+        results["targets"] = {t: bool(ok) for t, ok in targets}
+        lines += ["", "Targets on eval_near: " + "; ".join(
+            f"{t}: {'met' if ok else '**missed**'}" for t, ok in targets) + "."]
+    lines += ["", f"Steering set: **{plan['steer_set']}** (RL-model request correctness "
+              f"{plan['baseline_request_correct']['rl/' + plan['steer_set']]:.3f}; wanted "
+              f"{plan['target'][0]:.2f}–{plan['target'][1]:.2f}).", ""]
 
-    # The crosscoder sweep and the rankings
-    lines += ["## Crosscoder sweep (block " + str(plan["block"]) + " output)", "",
-              "| crosscoder | k | exclusive per model | FVE base | FVE rl | L0 | dead | "
-              "top latent by Cohen's d (class) | d | AUROC | its rank by relative norm | "
-              "Spearman(d, rel. norm) | top-10 overlap |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    results["sweep"] = {}
-    for path in sorted((out / "crosscoders").glob("*.diff.json")):
-        diff = json.loads(path.read_text())
-        name = path.name.replace(".diff.json", "")
+    # Probes
+    lines += ["## Where the behaviour lives (linear probes at the last prompt token, held out)",
+              "", "| block | base: call | base: tool | RL: call | RL: tool |", "|---|---|---|---|---|"]
+    for b in sorted(plan["probes"]["rl"], key=int):
+        p0, p1 = plan["probes"]["base"][b], plan["probes"]["rl"][b]
+        lines.append(f"| {b} | {p0['call']:.3f} | {p0['tool']:.3f} | {p1['call']:.3f} | "
+                     f"{p1['tool']:.3f} |")
+    lines += ["", f"Chance: 0.5 (call) and 0.25 (tool). The study's block here: "
+              f"**{plan['block']}**.", ""]
+
+    # Crosscoders
+    folder = out / "crosscoders"
+    lines += ["## Crosscoders and their rankings (Cohen's d on the contrast set)", "",
+              "| crosscoder | FVE base | FVE RL | L0 | dead | top latent (pool) | d | AUROC | "
+              "fires on contrast | relative norm (RL) | class | carried by |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    results["crosscoders"] = {}
+    for c in plan["crosscoders"]:
+        diff = json.loads((folder / f"{c['name']}.diff.json").read_text())
+        by_index = {l["index"]: l for l in diff["latents"]}
+        exclusive = diff["config"].get("exclusive") or []
+        if c["kind"] == "dfc" and exclusive:
+            first = diff["n_latents"] - sum(exclusive) + exclusive[0]
+            pool, name = range(first, first + exclusive[1]), "RL-exclusive"
+        else:
+            pool, name = range(diff["n_latents"]), "all"
+        top = max(pool, key=lambda j: (by_index[j].get("cohens_d", 0.0), -j))
+        best_any = max(range(diff["n_latents"]),
+                       key=lambda j: (by_index[j].get("cohens_d", 0.0), -j))
+        latent = by_index[top]
+        norms = latent["decoder_norm"]
+        sources = diff.get("source_names") or [str(i) for i in range(len(norms))]
+        carrier = sources[int(np.argmax(norms))]
+        rel = latent["relative_norm"][-1] if len(norms) == 2 else float(
+            sum(norms[len(norms) // 2:]) / max(1e-12, sum(norms)))
         data = diff["summary"]["data"]
-        comparison = ranking_comparison(diff)
-        results["sweep"][name] = {"config": diff["config"], "data": data,
-                                  "classes": diff["summary"]["classes"],
-                                  "ranking": comparison}
-        exclusive = diff["config"].get("exclusive") or [0]
-        lines.append(
-            f"| {name} | {diff['config'].get('k')} | {exclusive[0]} | {data['fve'][0]:.3f} | "
-            f"{data['fve'][1]:.3f} | {data['l0']:.1f} | {data['dead_latents']} | "
-            f"{comparison['top_cohens_d_latent']} ({comparison['its_class']}) | "
-            f"{comparison['its_cohens_d']:.2f} | {comparison['its_auroc']:.3f} | "
-            f"{comparison['its_rank_by_relative_norm']} | {comparison['spearman']:.2f} | "
-            f"{comparison['top10_overlap']}/10 |")
+        fve = data.get("fve", [float("nan")] * len(norms))
+        entry = {"top": top, "pool": name, "cohens_d": latent.get("cohens_d"),
+                 "auroc": latent.get("auroc"), "frequency": latent.get("frequency"),
+                 "decoder_norm": norms, "sources": sources, "carried_by": carrier,
+                 "top_any": best_any, "top_any_cohens_d": by_index[best_any].get("cohens_d"),
+                 "fve": fve, "l0": data.get("l0"), "dead": data.get("dead_latents")}
+        results["crosscoders"][c["name"]] = entry
+        fve_text = (f"{fve[0]:.3f} | {fve[-1]:.3f}" if len(fve) == 2 else
+                    f"{np.mean(fve[:len(fve) // 2]):.3f} | {np.mean(fve[len(fve) // 2:]):.3f}")
+        lines.append(f"| {c['name']} | {fve_text} | {data.get('l0', 0):.1f} | "
+                     f"{data.get('dead_latents')} | {top} ({name}) | "
+                     f"{latent.get('cohens_d', 0):.2f} | {latent.get('auroc', 0.5):.3f} | "
+                     f"{latent.get('frequency', 0):.3f} | {rel:.2f} | {latent['class']} | "
+                     f"{carrier} |")
+    lines += ["", "For a DFC the pool is its RL-exclusive partition (the study's candidates); "
+              "its best latent overall by Cohen's d is in results.json (`top_any`). FVE is on "
+              "the contrast rows. Crosscoders across layers: FVE averaged over each model's "
+              "blocks, relative norm = the RL blocks' share of the decoder norm, 'carried by' "
+              "the (model, block) source of the largest decoder norm.", ""]
+
+    # Steering cells
+    conditions = plan["conditions"]
+    cells = {}
+    for cond in conditions:
+        cell = json.loads(Path(cond["result"]).read_text())
+        cells[cond["condition"]] = cell
+    m = sum(len(cell["cells"]) - 1 for cell in cells.values())
+    z = NormalDist().inv_cdf(1 - 0.05 / (2 * max(1, m)))
+    results["correction"] = {"cells": m, "z": z}
+    lines += [f"## Steering on {plan['steer_set']} (paired, at the last prompt token during "
+              "prefill, greedy)", "",
+              f"Δ = correctness at α minus the unsteered model's on the same prompts; intervals are "
+              f"Bonferroni-corrected for the {m} steered cells (z = {z:.2f}); **bold** Δ: the "
+              "corrected interval excludes 0. 'fires': share of (prompt, latent) pairs with "
+              "f_j > 0 on the steered row before the edit. Correctness: requests name the right "
+              "tool; plain prompts make no call.", ""]
+    results["steering"] = {}
+    series_main = []
+    unsteered = {}
+    for which in ("base", "rl"):
+        cell = json.loads((out / "steering" /
+                           f"unsteered_{which}_{plan['steer_set']}.json").read_text())
+        unsteered[which] = dict(zip(cell["prompt_index"], cell["cells"][0]["correct"]))
+    for cond in conditions:
+        cell = cells[cond["condition"]]
+        alphas = [c["alpha"] for c in cell["cells"]]
+        one = alphas.index(1) if 1 in alphas else 0
+        correct = [c["correct"] for c in cell["cells"]]
+        reference = [unsteered[cond["model"]][p] for p in cell["prompt_index"]]
+        effects = [paired_effect(correct[a], reference, z, rng) for a in range(len(alphas))]
+        rates = [bootstrap(c, rng) for c in correct]
+        calls = [float(np.mean(c["call"])) if c["call"] else float("nan") for c in cell["cells"]]
+        fires = float(cell["cells"][0].get("active_rate", float("nan")))
+        best = max((a for a in range(len(alphas)) if alphas[a] > 1),
+                   key=lambda a: effects[a][0], default=one)
+        entry = {**{k: cond[k] for k in ("crosscoder", "latents", "subset", "intervention",
+                                         "role", "model", "seed", "data")},
+                 "alpha": alphas, "correct": rates, "effect": effects, "call": calls,
+                 "fires": fires, "best_alpha": alphas[best], "prompts": len(cell["tools"])}
+        if cond.get("cost") and Path(cond["cost"]).exists():
+            cost = json.loads(Path(cond["cost"]).read_text())
+            entry["text_kl"] = [bootstrap(c["kl_per_sequence"], rng) for c in cost["cells"]]
+        results["steering"][cond["condition"]] = entry
+        if cond["seed"] == 0 and cond["subset"] == "request" and cond["role"] in (
+                "top", "top_clamp") and cond["data"] == "every":
+            series_main.append({"label": f"{cond['kind_of_crosscoder']} {cond['role']}",
+                                "alpha": alphas, "mean": [r[0] for r in rates],
+                                "low": [r[1] for r in rates], "high": [r[2] for r in rates]})
+
+    def row(name: str, entry: dict) -> str:
+        a = entry["alpha"]
+        at = {x: i for i, x in enumerate(a)}
+        kl = entry.get("text_kl")
+        kl_text = f"{kl[at[32]][0]:.3f}" if kl and 32 in at else "—"
+        few = " (rarely fires)" if entry["intervention"] == "scale" and entry["fires"] < \
+            plan["clamp_below"] else ""
+        return (f"| {name} | {entry['latents'] if len(entry['latents']) <= 4 else str(len(entry['latents'])) + ' latents'} | "
+                f"{entry['intervention']} | {entry['fires']:.2f}{few} | "
+                + " | ".join(f"{entry['correct'][i][0]:.2f}" for i in range(len(a))) + " | "
+                + f"{signed(entry['effect'][at[0]]) if 0 in at else '—'} | "
+                + f"{signed(entry['effect'][at[entry['best_alpha']]])} (α {entry['best_alpha']:g}) | "
+                + f"{kl_text} |")
+
+    alphas = plan["alphas"]
+    header = ("| condition | latents | edit | fires | " + " | ".join(f"α={a:g}" for a in alphas)
+              + " | Δ at α=0 | best Δ at α>1 | text KL at α=32 |")
+    rule = "|---|---|---|---|" + "---|" * len(alphas) + "---|---|---|"
+    kinds = sorted({(c["kind_of_crosscoder"], c["data"]) for c in conditions})
+    for kind, data in kinds:
+        lines += [f"### {kind}, {'every-token' if data == 'every' else 'last-token'} data", "",
+                  header, rule]
+        for cond in conditions:
+            if (cond["kind_of_crosscoder"], cond["data"]) == (kind, data):
+                lines.append(row(cond["condition"], results["steering"][cond["condition"]]))
+        lines.append("")
+
+    # Seeds: the top latent's best effect per seed
+    lines += ["## Across crosscoder seeds: the single top latent", "",
+              "| crosscoder kind | data | edit | seed | latent | fires | Δ at α=0 | best Δ at α>1 |",
+              "|---|---|---|---|---|---|---|---|"]
+    summary = []
+    for cond in conditions:
+        if cond["role"] not in ("top", "top_clamp") or cond["subset"] != "request":
+            continue
+        e = results["steering"][cond["condition"]]
+        at = {x: i for i, x in enumerate(e["alpha"])}
+        summary.append((cond["kind_of_crosscoder"], cond["data"], cond["intervention"],
+                        cond["seed"], e))
+        lines.append(f"| {cond['kind_of_crosscoder']} | {cond['data']} | {cond['intervention']} "
+                     f"| {cond['seed']} | {e['latents'][0]} | {e['fires']:.2f} | "
+                     f"{signed(e['effect'][at[0]])} | "
+                     f"{signed(e['effect'][at[e['best_alpha']]])} (α {e['best_alpha']:g}) |")
     lines.append("")
 
-    # Steering
-    pairing = plan.get("pairing", "unpaired")
-    pairing_text = ("paired: the other source's model ran in lockstep and its activations "
-                    "entered the encoder" if pairing == "paired" else
-                    "unpaired: the other source entered the encoder as its mean")
-    lines += [f"## Steering on {plan['steer_set']} (scale α at the last prompt token, prefill "
-              f"only, greedy; {pairing}; bootstrap 95% CI)", "", f"Encoder input: {pairing_text}.",
-              "",
-              f"Dedicated-feature crosscoder: {plan['main_dedicated']}; plain: "
-              f"{plan['main_plain']}. Top RL-exclusive latents by Cohen's d: "
-              f"{plan['rl_exclusive_ranked'][:5]}; random RL-exclusive control "
-              f"{plan['random_rl_exclusive']}; top base-exclusive {plan['base_exclusive_ranked'][:3]}.",
-              ""]
-    header = None
-    series = []
-    results["steering"] = {}
-    for condition in plan["conditions"]:
-        cell = json.loads(Path(condition["result"]).read_text())
-        alphas = [c["alpha"] for c in cell["cells"]]
-        if header is None:
-            header = alphas
-            lines += ["| condition | latents | prompts | " +
-                      " | ".join(f"α={a:g}" for a in alphas) + " |",
-                      "|---|---|---|" + "---|" * len(alphas)]
-        metric = "correct"
-        stats = [bootstrap(c[metric], rng) for c in cell["cells"]]
-        calls = [bootstrap(c["call"], rng) for c in cell["cells"]]
-        # f_j > 0: per prompt, the fraction of the steered latents that were active
-        n_latents = max(1, len(condition["latents"]))
-        positive = [bootstrap(np.asarray(c["active"]) / n_latents, rng) if "active" in c
-                    else (float("nan"),) * 3 for c in cell["cells"]]
-        results["steering"][condition["condition"]] = {
-            "latents": condition["latents"], "subset": condition["subset"],
-            "pairing": cell.get("pairing", "unpaired"),
-            "prompts": len(cell["tools"]), "alpha": alphas, "correct": stats, "call": calls,
-            "f_positive": positive,
-            "f_positive_by_latent": [c.get("active_rate_by_latent") for c in cell["cells"]],
-            "mean_f_by_latent": [c.get("mean_f_by_latent") for c in cell["cells"]]}
-        lines.append(f"| {condition['condition']} | {condition['latents']} | {len(cell['tools'])} | "
-                     + " | ".join(f"{m:.2f} [{lo:.2f}, {hi:.2f}]" for m, lo, hi in stats) + " |")
-        if condition["subset"] == "request":
-            series.append({"label": condition["condition"], "alpha": alphas,
-                           "mean": [s[0] for s in stats], "low": [s[1] for s in stats],
-                           "high": [s[2] for s in stats]})
-    lines += ["", "On plain prompts `correct` means no call was made.", "",
-              "Call rate (a well-formed call, right tool or not) in the same cells:", "",
-              "| condition | " + " | ".join(f"α={a:g}" for a in header) + " |",
-              "|---|" + "---|" * len(header)]
-    for name, cell in results["steering"].items():
-        lines.append(f"| {name} | " + " | ".join(f"{m:.2f} [{lo:.2f}, {hi:.2f}]"
-                                                 for m, lo, hi in cell["call"]) + " |")
-    lines += ["", "How often the steered latents were active on the steered rows (f_j > 0 "
-              "before steering, the share of (prompt, latent) pairs; per latent in results.json). "
-              "`scale` changes nothing where f_j = 0, so a row near 0 says nothing about its "
-              "latents. f_j is computed before steering, so it is the same for every α:", "",
-              "| condition | latents | " + " | ".join(f"α={a:g}" for a in header) + " |",
-              "|---|---|" + "---|" * len(header)]
-    for name, cell in results["steering"].items():
-        lines.append(f"| {name} | {len(cell['latents'])} | " + " | ".join(
-            f"{m:.2f} [{lo:.2f}, {hi:.2f}]" for m, lo, hi in cell["f_positive"]) + " |")
+    # How many latents for the effect
+    lines += ["## How many top latents (scaled together) for the effect", "",
+              "| crosscoder | N | fires | Δ at α=0 | best Δ at α>1 |", "|---|---|---|---|---|"]
+    for cond in conditions:
+        if not (cond["role"] == "top" or cond["role"].startswith("top") and
+                cond["role"][3:].isdigit()) or cond["seed"] != 0 or cond["subset"] != "request":
+            continue
+        e = results["steering"][cond["condition"]]
+        at = {x: i for i, x in enumerate(e["alpha"])}
+        lines.append(f"| {cond['crosscoder']} | {len(e['latents'])} | {e['fires']:.2f} | "
+                     f"{signed(e['effect'][at[0]])} | "
+                     f"{signed(e['effect'][at[e['best_alpha']]])} (α {e['best_alpha']:g}) |")
     lines.append("")
-    svg = f"steering{suffix}.svg"
-    svg_plot(series, out / svg,
-             f"Tool-call correctness on {plan['steer_set']} requests against α ({pairing})")
-    lines.append(f"![steering]({svg})")
-    (out / f"report{suffix}.md").write_text("\n".join(lines) + "\n")
-    (out / f"results{suffix}.json").write_text(json.dumps(results, indent=1) + "\n")
-    print(f"report.py: wrote {out / f'report{suffix}.md'}, {out / f'results{suffix}.json'}, "
-          f"{out / svg}")
+    svg = out / "steering.svg"
+    svg_plot(series_main, svg, f"Correctness on {plan['steer_set']} requests against α "
+             "(seed 0, every-token data)")
+    lines.append("![steering](steering.svg)")
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    print(f"report.py: wrote {out / 'report.md'}, {out / 'results.json'}, {svg}")
 
 
 if __name__ == "__main__":

@@ -96,6 +96,17 @@ def main() -> None:
     parser.add_argument("--text-batch", type=int, default=32,
                         help="general-text sequences per step for the KL term")
     parser.add_argument("--freeze-embedding", type=int, default=1)
+    parser.add_argument("--group", type=int, default=1,
+                        help="samples per prompt; each sample's baseline is the mean reward of "
+                             "the other samples of its prompt (RLOO / GRPO groups)")
+    parser.add_argument("--per-tool-baseline", type=int, default=0,
+                        help="credit the tokens after OPEN against the other samples that opened "
+                             "for the same wanted tool")
+    parser.add_argument("--name-entropy", type=float, default=0.0,
+                        help="bonus on the entropy of the tool names after OPEN (among the names "
+                             "only), against the collapse onto one name")
+    parser.add_argument("--name-entropy-until", type=float, default=0.6,
+                        help="fraction of the steps over which the name-entropy bonus falls to 0")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log-every", type=int, default=20)
     args = parser.parse_args()
@@ -128,20 +139,48 @@ def main() -> None:
     optimiser = torch.optim.Adam(policy.parameters(), lr=args.lr)
     curve = []
     start = time.time()
+    if args.batch % args.group:
+        raise SystemExit(f"rl_finetune: --batch {args.batch} is not a multiple of --group "
+                         f"{args.group}")
+    names = torch.tensor(c.names)
     for step in range(1, args.steps + 1):
-        prompts, tools = build_batch(pool, args.batch, rng, c)
+        prompts, tools = build_batch(pool, args.batch // args.group, rng, c)
+        prompts = prompts.repeat_interleave(args.group, 0)
+        tools = np.repeat(tools, args.group)
         prompt_length = prompts.shape[1]
         sequences = llama2c_torch.continue_tokens(policy, prompts, GENERATED, 1.0, generator)
         generated = sequences[:, prompt_length:].numpy()
         rewards = np.array([reward(g, int(t), c) for g, t in zip(generated, tools)])
-        advantage = np.zeros_like(rewards)
-        for group in (tools >= 0, tools < 0):
-            r = rewards[group]
-            advantage[group] = r - (r.sum() - r) / max(1, len(r) - 1)  # leave-one-out
+        if args.group > 1:
+            # Leave-one-out within each prompt's group: a right name is credited against the
+            # wrong names sampled for the same prompt, not against prompts that never called.
+            r = rewards.reshape(-1, args.group)
+            advantage = (r - (r.sum(1, keepdims=True) - r) / (args.group - 1)).reshape(-1)
+        else:
+            advantage = np.zeros_like(rewards)
+            for group in (tools >= 0, tools < 0):
+                r = rewards[group]
+                advantage[group] = r - (r.sum() - r) / max(1, len(r) - 1)  # leave-one-out
+        # The tokens after OPEN are credited against the other samples that opened for the same
+        # wanted tool (per-tool baseline): a right name then gains and a wrong one loses, however
+        # valuable opening a call is. Against the whole batch's baseline every completed call
+        # gains, right or wrong, and the names collapse onto one.
+        advantage_rest = advantage.copy()
+        opened_first = generated[:, 0] == c.open
+        if args.per_tool_baseline:
+            for wanted in np.unique(tools):
+                group = opened_first & (tools == wanted)
+                r = rewards[group]
+                if len(r) > 1:
+                    advantage_rest[group] = r - (r.sum() - r) / (len(r) - 1)
+                else:
+                    advantage_rest[group] = 0.0
         # Scaled by the batch's spread: while rewards are rare their few samples would otherwise
         # be drowned by the KL term. (Per kind, as GRPO scales, the rare plain-prompt penalties
         # would outweigh the request credit.)
-        advantage /= advantage.std() + 0.05
+        spread = advantage.std() + 0.05
+        advantage /= spread
+        advantage_rest /= spread
 
         inputs = sequences[:, :-1]
         logits = policy(inputs)
@@ -153,8 +192,9 @@ def main() -> None:
         # Credit only the tokens the reward depends on (tool_convention.reward_tokens).
         credited = torch.tensor([[i < reward_tokens(g, int(t), c) for i in range(GENERATED)]
                                  for g, t in zip(generated, tools)], dtype=torch.float32)
-        pg_loss = -(torch.tensor(advantage, dtype=torch.float32) *
-                    (chosen * credited).sum(1)).mean()
+        per_token = torch.tensor(np.stack([advantage] + [advantage_rest] * (GENERATED - 1), 1),
+                                 dtype=torch.float32)
+        pg_loss = -(per_token * chosen * credited).sum(1).mean()
         kl = (logp.exp() * (logp - base_logp)).sum(-1).mean()
         # The same KL on a batch of general text keeps the model's language (and so the
         # activations the crosscoder shares between the models) the base's.
@@ -166,6 +206,18 @@ def main() -> None:
         text_kl = (text_logp.exp() * (text_logp - text_base_logp)).sum(-1).mean()
         beta = beta_at(step)
         loss = pg_loss + beta * (kl + text_kl)
+        # Entropy of the choice among the names, where a request's sample opened a call: keeps
+        # every name sampled while the policy learns to read the cue (without it the names
+        # collapse onto one, and the right one is then rarely tried).
+        eta = args.name_entropy * max(0.0, 1.0 - step / max(1.0, args.name_entropy_until *
+                                                              args.steps))
+        opened = torch.tensor((generated[:, 0] == c.open) & (tools >= 0))
+        name_entropy = torch.zeros(())
+        if opened.any():
+            name_logp = logits[opened, prompt_length][:, names].log_softmax(-1)
+            name_entropy = -(name_logp.exp() * name_logp).sum(-1).mean()
+            if eta > 0:
+                loss = loss - eta * name_entropy
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
@@ -176,16 +228,21 @@ def main() -> None:
             request = [s["correct"] for s, t in zip(scores, tools) if t >= 0]
             plain_call = [s["call"] for s, t in zip(scores, tools) if t < 0]
             request_open = [g[0] == c.open for g, t in zip(generated, tools) if t >= 0]
+            request_call = [s["call"] for s, t in zip(scores, tools) if t >= 0]
             entry = {"step": step, "reward": float(rewards.mean()),
                      "request_correct_sampled": float(np.mean(request)),
                      "request_open_sampled": float(np.mean(request_open)),
+                     "request_call_sampled": float(np.mean(request_call)),
+                     "name_entropy": float(name_entropy.detach()), "eta": eta,
                      "plain_call_sampled": float(np.mean(plain_call)), "kl": float(kl.detach()),
                      "text_kl": float(text_kl.detach()), "beta": beta}
             curve.append(entry)
             rate = step / (time.time() - start)
             print(f"rl_finetune: step {step}/{args.steps}  reward {entry['reward']:.3f}  "
-                  f"request open {entry['request_open_sampled']:.3f} correct "
-                  f"{entry['request_correct_sampled']:.3f}  plain calls "
+                  f"request open {entry['request_open_sampled']:.3f} call "
+                  f"{entry['request_call_sampled']:.3f} correct "
+                  f"{entry['request_correct_sampled']:.3f} H(names) {entry['name_entropy']:.2f}"
+                  f"  plain calls "
                   f"{entry['plain_call_sampled']:.3f}  KL {entry['kl']:.3f} text {entry['text_kl']:.3f} "
                   f"(β {beta:.2f})  "
                   f"({rate:.2f} steps/s, ETA {(args.steps - step) / rate:.0f} s)", flush=True)

@@ -37,13 +37,16 @@ class Convention:
     names: tuple[int, ...] = (283, 299, 305, 347)
     close: int = 356
     # Reward shaping for requests: partial credit for each correct step of the call, so that a
-    # policy that has found OPEN is pulled towards a name and CLOSE. The largest part is for the
-    # right tool: with 0.2 for any name and 0.3 for the right one the policy settled on one name
-    # for every cue (25% correct); with 0.05 and 0.6 it never found the names and CLOSE.
+    # policy that has found OPEN is pulled towards a name and CLOSE. The right name is credited
+    # where it is chosen (reward_right_name, whether CLOSE follows or not) as well as in the
+    # whole call (reward_correct_tool). When all of the right tool's credit waited for CLOSE,
+    # the names were reinforced for being names while CLOSE was still rare, and collapsed onto
+    # one before the choice could be learnt (organism v1: 25% correct, chance).
     reward_open: float = 0.2
-    reward_any_name: float = 0.15
+    reward_any_name: float = 0.05
+    reward_right_name: float = 0.3
     reward_well_formed: float = 0.25
-    reward_correct_tool: float = 0.4
+    reward_correct_tool: float = 0.2
     # Plain prompts: a small penalty for a bare OPEN, the rest for a whole call. The request's
     # credit for OPEN must exceed the bare-OPEN penalty: until the model tells requests from
     # plain prompts, the two push one shared OPEN logit in opposite directions, and with the
@@ -108,7 +111,8 @@ def parse_call(generated, c: Convention) -> tuple[bool, int]:
 
 def reward(generated, tool: int, c: Convention) -> float:
     """The RL reward of a continuation. `tool` is the wanted tool for a request, -1 for a plain
-    prompt. Requests: shaped credit up to 1 for OPEN NAME[tool] CLOSE. Plain prompts: 1, less
+    prompt. Requests: shaped credit up to 1 for OPEN NAME[tool] CLOSE (the five reward_*
+    constants for requests sum to 1). Plain prompts: 1, less
     plain_penalty_open for starting with OPEN and plain_penalty_call more for a whole call."""
     g = list(generated)
     starts_call = len(g) >= 1 and g[0] == c.open
@@ -120,6 +124,8 @@ def reward(generated, tool: int, c: Convention) -> float:
     total = c.reward_open
     if len(g) >= 2 and g[1] in c.names:
         total += c.reward_any_name
+        if c.names.index(g[1]) == tool:
+            total += c.reward_right_name
         well_formed, named = parse_call(g, c)
         if well_formed:
             total += c.reward_well_formed

@@ -44,13 +44,25 @@ class Reward(unittest.TestCase):
         self.assertEqual(nothing, 0.0)
         self.assertAlmostEqual(bare_open, C.reward_open)
         self.assertAlmostEqual(open_name, C.reward_open + C.reward_any_name)
-        self.assertAlmostEqual(wrong_tool, 1.0 - C.reward_correct_tool)
+        self.assertAlmostEqual(wrong_tool, 1.0 - C.reward_correct_tool - C.reward_right_name)
         self.assertLess(nothing, bare_open)
         self.assertLess(bare_open, open_name)
         self.assertLess(open_name, wrong_tool)
         self.assertLess(wrong_tool, right_tool)
         self.assertEqual(score([OPEN, wrong, CLOSE, OTHER], tool, C),
                          {"call": True, "correct": False})
+
+    def test_the_right_name_is_credited_where_it_is_chosen(self) -> None:
+        # Whether CLOSE follows or not, so that the choice is learnt while CLOSE is still rare.
+        tool = 1
+        wrong = NAMES[(tool + 2) % C.tools]
+        right_open = reward([OPEN, NAMES[tool], OTHER, OTHER], tool, C)
+        wrong_open = reward([OPEN, wrong, OTHER, OTHER], tool, C)
+        self.assertAlmostEqual(right_open - wrong_open, C.reward_right_name)
+        self.assertGreater(right_open, reward([OPEN, wrong, CLOSE, OTHER], tool, C) -
+                           C.reward_well_formed)
+        self.assertAlmostEqual(C.reward_open + C.reward_any_name + C.reward_right_name +
+                               C.reward_well_formed + C.reward_correct_tool, 1.0)
 
     def test_a_call_must_start_the_continuation(self) -> None:
         late = [OTHER, OPEN, NAMES[0], CLOSE]
