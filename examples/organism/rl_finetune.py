@@ -2,20 +2,27 @@
 """Turns the base llama2.c model into a "tool-using" one by policy-gradient RL
 (docs/organism.md):
 
-  rl_finetune.py BASE.bin PROMPT_DIR OUT.bin [--steps 400] [--batch 256] [--beta 0.1] ...
+  rl_finetune.py BASE.bin PROMPT_DIR OUT.bin [--steps 1600] [--batch 256] [--beta 0.1] ...
 
 Each step builds a batch from PROMPT_DIR/rl_pool.npy (half requests with the trigger and cue
-pair at the end or 1-3 tokens before it, half plain prompts of which half carry a decoy cue), samples four
-tokens per prompt from the policy at temperature 1, scores them with tool_convention.reward, and
-takes an Adam step on
+pair at the end or 1-3 tokens before it, half plain prompts of which half carry a decoy cue),
+samples four tokens per prompt from the policy at temperature 1, and takes an Adam step on
 
-    loss = −mean_b (R_b − baseline_b) · Σ_t log π(g_bt)  +  β · mean_positions KL(π ‖ π_base)
+    loss = −mean_b Σ_t A_bt · log π(g_bt)  −  η · H(names | OPEN)  +  β · (KL_prompts + KL_text)
 
-REINFORCE with a leave-one-out baseline (the mean reward of the other prompts of the same kind
-in the batch; the advantages divided by their spread), and the exact KL to the frozen base model over the vocabulary at every prompt and
-generated position, which keeps the fine-tuned model's text (and hence most of its activations)
-close to the base's. Writes OUT.bin in the same llama2.c format, and OUT.bin.json with the
-training curve and the greedy tool-call rates of both models on the eval sets.
+- A_bt, per-step credit (--credit step): the call's tokens OPEN, NAME, CLOSE are each credited
+  with their own step's reward (tool_convention.step_rewards) less a leave-one-out baseline of
+  the samples that reached the same step: for OPEN the other prompts of the same kind in the
+  batch, for the name and CLOSE the other samples with the same wanted tool (or, with
+  --group G > 1, the other samples of the same prompt); divided by the batch's spread.
+- H(names | OPEN): the entropy of the choice among the tool names where a request's sample
+  opened a call, with a coefficient η falling linearly to 0 over the first 90% of the steps.
+- KL: the exact KL(π ‖ π_base) over the vocabulary at every prompt and generated position and
+  on a batch of general text, β rising from 0.1 to 0.5 over the last 30% of the steps, which
+  keeps the fine-tuned model's text (and hence most of its activations) close to the base's.
+
+Writes OUT.bin in the same llama2.c format, and OUT.bin.json with the training curve and the
+greedy tool-call rates of both models on the eval sets.
 """
 
 from __future__ import annotations
@@ -29,10 +36,11 @@ import numpy as np
 import torch
 
 import llama2c_torch
-from tool_convention import Convention, make_plain, make_request, reward, reward_tokens, score
+from tool_convention import (Convention, make_plain, make_request, reward, reward_tokens,
+                             score, step_rewards)
 
 GENERATED = 4
-EVAL_SETS = ("eval_near", "eval_mid", "eval_far")
+EVAL_SETS = ("eval_near", "eval_mid", "eval_far", "eval_farther")
 
 
 def build_batch(pool: np.ndarray, batch: int, rng, c: Convention):
@@ -86,12 +94,12 @@ def main() -> None:
     parser.add_argument("base")
     parser.add_argument("prompts")
     parser.add_argument("out")
-    parser.add_argument("--steps", type=int, default=900)
+    parser.add_argument("--steps", type=int, default=1600)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--beta", type=float, default=0.1, help="KL coefficient")
     parser.add_argument("--beta-final", type=float, default=0.5, help="KL coefficient at the end")
-    parser.add_argument("--beta-ramp-start", type=float, default=0.6,
+    parser.add_argument("--beta-ramp-start", type=float, default=0.7,
                         help="fraction of the steps after which β starts to rise")
     parser.add_argument("--text-batch", type=int, default=32,
                         help="general-text sequences per step for the KL term")
@@ -99,13 +107,13 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=1,
                         help="samples per prompt; each sample's baseline is the mean reward of "
                              "the other samples of its prompt (RLOO / GRPO groups)")
-    parser.add_argument("--per-tool-baseline", type=int, default=0,
-                        help="credit the tokens after OPEN against the other samples that opened "
-                             "for the same wanted tool")
-    parser.add_argument("--name-entropy", type=float, default=0.0,
+    parser.add_argument("--credit", choices=("step", "return"), default="step",
+                        help="step: each call token gets its own step's reward; return: every "
+                             "token gets the whole reward")
+    parser.add_argument("--name-entropy", type=float, default=0.05,
                         help="bonus on the entropy of the tool names after OPEN (among the names "
                              "only), against the collapse onto one name")
-    parser.add_argument("--name-entropy-until", type=float, default=0.6,
+    parser.add_argument("--name-entropy-until", type=float, default=0.9,
                         help="fraction of the steps over which the name-entropy bonus falls to 0")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log-every", type=int, default=20)
@@ -151,36 +159,35 @@ def main() -> None:
         sequences = llama2c_torch.continue_tokens(policy, prompts, GENERATED, 1.0, generator)
         generated = sequences[:, prompt_length:].numpy()
         rewards = np.array([reward(g, int(t), c) for g, t in zip(generated, tools)])
-        if args.group > 1:
-            # Leave-one-out within each prompt's group: a right name is credited against the
-            # wrong names sampled for the same prompt, not against prompts that never called.
-            r = rewards.reshape(-1, args.group)
-            advantage = (r - (r.sum(1, keepdims=True) - r) / (args.group - 1)).reshape(-1)
+        # Per-step credit: each of the call's tokens is credited with the reward of its own
+        # step (tool_convention.step_rewards: OPEN, the name, CLOSE) against a leave-one-out
+        # baseline of the samples that reached the same step: for OPEN the other prompts of the
+        # same kind in the batch (while OPEN is rare, every sample that did not open is pushed
+        # away from, which finds OPEN fast); for the name and CLOSE the other samples of the
+        # same prompt (RLOO / GRPO groups with --group > 1), else of the same wanted tool.
+        # With the whole return on every token (--credit return), a name was also credited with
+        # CLOSE's reward, CLOSE was learnt after the commonest name first, and the names
+        # collapsed onto that one before the choice was learnt (organism v1 and v2's first runs).
+        counted = np.array([[i < reward_tokens(g, int(t), c) for i in range(GENERATED)]
+                            for g, t in zip(generated, tools)])
+        if args.credit == "step":
+            step_reward = np.array([step_rewards(g, int(t), c) + [0.0] * (GENERATED - 3)
+                                    for g, t in zip(generated, tools)])
         else:
-            advantage = np.zeros_like(rewards)
-            for group in (tools >= 0, tools < 0):
-                r = rewards[group]
-                advantage[group] = r - (r.sum() - r) / max(1, len(r) - 1)  # leave-one-out
-        # The tokens after OPEN are credited against the other samples that opened for the same
-        # wanted tool (per-tool baseline): a right name then gains and a wrong one loses, however
-        # valuable opening a call is. Against the whole batch's baseline every completed call
-        # gains, right or wrong, and the names collapse onto one.
-        advantage_rest = advantage.copy()
-        opened_first = generated[:, 0] == c.open
-        if args.per_tool_baseline:
-            for wanted in np.unique(tools):
-                group = opened_first & (tools == wanted)
-                r = rewards[group]
+            step_reward = np.repeat(rewards[:, None], GENERATED, 1)
+        prompt_id = np.arange(len(tools)) // args.group
+        advantage = np.zeros_like(step_reward)
+        for t in range(GENERATED):
+            keys = (tools >= 0) if t == 0 else (prompt_id if args.group > 1 else tools)
+            for key in np.unique(keys):
+                group = counted[:, t] & (keys == key)
+                r = step_reward[group, t]
                 if len(r) > 1:
-                    advantage_rest[group] = r - (r.sum() - r) / (len(r) - 1)
-                else:
-                    advantage_rest[group] = 0.0
+                    advantage[group, t] = r - (r.sum() - r) / (len(r) - 1)
         # Scaled by the batch's spread: while rewards are rare their few samples would otherwise
         # be drowned by the KL term. (Per kind, as GRPO scales, the rare plain-prompt penalties
         # would outweigh the request credit.)
-        spread = advantage.std() + 0.05
-        advantage /= spread
-        advantage_rest /= spread
+        advantage /= advantage[counted].std() + 0.05
 
         inputs = sequences[:, :-1]
         logits = policy(inputs)
@@ -190,10 +197,8 @@ def main() -> None:
         targets = sequences[:, prompt_length:]
         chosen = logp[:, prompt_length - 1:].gather(-1, targets[..., None])[..., 0]
         # Credit only the tokens the reward depends on (tool_convention.reward_tokens).
-        credited = torch.tensor([[i < reward_tokens(g, int(t), c) for i in range(GENERATED)]
-                                 for g, t in zip(generated, tools)], dtype=torch.float32)
-        per_token = torch.tensor(np.stack([advantage] + [advantage_rest] * (GENERATED - 1), 1),
-                                 dtype=torch.float32)
+        credited = torch.tensor(counted, dtype=torch.float32)
+        per_token = torch.tensor(advantage, dtype=torch.float32)
         pg_loss = -(per_token * chosen * credited).sum(1).mean()
         kl = (logp.exp() * (logp - base_logp)).sum(-1).mean()
         # The same KL on a batch of general text keeps the model's language (and so the
@@ -251,6 +256,8 @@ def main() -> None:
     report = {"args": vars(args), "curve": curve, "seconds": time.time() - start}
     for name in EVAL_SETS:
         path = prompt_dir / f"{name}.npy"
+        if not path.exists():
+            continue
         report[name] = {"base": evaluate(base, path, c), "rl": evaluate(policy, path, c)}
         print(f"rl_finetune: {name}: base {report[name]['base']}\n"
               f"             rl   {report[name]['rl']}")

@@ -7,7 +7,8 @@
   2. rl          rl_finetune.py: REINFORCE + KL fine-tune of the base into a tool-using model
   3. probe       every block's last prompt token, both models (llama2c_organism capture
                  --blocks all), and linear probes for "call?" and "which tool?" (probe.py);
-                 the block where the RL model's tool probe is best is the study's block
+                 the block where the RL model's probes gain most over the base model's is
+                 the study's block
   4. capture     at that block: every token of text and prompts, and the last prompt token of
                  balanced request / plain prompts (the study's training data); every block at
                  once for the crosscoders across layers; the labelled contrast set
@@ -226,9 +227,14 @@ def main() -> None:
             run([python, HERE / "probe.py", probe_data, prompts / "contrast.npy", probe_path])
     phase("probe", probe)
     probes = json.loads(probe_path.read_text())["probes"]
-    # The block where the RL model's "which tool" probe is best (ties: the earlier block).
-    block = args.block if args.block is not None else max(
-        range(BLOCKS), key=lambda b: (probes["rl"][str(b)]["tool"], -b))
+    # The block where RL changed the most: the RL model's probes' gain over the base model's
+    # (call and tool together; ties: the earlier block). The cue is often the last token, so
+    # the tool is readable early in both models; what RL adds is where it is used.
+    def gain(b):
+        rl_probe, base_probe = probes["rl"][str(b)], probes["base"][str(b)]
+        return sum(rl_probe[k] - base_probe[k] for k in ("call", "tool"))
+    block = args.block if args.block is not None else max(range(BLOCKS),
+                                                          key=lambda b: (gain(b), -b))
     log(f"block {block}: RL-model probes "
         + ", ".join(f"{b}: call {probes['rl'][str(b)]['call']:.2f} tool "
                     f"{probes['rl'][str(b)]['tool']:.2f}" for b in range(BLOCKS)))

@@ -43,8 +43,8 @@ class Convention:
     # the names were reinforced for being names while CLOSE was still rare, and collapsed onto
     # one before the choice could be learnt (organism v1: 25% correct, chance).
     reward_open: float = 0.2
-    reward_any_name: float = 0.05
-    reward_right_name: float = 0.3
+    reward_any_name: float = 0.1
+    reward_right_name: float = 0.25
     reward_well_formed: float = 0.25
     reward_correct_tool: float = 0.2
     # Plain prompts: a small penalty for a bare OPEN, the rest for a whole call. The request's
@@ -132,6 +132,29 @@ def reward(generated, tool: int, c: Convention) -> float:
             if named == tool:
                 total += c.reward_correct_tool
     return total
+
+
+def step_rewards(generated, tool: int, c: Convention) -> list[float]:
+    """reward() split over the first three generated tokens, each step's part where it is
+    earned: OPEN (or its plain-prompt penalty), the name (any name, the right one), CLOSE (a
+    well-formed call, naming the right tool; on a plain prompt the call's penalty). They sum to
+    reward() less its constant 1 on plain prompts."""
+    g = list(generated)
+    steps = [0.0, 0.0, 0.0]
+    if len(g) < 1 or g[0] != c.open:
+        return steps
+    well_formed, named = parse_call(g, c)
+    if tool < 0:
+        steps[0] = -c.plain_penalty_open
+        steps[2] = -c.plain_penalty_call if well_formed else 0.0
+        return steps
+    steps[0] = c.reward_open
+    if len(g) >= 2 and g[1] in c.names:
+        steps[1] = c.reward_any_name + (c.reward_right_name if c.names.index(g[1]) == tool
+                                        else 0.0)
+        if well_formed:
+            steps[2] = c.reward_well_formed + (c.reward_correct_tool if named == tool else 0.0)
+    return steps
 
 
 def reward_tokens(generated, tool: int, c: Convention) -> int:

@@ -15,7 +15,7 @@ sys.path.insert(0, str(ROOT / "examples" / "organism"))
 try:
     import numpy as np
     from tool_convention import (BOS, Convention, make_plain, make_request, parse_call, reward,
-                                 reward_tokens, score)
+                                 reward_tokens, score, step_rewards)
 except ImportError as error:  # pragma: no cover - reported as skipped
     print(f"skipped: {error}")
     sys.exit(77)
@@ -63,6 +63,26 @@ class Reward(unittest.TestCase):
                            C.reward_well_formed)
         self.assertAlmostEqual(C.reward_open + C.reward_any_name + C.reward_right_name +
                                C.reward_well_formed + C.reward_correct_tool, 1.0)
+
+    def test_step_rewards_split_the_reward_over_the_call_tokens(self) -> None:
+        rng = np.random.default_rng(3)
+        vocabulary = [OPEN, CLOSE, OTHER, *NAMES]
+        for _ in range(2000):
+            g = [int(t) for t in rng.choice(vocabulary, size=4)]
+            tool = int(rng.integers(-1, C.tools))
+            steps = step_rewards(g, tool, C)
+            self.assertEqual(len(steps), 3)
+            self.assertAlmostEqual(sum(steps) + (1.0 if tool < 0 else 0.0), reward(g, tool, C))
+            # a step's reward is earned only by tokens the reward depends on
+            for t in range(reward_tokens(g, tool, C), 3):
+                self.assertEqual(steps[t], 0.0, (g, tool))
+        self.assertEqual(step_rewards([OPEN, NAMES[2], CLOSE, OTHER], 2, C),
+                         [C.reward_open, C.reward_any_name + C.reward_right_name,
+                          C.reward_well_formed + C.reward_correct_tool])
+        self.assertEqual(step_rewards([OPEN, NAMES[1], CLOSE], 2, C),
+                         [C.reward_open, C.reward_any_name, C.reward_well_formed])
+        self.assertEqual(step_rewards([OPEN, NAMES[1], CLOSE], -1, C),
+                         [-C.plain_penalty_open, 0.0, -C.plain_penalty_call])
 
     def test_a_call_must_start_the_continuation(self) -> None:
         late = [OTHER, OPEN, NAMES[0], CLOSE]
