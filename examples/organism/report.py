@@ -9,8 +9,8 @@ Statistics:
 - A rate on its own (unsteered correctness, a cell's correctness): percentile bootstrap 95%
   interval over prompts (2,000 resamples, fixed seed).
 - A steering effect: the paired difference Δ = correct(α) − correct(unsteered) over the same
-  prompts (the unsteered run of the same model; for `scale` it equals α = 1), with a normal bootstrap interval Δ ± z·SE (SE from 2,000 resamples of prompts) whose
-  level is Bonferroni-corrected for every steered cell compared (z for 1 − 0.05/(2m), m the
+  prompts (the unsteered run of the same model; for `scale` it equals α = 1), with a normal
+  bootstrap interval Δ ± z·SE (SE from 2,000 resamples of prompts) whose level is Bonferroni-corrected for every steered cell compared (z for 1 − 0.05/(2m), m the
   number of (condition, α ≠ 1) cells in the report). An effect is called significant only when
   that corrected interval excludes 0.
 - For every cell, the share of steered rows where the latent fired before the edit (f_j > 0):
@@ -265,9 +265,13 @@ def main() -> None:
         at = {x: i for i, x in enumerate(a)}
         kl = entry.get("text_kl")
         kl_text = f"{kl[at[32]][0]:.3f}" if kl and 32 in at else "—"
-        few = " (rarely fires)" if entry["intervention"] == "scale" and entry["fires"] < \
-            plan["clamp_below"] else ""
-        return (f"| {name} | {entry['latents'] if len(entry['latents']) <= 4 else str(len(entry['latents'])) + ' latents'} | "
+        # One latent that rarely fires is barely touched by `scale` (for a set, 'fires' is a
+        # share of (prompt, latent) pairs and a low share is expected).
+        few = (" (rarely fires)" if entry["intervention"] == "scale" and len(entry["latents"]) == 1
+               and entry["fires"] < plan["clamp_below"] else "")
+        latents = (entry["latents"] if len(entry["latents"]) <= 4
+                   else f"{len(entry['latents'])} latents")
+        return (f"| {name} | {latents} | "
                 f"{entry['intervention']} | {entry['fires']:.2f}{few} | "
                 + " | ".join(f"{entry['correct'][i][0]:.2f}" for i in range(len(a))) + " | "
                 + f"{signed(entry['effect'][at[0]]) if 0 in at else '—'} | "
