@@ -331,6 +331,33 @@ std::shared_ptr<crosscoder::Crosscoder> load_steering_crosscoder(const fs::path&
   return crosscoder;
 }
 
+// The other model's block row for the token being processed: it fills the crosscoder's other
+// source (two sources; the steered model is `source`). Both models step on the same token before
+// the steered model's hook runs, so `row` is the other source's row for that token.
+struct OtherSource {
+  int source = 1;
+  bool paired = false;
+  std::vector<float> row;
+
+  // For Steerer::paired_hook.
+  crosscoder::Steerer::PairedRows filler() const {
+    return [this](const crosscoder::RowInfo*, int n_rows, int width, std::span<float> rows) {
+      for (int r = 0; r < n_rows; ++r)
+        std::copy(row.begin(), row.end(),
+                  rows.begin() + (static_cast<std::ptrdiff_t>(r) * 2 + (1 - source)) * width);
+    };
+  }
+  // The pair [2, d] the encoder reads for one steered row (for Steerer::activations); empty
+  // when unpaired (the other source then enters at its mean).
+  std::vector<float> pair(const float* steered, int width) const {
+    if (!paired) return {};
+    std::vector<float> out(static_cast<std::size_t>(2 * width));
+    std::copy(row.begin(), row.end(), out.begin() + (1 - source) * width);
+    std::copy_n(steered, width, out.begin() + source * width);
+    return out;
+  }
+};
+
 std::optional<llama2c::Model> load_paired_model(const fs::path& paired_path,
                                                 const fs::path& model_path,
                                                 const llama2c::Model& model) {
@@ -420,24 +447,17 @@ int steer(const fs::path& model_path, const fs::path& paired_path, const fs::pat
                                                           std::vector<std::int64_t>(n_encoded, 0));
   std::vector<std::vector<double>> sum_f(alphas.size(), std::vector<double>(n_encoded, 0.0));
 
-  const int d = model.config().dim;
-  // The paired model's block-N row of the token it processed last: both models step on the
-  // same token before the steered model's hook runs, so this is the other source's row for it.
-  std::vector<float> other_row(static_cast<std::size_t>(d), 0.0f);
-  const auto fill_other = [&, source](const crosscoder::RowInfo*, int n_rows, int width,
-                                      std::span<float> rows) {
-    for (int r = 0; r < n_rows; ++r)
-      std::copy(other_row.begin(), other_row.end(),
-                rows.begin() + (static_cast<std::ptrdiff_t>(r) * 2 + (1 - source)) * width);
-  };
+  OtherSource other_source{source, paired,
+                           std::vector<float>(static_cast<std::size_t>(model.config().dim))};
   llama2c::Session prefix(model);
   std::optional<llama2c::Session> other_prefix;
   if (paired) {
     other_prefix.emplace(*other_model);
-    other_prefix->add_hook(block, [&](int, float* rows, int n_rows, int width,
-                                      const crosscoder::RowInfo*) {
-      std::copy_n(rows + static_cast<std::ptrdiff_t>(n_rows - 1) * width, width, other_row.begin());
-    });
+    other_prefix->add_hook(
+        block, [&](int, float* rows, int n_rows, int width, const crosscoder::RowInfo*) {
+          std::copy_n(rows + static_cast<std::ptrdiff_t>(n_rows - 1) * width, width,
+                      other_source.row.begin());
+        });
   }
   crosscoder::ProgressBar progress(static_cast<std::int64_t>(chosen.size()), "steer", "prompt");
   for (std::size_t i = 0; i < chosen.size(); ++i) {
@@ -459,17 +479,12 @@ int steer(const fs::path& model_path, const fs::path& paired_path, const fs::pat
         crosscoder::Steerer& steerer = *steerers[a];
         steerer.reset();
         crosscoder::ActivationHook steer_hook =
-            paired ? steerer.paired_hook(block, fill_other) : steerer.hook(block);
+            paired ? steerer.paired_hook(block, other_source.filler()) : steerer.hook(block);
         session.add_hook(block, [&, a, steer_hook](int layer, float* rows, int n_rows, int width,
                                                    const crosscoder::RowInfo* info) {
           if (n_rows == 1 && info[0].last_prompt && info[0].prompt) {
-            std::vector<float> pair;
-            if (paired) {
-              pair.assign(static_cast<std::size_t>(2 * width), 0.0f);
-              fill_other(info, 1, width, pair);
-              std::copy_n(rows, width, pair.begin() + source * width);
-            }
-            const std::vector<float> f = steerer.activations(rows, 1, pair);
+            const std::vector<float> f =
+                steerer.activations(rows, 1, other_source.pair(rows, width));
             for (std::size_t l = 0; l < f.size(); ++l) {
               sum_f[a][l] += f[l];
               if (f[l] > 0.0f) {
@@ -585,15 +600,8 @@ int text_cost(const fs::path& model_path, const fs::path& paired_path,
   const SteeringKind kind = SteeringKind::parse(kind_text, units_text, latents.size());
   const auto crosscoder = load_steering_crosscoder(crosscoder_path, model, source, paired);
 
-  const int d = model.config().dim;
-  const std::size_t width = static_cast<std::size_t>(d);
-  std::vector<float> other_row(width, 0.0f);
-  const auto fill_other = [&, source](const crosscoder::RowInfo*, int n_rows, int w,
-                                      std::span<float> rows) {
-    for (int r = 0; r < n_rows; ++r)
-      std::copy(other_row.begin(), other_row.end(),
-                rows.begin() + (static_cast<std::ptrdiff_t>(r) * 2 + (1 - source)) * w);
-  };
+  OtherSource other_source{source, paired,
+                           std::vector<float>(static_cast<std::size_t>(model.config().dim))};
   nlohmann::json result = {{"model", model_path.string()},
                            {"crosscoder", crosscoder_path.string()},
                            {"source", source},
@@ -641,23 +649,18 @@ int text_cost(const fs::path& model_path, const fs::path& paired_path,
       steerer.reset();
       llama2c::Session session(model);
       const crosscoder::ActivationHook steer_hook =
-          paired ? steerer.paired_hook(block, fill_other) : steerer.hook(block);
+          paired ? steerer.paired_hook(block, other_source.filler()) : steerer.hook(block);
       std::size_t t = 0;
       session.add_hook(
           block, [&](int layer, float* rows, int n_rows, int w, const crosscoder::RowInfo* info) {
-            std::vector<float> pair;
-            if (paired) {
-              pair.assign(static_cast<std::size_t>(2 * w), 0.0f);
-              fill_other(info, 1, w, pair);
-              std::copy_n(rows, w, pair.begin() + source * w);
-            }
-            for (float f : steerer.activations(rows, 1, pair)) active[a] += f > 0.0f;
+            for (float f : steerer.activations(rows, 1, other_source.pair(rows, w)))
+              active[a] += f > 0.0f;
             ++rows_seen[a];
             steer_hook(layer, rows, n_rows, w, info);
           });
       double sum = 0.0;
       for (t = 0; t < sequence.size(); ++t) {
-        if (paired) other_row = other_rows[t];
+        if (paired) other_source.row = other_rows[t];
         const std::vector<double> steered = log_softmax(session.step(sequence[t], {}));
         double divergence = 0.0;
         for (std::size_t v = 0; v < steered.size(); ++v)

@@ -164,6 +164,12 @@ def clamp_unit(diff: dict, latent: int) -> float:
     return float(np.median(live)) if live else 1.0
 
 
+def edit_flags(cond: dict) -> list:
+    """llama2c_organism's --kind (and --units for clamp) for a condition's edit."""
+    units = ["--units", ",".join(f"{u:.6g}" for u in cond["units"])] if cond["units"] else []
+    return ["--kind", cond["intervention"], *units]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawTextHelpFormatter)
@@ -383,9 +389,7 @@ def main() -> None:
             # The other source's model runs in lockstep and fills the other source; for the
             # transplant (the base model steered as source 1) the base model fills source 0.
             partner = models[0] if cond["model"] == "base" and source == 1 else models[1 - source]
-            extra = ["--kind", cond["intervention"]]
-            if cond["units"]:
-                extra += ["--units", ",".join(f"{u:.6g}" for u in cond["units"])]
+            extra = edit_flags(cond)
             commands.append([organism, "steer", "--model", model_path, "--paired-model",
                              partner, "--crosscoder", folder / f"{cond['crosscoder']}.safetensors",
                              "--source", source, "--block", block, "--latents",
@@ -409,9 +413,7 @@ def main() -> None:
             cond["cost"] = str(result)
             if result.exists():
                 continue
-            extra = ["--kind", cond["intervention"]]
-            if cond["units"]:
-                extra += ["--units", ",".join(f"{u:.6g}" for u in cond["units"])]
+            extra = edit_flags(cond)
             commands.append([organism, "text-cost", "--model", models[1], "--paired-model",
                              models[0], "--crosscoder",
                              folder / f"{cond['crosscoder']}.safetensors", "--source", 1,
